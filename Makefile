@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test summary bench lint clean-venv
+.PHONY: serve test summary bench-backbone clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,8 @@ test: $(VENV)/.installed
 summary: $(VENV)/.installed
 	$(PY) -m backbone.summary
 
-bench: $(VENV)/.installed
-	$(PY) bench/backbone.py
-
-lint: $(VENV)/.installed
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+bench-backbone: $(VENV)/.installed
+	$(PY) -m bench.backbone
 
 clean-venv:
 	rm -rf $(VENV)

@@ -112,7 +112,7 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
         if self.residual:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
+            out += x if self.shortcut is None else self.shortcut(x)
         return F.relu(out, inplace=True)
 
 
@@ -168,7 +168,7 @@ class Bottleneck(nn.Module):
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
         if self.residual:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
+            out += x if self.shortcut is None else self.shortcut(x)
         return F.relu(out, inplace=True)
 
 
