@@ -1,0 +1,79 @@
+"""Turn uploaded bytes into an RGB image as displayed, refusing what is not an image or is too large.
+
+The pixel count is read from the header (PIL opens lazily) and checked before anything is decoded,
+so a decompression bomb costs a few kilobytes of memory, not gigabytes.
+"""
+
+import io
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Modes whose samples are wider than 8 bits; PIL's convert("RGB") would clip them, not scale them.
+WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+ACCEPTED_CONTENT_TYPES = ("application/octet-stream",)
+
+
+class ImageRejected(Exception):
+    """An upload we refuse; `status` is the HTTP status to answer with, the message names the file."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def check_content_type(content_type: str | None, *, label: str) -> None:
+    """415 for a declared type that is not an image; no declaration or octet-stream is sniffed instead."""
+    if not content_type:
+        return
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type.startswith("image/") or media_type in ACCEPTED_CONTENT_TYPES:
+        return
+    raise ImageRejected(
+        415, f"{label} is declared as {media_type!r}, not an image (image/* or application/octet-stream)"
+    )
+
+
+def decode_image(data: bytes, *, max_pixels: int, label: str) -> Image.Image:
+    """Decode the first frame, apply EXIF orientation, return 8-bit RGB; raises ImageRejected."""
+    if not data:
+        raise ImageRejected(400, f"{label} is empty")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:  # PIL's own ceiling (2 x PIL.Image.MAX_IMAGE_PIXELS)
+        raise ImageRejected(413, f"{label} has too many pixels: {error}") from error
+    except UnidentifiedImageError as error:
+        raise ImageRejected(400, f"{label} is not an image in a format we read") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageRejected(400, f"{label} is not a decodable image: {error}") from error
+
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageRejected(400, f"{label} declares an empty image ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageRejected(
+            413, f"{label} is {width}x{height} = {width * height} pixels, over MAX_IMAGE_PIXELS={max_pixels}"
+        )
+    try:
+        image.seek(0)  # animated images: the first frame
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        raise ImageRejected(400, f"{label} is not a decodable image (truncated or corrupt?): {error}") from error
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Grey, palette, CMYK, alpha (composited on white) and 16-bit images as 8-bit RGB."""
+    if image.mode in WIDE_MODES:
+        # 16-bit integers scale by 255/65535; float images are taken as 0..1. convert("L") clips.
+        scale = 255.0 if image.mode == "F" else 255.0 / 65535.0
+        wide = image if image.mode in ("I", "F") else image.convert("I")
+        image = wide.point(lambda value: value * scale + 0.5).convert("L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")

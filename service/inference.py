@@ -1,0 +1,65 @@
+"""The path every inference route shares: decode the uploads, queue them, wait for the batch results."""
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import UploadFile
+
+from service.engine import BatchTiming
+from service.images import ImageRejected
+from service.loading import ServedModel
+from service.schemas import ModelRef, Timing
+from service.settings import Settings
+from service.uploads import DecodedUpload, decode_upload, upload_label
+
+
+@dataclass
+class Answer:
+    """One image's result and how long each step took."""
+
+    upload: DecodedUpload
+    result: Any
+    timing: BatchTiming
+
+    def timing_ms(self, started: float) -> Timing:
+        return Timing(
+            decode=round(self.upload.decode_ms, 3),
+            queue=round(self.timing.queue_ms, 3),
+            inference=round(self.timing.inference_ms, 3),
+            total=round((time.perf_counter() - started) * 1e3, 3),
+            batch_size=self.timing.batch_size,
+        )
+
+
+def model_ref(served: ServedModel) -> ModelRef:
+    return ModelRef(name=served.name, version=served.version)
+
+
+async def infer(
+    served: ServedModel,
+    uploads: list[UploadFile],
+    *,
+    settings: Settings,
+    make_request: Callable[[Any], Any],
+    batch_form: bool,
+) -> list[Answer]:
+    """Results in upload order; any bad file fails the whole request with an error naming it."""
+    if batch_form and len(uploads) > settings.max_files:
+        raise ImageRejected(413, f"{len(uploads)} files in one request, over MAX_FILES={settings.max_files}")
+    decoded = await asyncio.gather(
+        *(
+            decode_upload(
+                upload,
+                label=upload_label(upload, index if batch_form else None),
+                max_pixels=settings.max_image_pixels,
+                prepare=served.predictor.prepare,
+            )
+            for index, upload in enumerate(uploads)
+        )
+    )
+    # All queued at once, so they can share one batch; a full queue fails the request with 503.
+    outcomes = await asyncio.gather(*(served.engine.submit(make_request(item.prepared)) for item in decoded))
+    return [Answer(upload=item, result=result, timing=timing) for item, (result, timing) in zip(decoded, outcomes)]

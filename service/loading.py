@@ -1,0 +1,161 @@
+"""Load the configured checkpoints into served models, all or nothing, with errors that name the file."""
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backbone.checkpoint import load_classifier
+from backbone.torchvision_compat import CheckpointError
+from service.engine import BatchingEngine
+from service.predictors import ClassifierPredictor, DetectorPredictor
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+# torchvision detector weight files (state dicts), converted by detection.convert on load.
+TORCHVISION_SUFFIXES = (".pth", ".pt")
+
+
+class ModelLoadError(RuntimeError):
+    """A configured model cannot be served; the message names the file and the setting."""
+
+
+@dataclass
+class ServedModel:
+    """One model as the API sees it: its identity, its manifest, its predictor and its batching engine."""
+
+    role: str  # "detector" or "classifier"
+    name: str
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    predictor: ClassifierPredictor | DetectorPredictor
+    engine: BatchingEngine | None = field(default=None)
+
+    @property
+    def is_demo(self) -> bool:
+        return bool(self.manifest.get("provenance", {}).get("demo")) or self.path.name.startswith("demo_")
+
+    def describe(self) -> dict[str, Any]:
+        manifest = self.manifest
+        provenance = manifest.get("provenance", {})
+        return {
+            "role": self.role,
+            "name": self.name,
+            "version": self.version,
+            "file": self.path.name,
+            "demo": self.is_demo,
+            "note": self._note(),
+            "kind": manifest["kind"],
+            "architecture": manifest["architecture"],
+            "architecture_kwargs": manifest.get("architecture_kwargs", {}),
+            "class_names": manifest["class_names"],
+            "preprocessing": manifest.get("preprocessing", {}),
+            "provenance": provenance,
+            "metrics": manifest.get("metrics", {}),
+        }
+
+    def _note(self) -> str:
+        metrics = self.manifest.get("metrics", {})
+        scored = (
+            ", ".join(f"{key}={_format_metric(value)}" for key, value in sorted(metrics.items()))
+            or "no metrics recorded"
+        )
+        description = self.manifest.get("provenance", {}).get("description", "")
+        if self.is_demo:
+            return (
+                f"DEMO MODEL - a small {self.role} trained by this project's pipeline to show the service working, "
+                f"not for real use. {description} Measured: {scored}."
+            ).replace("  ", " ")
+        return f"{description} Measured: {scored}.".strip()
+
+
+def _format_metric(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def select_device(choice: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA on a machine without it is a startup error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(choice)
+    except RuntimeError as error:
+        raise ModelLoadError(f"DEVICE={choice!r} is not a torch device: {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"DEVICE={choice!r} but torch sees no CUDA device (use DEVICE=cpu or auto)")
+    return device
+
+
+def file_version(path: Path) -> str:
+    """The first 12 hex digits of the file's SHA-256: the exact weights being served."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()[:12]}"
+
+
+def load_served_models(settings: Settings, device: torch.device) -> dict[str, ServedModel]:
+    """Every configured model, or ModelLoadError: the service never starts with half of them."""
+    models = {}
+    if settings.classifier_checkpoint is not None:
+        models["classifier"] = _load_classifier(settings.classifier_checkpoint, settings=settings, device=device)
+    if settings.detector_checkpoint is not None:
+        models["detector"] = _load_detector(settings.detector_checkpoint, settings=settings, device=device)
+    if not models:
+        raise ModelLoadError("no model configured: set DETECTOR_CHECKPOINT and/or CLASSIFIER_CHECKPOINT")
+    return models
+
+
+def _check_exists(path: Path, setting: str) -> None:
+    if not path.is_file():
+        raise ModelLoadError(f"{setting}: checkpoint not found: {path}")
+
+
+def _load_classifier(path: Path, *, settings: Settings, device: torch.device) -> ServedModel:
+    _check_exists(path, "CLASSIFIER_CHECKPOINT")
+    try:
+        model, manifest = load_classifier(path)
+    except (CheckpointError, OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"CLASSIFIER_CHECKPOINT: cannot load {path}: {error}") from error
+    predictor = ClassifierPredictor(
+        model,
+        class_names=manifest["class_names"],
+        preprocessing=manifest.get("preprocessing", {}),
+        device=device,
+        optimize=settings.optimize,
+        bf16=settings.bf16,
+    )
+    log.info("classifier %s (%s) loaded from %s on %s", path.stem, manifest["architecture"], path, device)
+    return ServedModel(role="classifier", name=path.stem, version=file_version(path), path=path, manifest=manifest,
+                       predictor=predictor)  # fmt: skip
+
+
+def _load_detector(path: Path, *, settings: Settings, device: torch.device) -> ServedModel:
+    _check_exists(path, "DETECTOR_CHECKPOINT")
+    # Imported only when a detector is configured: a classifier-only server does not load the detection package.
+    from detection import convert_torchvision_detector, load_detector
+
+    try:
+        if path.suffix in TORCHVISION_SUFFIXES:
+            # torchvision's COCO weights: converted at every start; `python -m detection.convert` once saves that.
+            with tempfile.TemporaryDirectory(prefix="resdet-convert-") as folder:
+                converted = convert_torchvision_detector(path, Path(folder) / f"{path.stem}.safetensors")
+                model, manifest = load_detector(converted)
+        else:
+            model, manifest = load_detector(path)
+    except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as error:
+        raise ModelLoadError(f"DETECTOR_CHECKPOINT: cannot load {path}: {error}") from error
+    model = model.to(device)
+    if settings.optimize or settings.bf16:
+        model.optimize_for_inference(fold_bn=settings.optimize, channels_last=settings.optimize, bf16=settings.bf16)
+    log.info("detector %s (%s, %s) loaded from %s on %s", path.stem, manifest["architecture"],
+             manifest["architecture_kwargs"].get("backbone"), path, device)  # fmt: skip
+    return ServedModel(role="detector", name=path.stem, version=file_version(path), path=path, manifest=manifest,
+                       predictor=DetectorPredictor(model, device=device))  # fmt: skip

@@ -1,0 +1,57 @@
+"""POST /classify and /classify/batch."""
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+
+from service.dependencies import ClassifierDep, SettingsDep
+from service.errors import INFERENCE_ERRORS
+from service.inference import Answer, infer, model_ref
+from service.predictors import ClassifyRequest
+from service.schemas import ClassifyResponse, ImageSize, Prediction
+from service.security import require_api_key
+
+router = APIRouter(tags=["classification"], dependencies=[Depends(require_api_key)], responses=INFERENCE_ERRORS)
+
+TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return (at most the model's classes).")]
+
+
+def _response(served, answer: Answer, started: float) -> ClassifyResponse:
+    width, height = answer.upload.image.size
+    return ClassifyResponse(
+        model=model_ref(served),
+        image=ImageSize(width=width, height=height),
+        predictions=[Prediction(**prediction) for prediction in answer.result],
+        timing_ms=answer.timing_ms(started),
+    )
+
+
+@router.post("/classify", response_model=ClassifyResponse, summary="Classify one image")
+async def classify(
+    classifier: ClassifierDep,
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="The image (JPEG, PNG, WebP, BMP, GIF, TIFF, ...).")],
+    top_k: TopK = 5,
+) -> ClassifyResponse:
+    started = time.perf_counter()
+    (answer,) = await infer(
+        classifier, [file], settings=settings, make_request=lambda pixels: ClassifyRequest(pixels=pixels, top_k=top_k),
+        batch_form=False,
+    )  # fmt: skip
+    return _response(classifier, answer, started)
+
+
+@router.post("/classify/batch", response_model=list[ClassifyResponse], summary="Classify several images")
+async def classify_batch(
+    classifier: ClassifierDep,
+    settings: SettingsDep,
+    files: Annotated[list[UploadFile], File(description="The images; answers come in the same order.")],
+    top_k: TopK = 5,
+) -> list[ClassifyResponse]:
+    started = time.perf_counter()
+    answers = await infer(
+        classifier, files, settings=settings, make_request=lambda pixels: ClassifyRequest(pixels=pixels, top_k=top_k),
+        batch_form=True,
+    )  # fmt: skip
+    return [_response(classifier, answer, started) for answer in answers]

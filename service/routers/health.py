@@ -1,0 +1,23 @@
+"""Liveness and readiness: both open without an API key, for orchestrators."""
+
+from fastapi import APIRouter
+
+from service.dependencies import StateDep
+from service.errors import NOT_READY_ERROR, ServiceUnavailable
+from service.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive and answering")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses=NOT_READY_ERROR, summary="Models loaded and warmed up")
+async def readyz(state: StateDep) -> Readiness:
+    if state.warmup_error is not None:
+        raise ServiceUnavailable(state.warmup_error, retry=False)
+    if not state.ready:
+        raise ServiceUnavailable("models are warming up", retry=True)
+    return Readiness(status="ready", models=sorted(state.models))

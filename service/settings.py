@@ -1,0 +1,71 @@
+"""Service settings from environment variables (pydantic-settings), read once through `get_settings()`."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from fastapi import FastAPI
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
+
+
+class Settings(BaseSettings):
+    """Every setting is an environment variable of the same name in capitals (e.g. `MAX_BATCH=16`)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Bind address; the container sets 0.0.0.0.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port.")
+
+    detector_checkpoint: Path | None = Field(
+        DEMO_MODEL_DIR / "demo_detector.safetensors",
+        description="Detector in the resdet checkpoint format, or a torchvision COCO .pth converted on load. "
+        "Empty disables /detect.",
+    )
+    classifier_checkpoint: Path | None = Field(
+        DEMO_MODEL_DIR / "demo_classifier.safetensors",
+        description="Classifier in the resdet checkpoint format. Empty disables /classify.",
+    )
+
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
+    optimize: bool = Field(True, description="Fold BN into convs and use channels_last (bench/backbone.py).")
+    bf16: bool = Field(False, description="bfloat16 autocast for inference (bench/detector.py); fp32 when off.")
+
+    max_batch: int = Field(8, ge=1, le=256, description="Most images in one forward pass; 1 turns batching off.")
+    max_batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest wait for a batch to fill.")
+    max_queue: int = Field(64, ge=1, description="Images waiting for inference before 503 + Retry-After.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503.")
+    warmup: bool = Field(True, description="Run each model once before /readyz turns 200.")
+
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body; larger is 413.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest width*height, read from the header: 413.")
+    max_files: int = Field(16, ge=1, description="Most files in one batch request.")
+
+    api_key: str | None = Field(
+        None, description="When set, inference routes need `Authorization: Bearer` or X-API-Key."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_unset(cls, values: dict) -> dict:
+        # `CLASSIFIER_CHECKPOINT=` (empty) in a shell or compose file disables that model.
+        return {key: (None if value == "" else value) for key, value in values.items()}
+
+    @model_validator(mode="after")
+    def _batch_fits_queue(self) -> "Settings":
+        if self.max_files > self.max_queue:
+            raise ValueError(f"MAX_FILES ({self.max_files}) must not exceed MAX_QUEUE ({self.max_queue})")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; override in tests with `app.dependency_overrides[get_settings]`."""
+    return Settings()
+
+
+def resolve_settings(app: FastAPI) -> Settings:
+    """The settings this app runs with, honouring a dependency override (used outside request handlers)."""
+    return app.dependency_overrides.get(get_settings, get_settings)()

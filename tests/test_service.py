@@ -1,0 +1,443 @@
+"""The API end to end through its lifespan: every route, parameter bound and error, with real tiny classifiers."""
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from backbone import create_model
+from backbone.checkpoint import save_classifier
+from service import Settings, create_app, get_settings
+from service.__main__ import main as service_main
+from service.loading import ModelLoadError
+from service.predictors import ClassifierPredictor
+
+CLASS_NAMES = [f"class{i}" for i in range(10)]
+PREPROCESSING = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3], "size": 32}
+
+
+def save_tiny_classifier(path: Path, *, seed: int = 0, provenance: dict | None = None) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("cifar_resnet20", base_width=4).eval()
+    for module in model.modules():  # random BN statistics, so BN folding is actually exercised
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    save_classifier(
+        path, model=model, architecture="cifar_resnet20", class_names=CLASS_NAMES, preprocessing=PREPROCESSING,
+        provenance=provenance or {"description": "random weights for tests"}, metrics={"top1_error": 0.9},
+    )  # fmt: skip
+    return model
+
+
+def image_bytes(size=(32, 32), colour=(200, 30, 60), image_format="PNG", seed: int | None = None) -> bytes:
+    if seed is None:
+        image = Image.new("RGB", size, colour)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8, generator=generator)
+        image = Image.fromarray(pixels.numpy())
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").json()
+        time.sleep(0.02)
+
+
+def upload(data: bytes, name: str = "image.png", content_type: str = "image/png") -> dict:
+    return {"file": (name, data, content_type)}
+
+
+@pytest.fixture(scope="module")
+def classifier_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny_classifier.safetensors"
+    save_tiny_classifier(path)
+    return path
+
+
+def settings_for(classifier_path: Path, **overrides) -> Settings:
+    return Settings(classifier_checkpoint=classifier_path, detector_checkpoint=None, **overrides)
+
+
+@pytest.fixture(scope="module")
+def client(classifier_path):
+    app = create_app(settings_for(classifier_path, max_batch=4, max_batch_wait_ms=2))
+    with TestClient(app) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+def assert_still_serving(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    response = client.post("/classify", files=upload(image_bytes()))
+    assert response.status_code == 200, response.text
+
+
+# ------------------------------------------------------------------------------------ classify
+
+
+def test_classify_matches_the_model_run_directly(client, classifier_path):
+    data = image_bytes(seed=1)
+    response = client.post("/classify", files=upload(data), params={"top_k": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"]["name"] == "tiny_classifier" and body["model"]["version"].startswith("sha256:")
+    assert body["image"] == {"width": 32, "height": 32}
+    assert set(body["timing_ms"]) == {"decode", "queue", "inference", "total", "batch_size"}
+
+    model = save_tiny_classifier(classifier_path.parent / "same_weights.safetensors")
+    pixels = pil_to_tensor(Image.open(io.BytesIO(data))).float().unsqueeze(0)
+    mean, std = (
+        torch.tensor(PREPROCESSING["mean"]).view(1, 3, 1, 1),
+        torch.tensor(PREPROCESSING["std"]).view(1, 3, 1, 1),
+    )
+    with torch.no_grad():
+        expected = model((pixels / 255 - mean) / std).softmax(dim=1)[0]
+    top = expected.topk(3)
+    assert [p["label"] for p in body["predictions"]] == top.indices.tolist()
+    assert [p["name"] for p in body["predictions"]] == [CLASS_NAMES[i] for i in top.indices.tolist()]
+    for prediction, probability in zip(body["predictions"], top.values.tolist()):
+        assert prediction["probability"] == pytest.approx(probability, abs=1e-5)
+
+
+def test_classify_batch_answers_in_order_and_equals_single_requests(client):
+    images = [image_bytes(seed=seed, size=(40 + seed, 36)) for seed in range(5)]
+    response = client.post(
+        "/classify/batch", files=[("files", (f"im{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    )
+    assert response.status_code == 200, response.text
+    batch = response.json()
+    assert [item["image"]["width"] for item in batch] == [40 + seed for seed in range(5)]
+    assert max(item["timing_ms"]["batch_size"] for item in batch) > 1  # queued together, run together
+    for data, item in zip(images, batch):
+        single = client.post("/classify", files=upload(data)).json()
+        assert [p["label"] for p in single["predictions"]] == [p["label"] for p in item["predictions"]]
+        for a, b in zip(single["predictions"], item["predictions"]):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+
+
+def test_concurrent_requests_share_a_batch(classifier_path):
+    app = create_app(settings_for(classifier_path, max_batch=4, max_batch_wait_ms=300))
+    with TestClient(app) as client:
+        wait_ready(client)
+        results = [None] * 4
+
+        def send(index):
+            results[index] = client.post("/classify", files=upload(image_bytes(seed=index)))
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(r.status_code == 200 for r in results)
+        assert max(r.json()["timing_ms"]["batch_size"] for r in results) >= 2
+        assert "resdet_batch_size_bucket" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [({"top_k": 1}, 200), ({"top_k": 1000}, 200), ({"top_k": 0}, 422), ({"top_k": 1001}, 422),
+     ({"top_k": "five"}, 422)],
+)  # fmt: skip
+def test_top_k_bounds(client, params, status):
+    response = client.post("/classify", files=upload(image_bytes()), params=params)
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert len(response.json()["predictions"]) == min(params["top_k"], len(CLASS_NAMES))
+    else:
+        assert "top_k" in response.json()["detail"]
+
+
+def test_missing_file_field_is_422(client):
+    response = client.post("/classify", files={"image": ("a.png", image_bytes(), "image/png")})
+    assert response.status_code == 422 and "file" in response.json()["detail"]
+
+
+# ------------------------------------------------------------------------------- error statuses
+
+
+def hostile_uploads() -> dict[str, tuple[dict, int]]:
+    from test_service_images import hostile_files  # the same generated files the decoder tests use
+
+    cases = {name: (upload(data, name="hostile.png"), status) for name, (data, status) in hostile_files().items()}
+    cases["declared text/plain"] = (upload(image_bytes(), name="notes.txt", content_type="text/plain"), 415)
+    cases["declared text/html"] = (upload(b"<html></html>", name="page.html", content_type="text/html"), 415)
+    cases["octet-stream image"] = (upload(image_bytes(), name="blob", content_type="application/octet-stream"), 200)
+    cases["png + html polyglot"] = (upload(image_bytes() + b"<script>alert(1)</script>"), 200)
+    return cases
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("name", list(hostile_uploads()))
+def test_hostile_uploads_get_their_status_and_the_server_keeps_serving(client, name):
+    files, status = hostile_uploads()[name]
+    response = client.post("/classify", files=files)
+    assert response.status_code == status, response.text
+    if status != 200:
+        detail = response.json()["detail"]
+        assert isinstance(detail, str) and files["file"][0] in detail  # names the file
+        assert "<script>" not in response.text
+    assert_still_serving(client)
+
+
+def test_a_bad_file_in_a_batch_is_named_by_its_position(client):
+    files = [
+        ("files", ("good.png", image_bytes(), "image/png")),
+        ("files", ("bad.png", b"\x89PNG broken", "image/png")),
+    ]
+    response = client.post("/classify/batch", files=files)
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("files[1] (file 'bad.png')")
+
+
+def test_body_over_max_upload_bytes_is_413_declared_or_streamed(classifier_path):
+    app = create_app(settings_for(classifier_path, max_upload_bytes=50_000))
+    big = image_bytes(size=(200, 200), seed=3)  # random pixels: PNG about 120 kB
+    assert len(big) > 50_000
+    with TestClient(app) as client:
+        wait_ready(client)
+        declared = client.post("/classify", files=upload(big))
+        assert declared.status_code == 413 and "MAX_UPLOAD_BYTES=50000" in declared.json()["detail"]
+
+        boundary = "resdetboundary"
+        body = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode()
+            + big
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        chunks = (body[i : i + 8192] for i in range(0, len(body), 8192))  # no Content-Length: chunked
+        streamed = client.post(
+            "/classify", content=chunks, headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+        )
+        assert streamed.status_code == 413 and "MAX_UPLOAD_BYTES" in streamed.json()["detail"]
+        assert_still_serving(client)
+        metrics = client.get("/metrics").text
+        assert 'status="413"' in metrics
+
+
+def test_too_many_files_is_413(classifier_path):
+    app = create_app(settings_for(classifier_path, max_files=2))
+    with TestClient(app) as client:
+        wait_ready(client)
+        files = [("files", (f"{i}.png", image_bytes(), "image/png")) for i in range(3)]
+        response = client.post("/classify/batch", files=files)
+        assert response.status_code == 413 and "MAX_FILES=2" in response.json()["detail"]
+
+
+def test_full_queue_answers_503_with_retry_after(classifier_path):
+    app = create_app(settings_for(classifier_path, max_batch=1, max_batch_wait_ms=0, max_queue=1, max_files=1,
+                                  retry_after_s=7))  # fmt: skip
+    with TestClient(app) as client:
+        wait_ready(client)
+        engine = app.state.service.models["classifier"].engine
+        real_run, started, release = engine.run_batch, threading.Event(), threading.Event()
+
+        def held_run(items):
+            started.set()
+            release.wait(10)
+            return real_run(items)
+
+        engine.run_batch = held_run
+        results = {}
+
+        def send(key):
+            results[key] = client.post("/classify", files=upload(image_bytes()))
+
+        first = threading.Thread(target=send, args=("running",))
+        first.start()
+        assert started.wait(10)
+        second = threading.Thread(target=send, args=("queued",))
+        second.start()
+        deadline = time.monotonic() + 10
+        while engine.queue_depth < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        refused = client.post("/classify", files=upload(image_bytes()))
+        release.set()
+        first.join()
+        second.join()
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "7"
+        assert "queue is full" in refused.json()["detail"]
+        assert results["running"].status_code == 200 and results["queued"].status_code == 200
+        engine.run_batch = real_run
+        assert_still_serving(client)
+
+
+# ------------------------------------------------------------------------ readiness, health, models
+
+
+def test_readyz_is_503_with_retry_after_until_warmed_up(classifier_path, monkeypatch):
+    release = threading.Event()
+    real_run = ClassifierPredictor.run
+
+    def held_run(self, batch):
+        release.wait(10)
+        return real_run(self, batch)
+
+    monkeypatch.setattr(ClassifierPredictor, "run", held_run)
+    app = create_app(settings_for(classifier_path))
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200  # alive while warming up
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503 and "Retry-After" in not_ready.headers
+        early = client.post("/classify", files=upload(image_bytes()))
+        assert early.status_code == 503 and early.json()["detail"] == "models are warming up"
+        release.set()
+        wait_ready(client)
+        assert client.get("/readyz").json() == {"status": "ready", "models": ["classifier"]}
+
+
+def test_a_failing_warm_up_keeps_the_service_not_ready(classifier_path, monkeypatch):
+    def broken(self, batch):
+        raise RuntimeError("kernel missing")
+
+    monkeypatch.setattr(ClassifierPredictor, "run", broken)
+    with TestClient(create_app(settings_for(classifier_path))) as client:
+        deadline = time.monotonic() + 10
+        while "failed" not in client.get("/readyz").json().get("detail", ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        response = client.get("/readyz")
+        assert response.status_code == 503 and "kernel missing" in response.json()["detail"]
+        assert client.post("/classify", files=upload(image_bytes())).status_code == 503
+
+
+def test_models_lists_manifests_and_flags_demo_models(tmp_path):
+    demo = tmp_path / "demo_classifier.safetensors"
+    save_tiny_classifier(demo, provenance={"demo": True, "description": "CIFAR-10 demo.", "command": "make demo"})
+    with TestClient(create_app(settings_for(demo))) as client:
+        body = client.get("/models").json()
+    (info,) = body["models"]
+    assert info["role"] == "classifier" and info["demo"] is True and info["file"] == "demo_classifier.safetensors"
+    assert (
+        info["note"].startswith("DEMO MODEL") and "top1_error=0.9" in info["note"] and "CIFAR-10 demo." in info["note"]
+    )
+    assert info["class_names"] == CLASS_NAMES and info["metrics"] == {"top1_error": 0.9}
+    assert info["architecture"] == "cifar_resnet20" and info["architecture_kwargs"]["base_width"] == 4
+    assert info["provenance"]["command"] == "make demo"
+    assert body["serving"]["device"] == "cpu"
+
+
+def test_not_configured_detector_is_503_without_retry_after(client):
+    response = client.post("/detect", files=upload(image_bytes()))
+    assert response.status_code == 503 and "DETECTOR_CHECKPOINT" in response.json()["detail"]
+    assert "retry-after" not in response.headers
+
+
+def test_metrics_count_requests_by_route_and_status(client):
+    client.post("/classify", files=upload(b""))
+    text = client.get("/metrics").text
+    assert 'resdet_http_requests_total{method="POST",route="/classify",status="400"}' in text
+    assert 'resdet_http_requests_total{method="POST",route="/classify",status="200"}' in text
+    assert "resdet_http_request_duration_seconds_bucket" in text and 'resdet_queue_depth{model="classifier"}' in text
+    assert 'resdet_inference_duration_seconds_count{model="classifier"}' in text
+
+
+def test_unknown_route_is_json_404(client):
+    response = client.get("/nope")
+    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
+
+
+# ------------------------------------------------------------------------------------ api key
+
+
+def test_api_key_guards_inference_routes_only(classifier_path):
+    with TestClient(create_app(settings_for(classifier_path, api_key="s3cret"))) as client:
+        wait_ready(client)
+        for path in ("/healthz", "/readyz", "/models", "/metrics"):
+            assert client.get(path).status_code == 200, path
+        missing = client.post("/classify", files=upload(image_bytes()))
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        for headers in ({"Authorization": "Bearer wrong"}, {"X-API-Key": "s3cre"}, {"Authorization": "s3cret"}):
+            assert client.post("/classify", files=upload(image_bytes()), headers=headers).status_code == 401
+        for headers in ({"Authorization": "Bearer s3cret"}, {"X-API-Key": "s3cret"}):
+            assert client.post("/classify", files=upload(image_bytes()), headers=headers).status_code == 200
+        assert (
+            client.post("/classify/batch", files=[("files", ("a.png", image_bytes(), "image/png"))]).status_code == 401
+        )
+
+
+# ---------------------------------------------------------------------------- startup and settings
+
+
+def test_startup_fails_naming_a_missing_or_corrupt_checkpoint(tmp_path, classifier_path):
+    missing = tmp_path / "nowhere.safetensors"
+    with pytest.raises(ModelLoadError, match="CLASSIFIER_CHECKPOINT: checkpoint not found: .*nowhere.safetensors"):
+        with TestClient(create_app(settings_for(missing))):
+            pass
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(classifier_path.read_bytes()[:5000])
+    with pytest.raises(ModelLoadError, match="corrupt.safetensors"):
+        with TestClient(create_app(settings_for(corrupt))):
+            pass
+
+
+def test_settings_come_from_the_environment_and_dependency_overrides(monkeypatch, tmp_path, classifier_path):
+    monkeypatch.setenv("MAX_BATCH", "3")
+    monkeypatch.setenv("PORT", "9123")
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    monkeypatch.setenv("DETECTOR_CHECKPOINT", "")
+    monkeypatch.setenv("CLASSIFIER_CHECKPOINT", str(classifier_path))
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        assert (settings.max_batch, settings.port, settings.host) == (3, 9123, "0.0.0.0")
+        assert settings.detector_checkpoint is None and settings.classifier_checkpoint == classifier_path
+        app = create_app()  # no explicit settings: the environment's
+        with TestClient(app) as client:
+            assert client.get("/models").json()["serving"]["max_batch"] == 3
+        app.dependency_overrides[get_settings] = lambda: settings_for(classifier_path, max_batch=5)
+        with TestClient(app) as client:
+            assert client.get("/models").json()["serving"]["max_batch"] == 5
+    finally:
+        get_settings.cache_clear()
+    with pytest.raises(ValueError, match="MAX_FILES"):
+        Settings(max_files=10, max_queue=5)
+
+
+def test_main_command_names_the_missing_model_file(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DETECTOR_CHECKPOINT", str(tmp_path / "absent_detector.safetensors"))
+    monkeypatch.setenv("CLASSIFIER_CHECKPOINT", "")
+    get_settings.cache_clear()
+    try:
+        assert service_main() == 2
+    finally:
+        get_settings.cache_clear()
+    assert "DETECTOR_CHECKPOINT: checkpoint not found" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------- OpenAPI
+
+
+def test_openapi_documents_fields_parameters_and_errors(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/detect", "/detect/batch", "/detect/annotated", "/classify", "/classify/batch"):
+        operation = spec["paths"][path]["post"]
+        for status in ("400", "401", "413", "415", "422", "503"):
+            assert status in operation["responses"], (path, status)
+            assert operation["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
+                "/ErrorResponse"
+            )
+        assert all(parameter.get("description") for parameter in operation["parameters"]), path
+    for path in ("/healthz", "/readyz", "/models", "/metrics"):
+        assert "get" in spec["paths"][path]
+    schemas = spec["components"]["schemas"]
+    documented = ("Detection", "DetectResponse", "ClassifyResponse", "Prediction", "Timing", "ModelRef", "ImageSize",
+                  "ModelInfo", "ModelsResponse", "ServingInfo", "Health", "Readiness", "ErrorResponse")  # fmt: skip
+    for schema in documented:
+        fields = schemas[schema]["properties"]
+        assert all("description" in field or "$ref" in field or "allOf" in field for field in fields.values()), schema
+    assert {"HTTPBearer", "APIKeyHeader"} <= set(spec["components"]["securitySchemes"])
