@@ -4,15 +4,17 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test summary bench-backbone clean-venv
+.PHONY: serve test summary bench-backbone bench-service docker-build docker clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# The API on HOST:PORT (default 127.0.0.1:8000) with the demo models of service/models/; settings are
+# environment variables (service/settings.py), e.g. `PORT=9000 MAX_BATCH=16 make serve`.
 serve: $(VENV)/.installed
-	$(PY) -m backbone.summary
+	$(PY) -m service
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
@@ -23,6 +25,22 @@ summary: $(VENV)/.installed
 
 bench-backbone: $(VENV)/.installed
 	$(PY) -m bench.backbone
+
+# Loopback load test of the API (about 3 minutes): batching on vs off vs a naive handler.
+bench-service: $(VENV)/.installed
+	$(PY) -m bench.service
+
+# Containers (kept out of `make test`: several minutes and several GB). CONTAINER=docker COMPOSE="docker compose"
+# for Docker; TORCH_INDEX_URL=https://pypi.org/simple where only PyPI is reachable.
+CONTAINER ?= podman
+COMPOSE ?= podman-compose
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+docker-build:
+	$(CONTAINER) build --network host -f docker/Dockerfile -t resdet:cpu --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) .
+
+# Build, start the compose `api` service, POST bus.jpg to /detect, stop it.
+docker: docker-build
+	CONTAINER=$(CONTAINER) COMPOSE="$(COMPOSE)" bash docker/smoke.sh
 
 clean-venv:
 	rm -rf $(VENV)
