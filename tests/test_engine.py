@@ -1,0 +1,273 @@
+"""The shared training engine: config flags, resumable sampling, LR schedule, checkpoints, logs, plots."""
+
+import json
+import random
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from backbone.torchvision_compat import CheckpointError
+from training.checkpoint import (
+    capture_rng_state,
+    load_training_checkpoint,
+    restore_rng_state,
+    save_training_checkpoint,
+)
+from training.config import config_to_dict, format_config, make_config, parse_config
+from training.distributed import DistributedContext
+from training.engine import iterate_batches, prepare_model, train_step, unwrap_model
+from training.meters import MetricWindow
+from training.plots import plot_error_curves, plot_run, read_metrics
+from training.precision import Precision
+from training.run_log import RunLog
+from training.sampler import ResumableSampler, SeededDataset
+from training.schedule import LRSchedule
+
+CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@dataclass
+class ToyConfig:
+    lr: float = 0.1  # learning rate at batch 256
+    steps: int = 10
+    name: str = "toy"
+    amp: bool = False
+    milestones: tuple[int, ...] = (3, 6)
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+def test_config_flags_recipes_and_round_trip():
+    recipes = {"short": {"steps": 2, "milestones": (1,)}}
+    cfg = parse_config(ToyConfig, ["--recipe", "short", "--lr", "0.5", "--amp", "true", "--name", "x"], recipes=recipes)
+    assert cfg == ToyConfig(lr=0.5, steps=2, name="x", amp=True, milestones=(1,))
+    assert parse_config(ToyConfig, ["--milestones", "5", "7", "9"]).milestones == (5, 7, 9)
+    assert parse_config(ToyConfig, ["--milestones"]).milestones == ()
+    # What a checkpoint stores (JSON-able, tuples as lists) rebuilds the same config.
+    assert make_config(ToyConfig, config_to_dict(cfg)) == cfg
+    assert "milestones" in format_config(cfg) and "(1,)" in format_config(cfg)
+
+
+def test_config_rejects_bad_values_and_unknown_flags(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(ToyConfig, ["--amp", "maybe"])
+    assert "expected true or false" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(ToyConfig, ["--steps", "ten"])
+    with pytest.raises(SystemExit):
+        parse_config(ToyConfig, ["--no_such_key", "1"])
+    with pytest.raises(ValueError, match="unknown ToyConfig fields: bogus"):
+        make_config(ToyConfig, {"bogus": 1})
+
+
+def test_help_text_comes_from_the_field_comments(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(ToyConfig, ["--help"])
+    assert "learning rate at batch 256 (default: 0.1)" in " ".join(capsys.readouterr().out.split())
+
+
+# --- sampler ------------------------------------------------------------------------------------
+
+
+def test_ranks_split_every_global_batch_exactly_like_one_process():
+    single = ResumableSampler(dataset_size=37, global_batch_size=8, seed=3)
+    ranks = [ResumableSampler(dataset_size=37, global_batch_size=8, rank=r, world_size=2, seed=3) for r in (0, 1)]
+    for epoch in (0, 1):
+        single.set_epoch(epoch)
+        for sampler in ranks:
+            sampler.set_epoch(epoch)
+        whole = list(single)
+        shares = [list(sampler) for sampler in ranks]
+        assert len(whole) == 4 * 8 and all(len(share) == 4 * 4 for share in shares)  # 37 -> 4 whole batches
+        for step in range(4):
+            global_batch = whole[step * 8 : (step + 1) * 8]
+            per_rank = shares[0][step * 4 : (step + 1) * 4] + shares[1][step * 4 : (step + 1) * 4]
+            assert sorted(global_batch) == sorted(per_rank)  # same images and same augmentation seeds
+    single.set_epoch(0)
+    first = list(single)
+    single.set_epoch(1)
+    assert [index for index, _ in first] != [index for index, _ in single]  # reshuffled every epoch
+
+
+def test_sampler_resumes_mid_epoch_with_the_remaining_keys():
+    sampler = ResumableSampler(dataset_size=50, global_batch_size=10, rank=1, world_size=2, seed=0)
+    sampler.set_epoch(2)
+    whole_epoch = list(sampler)
+    sampler.set_epoch(2, start_step=3)
+    assert list(sampler) == whole_epoch[3 * 5 :] and len(sampler) == 2 * 5
+    with pytest.raises(ValueError, match="start_step must be in"):
+        sampler.set_epoch(0, start_step=5)
+    with pytest.raises(ValueError, match="not divisible by 3 processes"):
+        ResumableSampler(dataset_size=50, global_batch_size=10, world_size=3)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        ResumableSampler(dataset_size=5, global_batch_size=10)
+
+
+class RandomNoise:
+    """An augmentation that draws from torch's global RNG, as torchvision's do."""
+
+    def __call__(self, image):
+        return image + torch.rand(3)
+
+
+def test_seeded_dataset_repeats_augmentations_and_leaves_the_global_rng_alone():
+    dataset = SeededDataset([(torch.zeros(3), 0), (torch.ones(3), 1)], RandomNoise())
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first, second = dataset[(1, 42)], dataset[(1, 42)]
+    assert torch.equal(first[0], second[0]) and first[1] == 1
+    assert not torch.equal(dataset[(1, 43)][0], first[0])
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_iterate_batches_from_iteration_k_gives_the_uninterrupted_batches():
+    data = SeededDataset([(torch.tensor([float(i)]), i) for i in range(20)], RandomNoise())
+    sampler = ResumableSampler(dataset_size=20, global_batch_size=4, seed=1)
+    loader = DataLoader(data, batch_size=4, sampler=sampler)
+    full = [(it, b[0].clone()) for _, it, b in iterate_batches(loader, sampler, start_iteration=0, max_iterations=13)]
+    tail = iterate_batches(loader, sampler, start_iteration=7, max_iterations=13)
+    resumed = [(it, b[0].clone()) for _, it, b in tail]
+    assert [it for it, _ in full] == list(range(13))
+    assert [it for it, _ in resumed] == list(range(7, 13))
+    for (it_a, a), (it_b, b) in zip(full[7:], resumed):
+        assert it_a == it_b and torch.equal(a, b)
+
+
+# --- schedule -------------------------------------------------------------------------------------
+
+
+def test_schedule_steps_warmup_and_plateau():
+    steps = LRSchedule(base_lr=0.1, milestones=(32000, 48000))  # the paper's CIFAR schedule
+    assert [steps.lr_at(i) for i in (0, 31999, 32000, 48000)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+
+    warm = LRSchedule(base_lr=0.1, warmup_iterations=2000, warmup_factor=0.1)  # ResNet-110's 0.01 warm-up
+    assert warm.lr_at(0) == pytest.approx(0.01) and warm.in_warmup(399)
+    warm.end_warmup(400)
+    assert warm.lr_at(401) == pytest.approx(0.1) and not warm.in_warmup(401)
+    assert LRSchedule(base_lr=0.1, warmup_iterations=2000, warmup_factor=0.1).lr_at(2000) == pytest.approx(0.1)
+
+    linear = LRSchedule(base_lr=0.02, warmup_iterations=1000, warmup_factor=0.001, warmup_method="linear")
+    assert linear.lr_at(0) == pytest.approx(0.02 * 0.001) and linear.lr_at(500) == pytest.approx(0.02 * 0.5005)
+
+    plateau = LRSchedule(base_lr=0.1, plateau_patience=2)
+    drops = [plateau.observe(error) for error in (0.5, 0.4, 0.4, 0.41, 0.3, 0.3, 0.3)]
+    assert drops == [False, False, False, True, False, False, True]
+    assert plateau.lr_at(0) == pytest.approx(0.001)
+    restored = LRSchedule(base_lr=0.1, plateau_patience=2)
+    restored.load_state_dict(plateau.state_dict())
+    assert restored.lr_at(0) == pytest.approx(0.001) and restored.best_metric == 0.3
+
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    assert steps.apply(optimizer, 40000) == pytest.approx(0.01)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="increasing"):
+        LRSchedule(base_lr=0.1, milestones=(5, 3))
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+def test_training_checkpoint_round_trip_and_rng_restore(tmp_path):
+    model = nn.Linear(3, 2)
+    path = save_training_checkpoint(tmp_path / "last.pt", {"model": model.state_dict(), "iteration": 7,
+                                                           "config": {"lr": 0.1, "milestones": [1, 2]}})  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left behind
+    state = load_training_checkpoint(path)
+    assert state["iteration"] == 7 and torch.equal(state["model"]["weight"], model.weight.detach())
+
+    random.seed(1)
+    torch.manual_seed(1)
+    rng = capture_rng_state()
+    expected = (random.random(), torch.rand(2))
+    restore_rng_state(load_training_checkpoint(save_training_checkpoint(tmp_path / "rng.pt", {"rng": rng}))["rng"])
+    assert random.random() == expected[0] and torch.equal(torch.rand(2), expected[1])
+
+
+def test_truncated_or_foreign_checkpoint_names_the_file(tmp_path):
+    path = save_training_checkpoint(tmp_path / "last.pt", {"model": nn.Linear(64, 64).state_dict()})
+    truncated = tmp_path / "killed.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read training checkpoint .*killed\.pt"):
+        load_training_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weight": torch.zeros(1)}, foreign)
+    with pytest.raises(CheckpointError, match=r"foreign\.pt is not a resdet training checkpoint"):
+        load_training_checkpoint(foreign)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_training_checkpoint(tmp_path / "missing.pt")
+
+
+# --- the step, the meters, the logs -----------------------------------------------------------------
+
+
+def test_train_step_lowers_the_loss_and_unwrap_finds_the_module():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    wrapped = prepare_model(model, ctx=CPU, channels_last=True)
+    assert unwrap_model(wrapped) is model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    images, labels = torch.randn(8, 3, 8, 8), torch.tensor([0, 1] * 4)
+    images[labels == 1] += 1.0
+
+    def compute_loss(net, batch):
+        x, y = batch
+        loss = nn.functional.cross_entropy(net(x.contiguous(memory_format=torch.channels_last)), y)
+        return loss, {}
+
+    precision = Precision(amp="auto", device=torch.device("cpu"))
+    assert precision.mode == "none" and not precision.scaler.is_enabled()
+    losses = [train_step(model=wrapped, batch=(images, labels), compute_loss=compute_loss, optimizer=optimizer,
+                         precision=precision)["loss"].item() for _ in range(20)]  # fmt: skip
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match="fp16' needs CUDA"):
+        Precision(amp="fp16", device=torch.device("cpu"))
+
+
+def test_metric_window_averages_steps_and_survives_a_checkpoint():
+    window = MetricWindow()
+    window.update({"loss": torch.tensor(1.0), "error": torch.tensor(0.5)})
+    copy = MetricWindow()
+    copy.load_state_dict(window.state_dict(), device=torch.device("cpu"))
+    for meter in (window, copy):
+        meter.update({"loss": torch.tensor(3.0), "error": torch.tensor(0.25)})
+    assert window.reduce(CPU) == copy.reduce(CPU) == pytest.approx({"loss": 2.0, "error": 0.375})
+    assert window.reduce(CPU) == {}  # a new window starts after each read
+
+
+def test_run_log_writes_jsonl_tensorboard_and_plots_and_truncates_on_resume(tmp_path):
+    log = RunLog(output_dir=tmp_path, ctx=CPU, total_iterations=4, images_per_iteration=8)
+    for iteration in range(1, 5):
+        log.step()
+        log.log("train", iteration, {"loss": 2.0 / iteration, "error": 0.9 / iteration, "lr": 0.1})
+        if iteration % 2 == 0:
+            log.log("eval", iteration, {"top1_error": 1.0 / iteration, "top5_error": 0.1})
+    log.close()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["kind"] for r in records] == ["train", "train", "eval", "train", "train", "eval"]
+    assert all(r["images_per_s"] > 0 for r in records if r["kind"] == "train")
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+    resumed = RunLog(output_dir=tmp_path, ctx=CPU, total_iterations=4, start_iteration=2, tensorboard=False)
+    resumed.close()
+    assert [r["iteration"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 2]
+
+    written = plot_run(tmp_path, label="toy")
+    assert sorted(p.name for p in written) == ["error.png", "loss.png", "lr.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"kind": "eval", "iteration": 2, "top1_error": 0.2}) + "\n")
+    figure = plot_error_curves({"a": tmp_path / "metrics.jsonl", "b": other}, tmp_path / "fig6.png")
+    assert figure.stat().st_size > 1000
+
+
+def test_other_ranks_write_nothing(tmp_path):
+    rank1 = DistributedContext(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    log = RunLog(output_dir=tmp_path / "run", ctx=rank1, total_iterations=3)
+    log.log("train", 1, {"loss": 1.0})
+    log.close()
+    assert not (tmp_path / "run").exists()

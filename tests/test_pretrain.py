@@ -1,0 +1,169 @@
+"""training/pretrain.py end to end on generated class folders: it learns, resumes exactly after kill -9,
+runs as 2 DDP processes, writes a serving checkpoint that initialises a detector backbone."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from backbone import create_model
+from backbone.checkpoint import load_classifier
+from training.backbone_init import load_backbone_weights
+from training.config import make_config
+from training.plots import read_metrics
+from training.pretrain import RECIPES, PretrainConfig, main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 60, 210)}
+
+
+def write_class_folders(root: Path, *, per_class: dict[str, int], size: int = 32, seed: int = 0) -> Path:
+    """root/<split>/<colour>/<i>.png: noisy images whose class is their dominant colour."""
+    generator = torch.Generator().manual_seed(seed)
+    for split, count in per_class.items():
+        for name, rgb in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                noise = torch.randint(-60, 61, (size, size, 3), generator=generator)
+                pixels = (torch.tensor(rgb) + noise).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs use one thread, as the subprocesses do (OMP_NUM_THREADS=1): on a busy 2-core
+    machine two threads waiting on each other run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory) -> Path:
+    return write_class_folders(tmp_path_factory.mktemp("colours"), per_class={"train": 16, "val": 8})
+
+
+def tiny_config(data: Path, output_dir: Path, **overrides) -> PretrainConfig:
+    """The CIFAR recipe shrunk to seconds: ResNet-20 on 48 images, batch 8 (6 iterations per epoch)."""
+    values = {**RECIPES["cifar10"], "data_path": str(data), "val_split": "val", "output_dir": str(output_dir),
+              "batch_size": 8, "lr_reference_batch": 8, "lr": 0.05, "max_iterations": 12, "lr_milestones": (9,),
+              "log_every": 1, "eval_every": 0, "workers": 0, "tensorboard": False, **overrides}  # fmt: skip
+    return make_config(PretrainConfig, values)
+
+
+def flags(config: PretrainConfig) -> list[str]:
+    """The command line that gives `config` (what a user types)."""
+    args = []
+    for name, value in vars(config).items():
+        if value == getattr(PretrainConfig, name):
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        args += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return args
+
+
+def run_script(config: PretrainConfig, *, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, *launcher, str(REPO_ROOT / "training" / "pretrain.py"), *flags(config)]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    return {r["iteration"]: r["loss"] for r in read_metrics(output_dir / "metrics.jsonl") if r["kind"] == "train"}
+
+
+def test_a_few_iterations_lower_the_loss_and_write_every_output(colour_data, tmp_path):
+    config = tiny_config(colour_data, tmp_path / "run", max_iterations=24, lr_milestones=(18,))
+    results = main(config)
+    losses = list(train_losses(tmp_path / "run").values())
+    assert len(losses) == 24
+    assert sum(losses[-6:]) / 6 < 0.5 * sum(losses[:6]) / 6  # colours are easy: the loss must fall fast
+    assert results["top1_error_center"] < 0.5  # chance is 2/3
+
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "error.png", "loss.png", "lr.png", "model.safetensors"):
+        assert (tmp_path / "run" / name).is_file(), name
+    model, manifest = load_classifier(tmp_path / "run" / "model.safetensors")
+    assert manifest["class_names"] == sorted(COLOURS)
+    assert manifest["preprocessing"]["size"] == 32 and len(manifest["preprocessing"]["mean"]) == 3
+    assert manifest["metrics"]["top1_error_center"] == results["top1_error_center"]
+    assert manifest["provenance"]["config"]["batch_size"] == 8 and manifest["provenance"]["git_commit"]
+    assert model.fc.out_features == 3
+    eval_records = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["iteration"] for r in eval_records] == [6, 12, 18, 24]  # once per epoch
+
+
+def test_resume_after_kill_9_continues_exactly(colour_data, tmp_path):
+    reference = tiny_config(colour_data, tmp_path / "reference", max_iterations=16, checkpoint_every=4)
+    run_script(reference)
+
+    # The same run, killed with SIGKILL as soon as its first checkpoint (iteration 4, mid-epoch) exists.
+    killed = tiny_config(colour_data, tmp_path / "killed", max_iterations=16, checkpoint_every=4)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(REPO_ROOT / "training" / "pretrain.py"), *flags(killed)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "killed" / "last.pt").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    checkpoint = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert 4 <= checkpoint["iteration"] < 16
+
+    run_script(make_config(PretrainConfig, {**vars(killed), "resume": "auto"}))
+    expected, resumed = train_losses(tmp_path / "reference"), train_losses(tmp_path / "killed")
+    assert sorted(resumed) == list(range(1, 17))
+    after = [i for i in range(1, 17) if i > checkpoint["iteration"]]
+    assert [resumed[i] for i in after] == [expected[i] for i in after]  # bit-for-bit on CPU
+    final = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["kind"] == "final"
+    assert final["top1_error_center"] == read_metrics(tmp_path / "reference" / "metrics.jsonl")[-1]["top1_error_center"]
+
+
+def test_two_ddp_processes_match_one_process_on_the_same_global_batch(colour_data, tmp_path):
+    # BatchNorm normalises each process's own share of the batch (the paper's per-GPU statistics;
+    # torch's SyncBatchNorm is CUDA-only), so the two runs could only differ there by design. Frozen
+    # BN takes that out and leaves what DDP must guarantee: the same samples and augmentations per
+    # global batch, gradients averaged over ranks, identical updates.
+    common = dict(max_iterations=6, norm="frozen_bn", lr=0.001, eval_every=6)
+    run_script(tiny_config(colour_data, tmp_path / "single", **common))
+    run_script(tiny_config(colour_data, tmp_path / "ddp", **common),
+               launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))  # fmt: skip
+    single, ddp = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
+    assert sorted(single) == sorted(ddp) == list(range(1, 7))
+    assert [ddp[i] for i in single] == pytest.approx([single[i] for i in single], rel=1e-4, abs=1e-5)
+    assert single[6] != single[1]  # the weights did move
+    weights = [load_classifier(tmp_path / run / "model.safetensors")[0].state_dict() for run in ("single", "ddp")]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_serving_checkpoint_evaluates_and_initialises_a_detector_backbone(colour_data, tmp_path):
+    trained = main(tiny_config(colour_data, tmp_path / "run", max_iterations=2, eval_every=2))
+    evaluated = main(tiny_config(colour_data, tmp_path / "eval", eval_only=str(tmp_path / "run" / "model.safetensors")))
+    assert evaluated == trained
+
+    classifier, _ = load_classifier(tmp_path / "run" / "model.safetensors")
+    backbone = create_model(
+        "cifar_resnet20", num_classes=0, norm="frozen_bn", freeze_at=2, out_features=("res3", "res4")
+    )
+    load_backbone_weights(backbone, tmp_path / "run" / "model.safetensors")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = classifier.forward_features(images)
+        got = backbone.eval().forward_features(images)
+    for name in ("res3", "res4"):
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-4)  # frozen BN folds differently

@@ -1,0 +1,144 @@
+"""Evaluation views (centre crop, 10-crop, multi-scale) and backbone initialisation from classifiers."""
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from backbone import create_model
+from backbone.checkpoint import save_classifier
+from backbone.torchvision_compat import CheckpointError
+from training.backbone_init import load_backbone_weights
+from training.distributed import DistributedContext
+from training.evaluation import (
+    PAPER_TEST_SCALES,
+    collate_list,
+    evaluate,
+    fully_convolutional_scores,
+    predict_center,
+    predict_multi_scale,
+    predict_ten_crop,
+    topk_errors,
+)
+from training.sampler import SeededDataset
+from training.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop_transform,
+    ten_crop_transform,
+    whole_image_transform,
+)
+
+CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+VIEW = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@pytest.fixture(scope="module")
+def small_resnet():
+    """ResNet-18 layout (ImageNet stem, stride 32) at 1/8 width, with non-trivial BN statistics."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", base_width=8, num_classes=7)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, 96, 96))
+    return model.eval()
+
+
+def test_view_shapes_and_probabilities(small_resnet):
+    photo = Image.new("RGB", (300, 260), (30, 90, 200))
+    crops = ten_crop_transform(resize=256, crop_size=224, **VIEW)(photo)
+    assert crops.shape == (10, 3, 224, 224)
+    center = center_crop_transform(resize=256, crop_size=224, **VIEW)(photo)
+    assert center.shape == (3, 224, 224)
+    whole = whole_image_transform(**VIEW)(photo)
+    assert whole.shape == (3, 260, 300)
+    with torch.no_grad():
+        ten = predict_ten_crop(small_resnet, torch.stack([crops, crops]))
+        multi = predict_multi_scale(small_resnet, torch.randn(3, 40, 56), scales=(32, 64, 96))
+        score_map = fully_convolutional_scores(small_resnet, torch.randn(1, 3, 64, 96))
+    assert ten.shape == (2, 7) and multi.shape == (1, 7)
+    assert torch.allclose(ten.sum(dim=1), torch.ones(2)) and torch.allclose(multi.sum(dim=1), torch.ones(1))
+    assert score_map.shape == (1, 7, 2, 3)  # stride 32: one score vector per 32x32 input cell
+
+
+def test_convolutional_fc_averaged_over_positions_equals_the_classifier(small_resnet):
+    image = torch.randn(2, 3, 160, 224)
+    with torch.no_grad():
+        pooled_scores = fully_convolutional_scores(small_resnet, image).mean(dim=(2, 3))
+        torch.testing.assert_close(pooled_scores, small_resnet(image), rtol=1e-4, atol=1e-5)
+        one_scale = predict_multi_scale(small_resnet, image[0], scales=(160,))
+        torch.testing.assert_close(one_scale, small_resnet(image[:1]).softmax(dim=1), rtol=1e-4, atol=1e-6)
+
+
+def test_ten_crop_and_multi_scale_agree_with_centre_crop_on_a_constant_image(small_resnet):
+    """Every crop of a constant image is the same image, and so is the whole image at the crop size."""
+    with torch.no_grad():
+        for colour in ((200, 30, 60), (10, 240, 120)):
+            photo = Image.new("RGB", (256, 256), colour)
+            center = predict_center(small_resnet, center_crop_transform(resize=256, crop_size=224, **VIEW)(photo)[None])
+            ten = predict_ten_crop(small_resnet, ten_crop_transform(resize=256, crop_size=224, **VIEW)(photo)[None])
+            torch.testing.assert_close(ten, center, rtol=1e-5, atol=1e-6)
+            square = whole_image_transform(**VIEW)(Image.new("RGB", (224, 224), colour))
+            multi = predict_multi_scale(small_resnet, square, scales=(224,))
+            torch.testing.assert_close(multi, center, rtol=1e-4, atol=1e-6)
+
+
+def test_evaluate_reports_the_same_errors_for_every_view_of_constant_images(small_resnet):
+    images = [(Image.new("RGB", (224, 224), (40 * k, 255 - 40 * k, 90)), k % 7) for k in range(6)]
+
+    def errors(mode, transform, **kwargs):
+        loader = DataLoader(SeededDataset(images, transform), batch_size=1 if mode == "multi_scale" else 3,
+                            collate_fn=collate_list if mode == "multi_scale" else None)  # fmt: skip
+        return evaluate(small_resnet, loader, mode=mode, ctx=CPU, **kwargs)
+
+    center = errors("center", center_crop_transform(resize=224, crop_size=224, **VIEW))
+    ten = errors("ten_crop", ten_crop_transform(resize=224, crop_size=224, **VIEW))
+    multi = errors("multi_scale", whole_image_transform(**VIEW), scales=(224,))
+    assert center == ten == multi and center["count"] == 6
+    all_scales = errors("multi_scale", whole_image_transform(**VIEW), scales=PAPER_TEST_SCALES)
+    assert all_scales["count"] == 6 and 0 <= all_scales["top1_error"] <= 1
+    with pytest.raises(ValueError, match="mode must be one of"):
+        evaluate(small_resnet, [], mode="twelve_crop", ctx=CPU)
+
+
+def test_topk_errors_count_hits():
+    probabilities = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
+    assert topk_errors(probabilities, torch.tensor([1, 2, 0])) == (1, 3)  # 3 classes: top-5 is top-3
+
+
+# --- backbone initialisation --------------------------------------------------------------------------
+
+
+def test_torchvision_weights_initialise_a_frozen_bn_backbone(tmp_path):
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(weights=None).eval()
+    for module in reference.modules():  # non-trivial statistics so that a wrong mapping shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 1.5)
+    torch.save(reference.state_dict(), tmp_path / "resnet18-torchvision.pth")
+    backbone = create_model("resnet18", num_classes=0, norm="frozen_bn", freeze_at=2)
+    load_backbone_weights(backbone, tmp_path / "resnet18-torchvision.pth")
+    image = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        expected = torch.nn.Sequential(*list(reference.children())[:-2])(image)  # up to layer4
+        torch.testing.assert_close(backbone.eval()(image), expected, rtol=1e-4, atol=1e-5)
+
+    paper_layout = create_model("resnet50", num_classes=0)
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), tmp_path / "resnet50.pth")
+    with pytest.raises(CheckpointError, match="stride_in_1x1=False"):
+        load_backbone_weights(paper_layout, tmp_path / "resnet50.pth")
+
+
+def test_classifier_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = save_classifier(tmp_path / "resnet20.safetensors", model=create_model("cifar_resnet20"),
+                           architecture="cifar_resnet20", class_names=[str(i) for i in range(10)])  # fmt: skip
+    deeper = create_model("cifar_resnet32", num_classes=0)
+    with pytest.raises(CheckpointError, match=r"does not fit this backbone: layers: checkpoint \[3, 3, 3\]"):
+        load_backbone_weights(deeper, path)
+    keeps_fc = create_model("cifar_resnet20", num_classes=4)  # a new classifier head of its own
+    fc_before = keeps_fc.fc.weight.clone()
+    load_backbone_weights(keeps_fc, path)
+    assert torch.equal(keeps_fc.fc.weight, fc_before)

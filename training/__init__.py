@@ -1,0 +1,51 @@
+"""Training: the engine shared by pretraining and detection training, and the pretraining script.
+
+Engine pieces, one concept per module: config (dataclass <-> flags), distributed (torchrun setup),
+sampler (resumable distributed sampling), precision (AMP), schedule (LR), engine (model wrapping,
+the iteration loop, one optimizer step), checkpoint (atomic resumable checkpoints), meters,
+run_log (progress bar, metrics.jsonl, TensorBoard), plots (PNG curves), backbone_init.
+"""
+
+from training.backbone_init import load_backbone_weights
+from training.checkpoint import (
+    capture_rng_state,
+    load_training_checkpoint,
+    restore_rng_state,
+    save_training_checkpoint,
+)
+from training.config import config_to_dict, format_config, parse_config
+from training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from training.engine import iterate_batches, make_loader, prepare_model, train_step, unwrap_model
+from training.meters import MetricWindow
+from training.plots import plot_error_curves, plot_run
+from training.precision import Precision
+from training.run_log import RunLog
+from training.sampler import ResumableSampler, SeededDataset
+from training.schedule import LRSchedule
+
+__all__ = [
+    "DistributedContext",
+    "LRSchedule",
+    "MetricWindow",
+    "Precision",
+    "ResumableSampler",
+    "RunLog",
+    "SeededDataset",
+    "capture_rng_state",
+    "config_to_dict",
+    "format_config",
+    "init_distributed",
+    "iterate_batches",
+    "load_backbone_weights",
+    "load_training_checkpoint",
+    "make_loader",
+    "parse_config",
+    "plot_error_curves",
+    "plot_run",
+    "prepare_model",
+    "restore_rng_state",
+    "save_training_checkpoint",
+    "shutdown_distributed",
+    "train_step",
+    "unwrap_model",
+]

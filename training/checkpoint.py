@@ -1,0 +1,94 @@
+"""Resumable training checkpoints: written atomically, read with errors that name the file.
+
+A training checkpoint is a `torch.save`d dict of tensors and plain values (loaded back with
+`weights_only=True`, so nothing foreign is unpickled): the unwrapped model, optimizer, LR
+schedule, grad scaler, progress counters, every rank's RNG states and the config. It is for
+resuming; serving uses the safetensors format of `backbone.checkpoint`.
+"""
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backbone.torchvision_compat import CheckpointError
+
+FORMAT_NAME = "resdet.training"
+FORMAT_VERSION = 1
+
+
+def save_training_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write to a temp file in the same folder, fsync, then rename: a kill -9 leaves the old file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **state}
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp_path = Path(tmp.name)
+        try:
+            torch.save(payload, tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
+    os.replace(tmp_path, path)
+    return path
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by `save_training_checkpoint`; a missing, truncated or foreign file says so."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, foreign pickle, ...: torch raises several types
+        raise CheckpointError(
+            f"cannot read training checkpoint {path} (truncated or not a resdet training checkpoint): {error}"
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is not a resdet training checkpoint (no '{FORMAT_NAME}' format marker)")
+    if state["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: training checkpoint version {state['format_version']} is newer than this code")
+    return state
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's python, numpy, torch CPU and CUDA generator states, as tensors and plain values."""
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "position": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

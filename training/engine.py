@@ -1,0 +1,125 @@
+"""The body of a training loop, shared by pretraining and detection training.
+
+`prepare_model` wraps a model for this process (channels_last, torch.compile, DDP),
+`iterate_batches` walks epochs from any iteration (exact mid-epoch resume through
+`ResumableSampler`), and `train_step` does one optimizer step under autocast. The scripts keep the
+loop itself, flat, so each reads top to bottom.
+"""
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from training.distributed import DistributedContext
+from training.precision import Precision
+from training.sampler import ResumableSampler
+
+LossFunction = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def prepare_model(
+    model: nn.Module,
+    *,
+    ctx: DistributedContext,
+    channels_last: bool = True,
+    compile_model: bool = False,
+    sync_bn: bool = False,
+) -> nn.Module:
+    """Move to the device and wrap; returns the module to call in training (keep `model` for saving)."""
+    if sync_bn and ctx.is_distributed:
+        if ctx.device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm does not run on CPU")
+        # Batch statistics over the global batch instead of each rank's share.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(ctx.device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    wrapped: nn.Module = model
+    if ctx.is_distributed:
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=device_ids)
+    if compile_model:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile and DDP wrappers (what checkpoints store)."""
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def iterate_batches(
+    loader: DataLoader, sampler: ResumableSampler, *, start_iteration: int, max_iterations: int
+) -> Iterator[tuple[int, int, Any]]:
+    """Yield (epoch, iteration, batch) from `start_iteration` up to `max_iterations`, epoch after epoch.
+
+    The sampler is told where in the epoch to start, so iteration k gets the same batch whether
+    the run started at 0 or resumed at k.
+    """
+    iteration = start_iteration
+    while iteration < max_iterations:
+        epoch, step = divmod(iteration, sampler.steps_per_epoch)
+        sampler.set_epoch(epoch, start_step=step)
+        for batch in loader:
+            yield epoch, iteration, batch
+            iteration += 1
+            if iteration >= max_iterations:
+                return
+
+
+def train_step(
+    *,
+    model: nn.Module,
+    batch: Any,
+    compute_loss: LossFunction,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    max_grad_norm: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """Forward under autocast, backward (scaled for fp16), optional clipping, optimizer step.
+
+    `compute_loss(model, batch)` returns (total loss, {name: detached scalar}) and moves the batch
+    to the device itself. Returns the detached metrics plus "loss"; nothing here syncs with the GPU.
+    """
+    with precision.autocast():
+        loss, metrics = compute_loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    precision.scaler.scale(loss).backward()
+    if max_grad_norm > 0:
+        precision.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    return {"loss": loss.detach(), **metrics}
+
+
+def make_loader(
+    dataset, *, sampler, batch_size: int, workers: int, device: torch.device, collate_fn=None, drop_last: bool = False
+) -> DataLoader:
+    """A DataLoader with this project's settings: persistent workers, pinned memory on CUDA only.
+
+    The loader gets its own generator: creating an iterator draws a worker base seed, and drawing it
+    from the global RNG would make a resumed run's RNG stream differ from an uninterrupted one.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",  # pinning costs a copy on CPU-only machines and buys nothing
+        collate_fn=collate_fn,
+        drop_last=drop_last,
+        generator=torch.Generator(),
+        prefetch_factor=4 if workers > 0 else None,
+    )

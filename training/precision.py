@@ -1,0 +1,31 @@
+"""Mixed precision: which autocast dtype and whether a GradScaler is needed, from one `amp` setting."""
+
+import contextlib
+from contextlib import AbstractContextManager
+
+import torch
+
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+
+
+class Precision:
+    """`amp`: "auto" (bf16 on CUDA, fp32 on CPU), "none", "bf16" or "fp16" (with a GradScaler, CUDA only)."""
+
+    def __init__(self, *, amp: str, device: torch.device) -> None:
+        if amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+        if amp == "auto":
+            # CPUs without bf16 matrix units run bf16 autocast slower than fp32, so fp32 there.
+            amp = "bf16" if device.type == "cuda" else "none"
+        if amp == "fp16" and device.type != "cuda":
+            raise ValueError("amp 'fp16' needs CUDA; use 'bf16' or 'none' on CPU")
+        self.mode = amp
+        self.device_type = device.type
+        self.dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def autocast(self) -> AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)

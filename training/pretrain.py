@@ -1,0 +1,456 @@
+"""Pretrain a ResNet classifier with the paper's recipes: ImageNet (Sec. 3.4) and CIFAR-10 (Sec. 4.2).
+
+    # CIFAR-10 JPEG class folders from a tarball (extracted once into data_cache/), ResNet-20, paper recipe
+    python training/pretrain.py --recipe cifar10 --data_path ../shared/data/cifar10-jpeg.tar.gz \
+        --model cifar_resnet20 --output_dir runs/cifar_resnet20
+    # CIFAR-10 as the original python batches (folder holding cifar-10-batches-py/; nothing is downloaded)
+    python training/pretrain.py --recipe cifar10 --dataset cifar10 --data_path /data/cifar10
+    # ResNet-110: the paper's 0.01 warm-up until training error < 80%
+    python training/pretrain.py --recipe cifar10_warmup --data_path ../shared/data/cifar10-jpeg.tar.gz
+    # ImageNet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG), 8 GPUs on one machine, batch 256 in all
+    torchrun --standalone --nproc_per_node=8 training/pretrain.py --recipe imagenet \
+        --data_path /data/imagenet --model resnet50 --output_dir runs/resnet50
+    # the same on 2 machines x 8 GPUs: run this on every machine (node0 hosts the rendezvous)
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=resnet50 --rdzv_backend=c10d \
+        --rdzv_endpoint=node0:29400 training/pretrain.py --recipe imagenet --data_path /data/imagenet \
+        --model resnet50 --batch_size 512 --output_dir runs/resnet50
+    # CPU processes with gloo (what CI runs): torchrun --standalone --nproc_per_node=2 training/pretrain.py ...
+    # after an interruption (kill, preemption): the same command plus
+    ... --resume auto            # or --resume runs/resnet50/last.pt
+    # evaluate a serving checkpoint only: centre crop, 10-crop and multi-scale
+    python training/pretrain.py --recipe imagenet --data_path /data/imagenet --eval_only runs/resnet50/model.safetensors
+
+Writes to --output_dir: last.pt and best.pt (resumable training checkpoints), metrics.jsonl,
+tensorboard/, error.png (Fig. 4/6 style), loss.png, lr.png, and model.safetensors (the serving
+checkpoint: /classify serves it, detection training initialises its backbone from it).
+"""
+
+import math
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backbone import create_model
+from backbone.checkpoint import load_classifier, save_classifier
+from backbone.torchvision_compat import CheckpointError
+from training.checkpoint import (
+    capture_rng_state,
+    load_training_checkpoint,
+    restore_rng_state,
+    save_training_checkpoint,
+)
+from training.classification_data import DatasetError, build_dataset, extract_once, find_split_root
+from training.config import config_differences, config_to_dict, format_config, parse_config
+from training.distributed import all_gather_objects, barrier, init_distributed, shutdown_distributed
+from training.engine import iterate_batches, make_loader, prepare_model, train_step
+from training.evaluation import PAPER_TEST_SCALES, collate_list, evaluate
+from training.meters import MetricWindow
+from training.plots import plot_run
+from training.precision import Precision
+from training.run_log import RunLog
+from training.sampler import ResumableSampler, SeededDataset
+from training.schedule import LRSchedule
+from training.transforms import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    center_crop_transform,
+    cifar_train_transform,
+    imagenet_train_transform,
+    ten_crop_transform,
+    whole_image_transform,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class PretrainConfig:
+    """Every setting of a pretraining run. The defaults are the paper's ImageNet recipe (Sec. 3.4)."""
+
+    # --- data
+    dataset: str = "folder"  # "folder": data_path/<split>/<class>/<images>; "cifar10": the python batches
+    data_path: str = ""  # a folder, or a .tar/.tar.gz of one (extracted once into cache_dir)
+    train_split: str = "train"
+    val_split: str = "val"
+    cache_dir: str = ""  # where archives are extracted; "" = data_cache/ in the repository (gitignored)
+    decoder: str = "pil"  # "pil" or "torchvision" (torchvision.io.decode_image)
+    workers: int = 4  # DataLoader worker processes (per rank)
+    # --- model
+    model: str = "resnet50"  # any name of backbone.list_models(); the classifier gets one output per class
+    norm: str = "bn"
+    zero_init_residual: bool = False  # paper: not used (Goyal et al. 2017)
+    # --- optimisation: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 for batch 256 (Sec. 3.4); no dropout
+    batch_size: int = 256  # global: over all processes together
+    lr: float = 0.1  # at lr_reference_batch; scaled linearly with batch_size (Goyal et al. 2017)
+    lr_reference_batch: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_milestones: tuple[int, ...] = (30, 60)  # lr /10 at each (in schedule_unit)
+    schedule_unit: str = "epochs"  # "epochs" or "iterations"
+    # paper: /10 when the error plateaus, up to 60e4 iterations (~120 epochs); fixed steps are the
+    # reproducible standard (torchvision's reference). --plateau_patience N gives the paper's rule.
+    epochs: int = 90
+    max_iterations: int = 0  # when > 0, overrides epochs
+    plateau_patience: int = 0  # evaluations without improvement before lr /10; 0 = off
+    warmup_iterations: int = 0  # upper bound on the warm-up
+    warmup_factor: float = 1.0  # lr multiplier during warm-up
+    warmup_until_error: float = 0.0  # end the warm-up once training error falls below this (Sec. 4.2: 0.8)
+    # --- augmentation
+    augmentation: str = "imagenet"  # "imagenet" (scale + crop + flip + PCA lighting) or "cifar" (pad + crop + flip)
+    train_scale_range: tuple[int, ...] = (256, 480)  # shorter side sampled uniformly (Sec. 3.4)
+    crop_size: int = 224
+    eval_resize: int = 256  # shorter side before the centre crop / 10 crops
+    padding: int = 4  # CIFAR: pixels padded on each side before the random crop
+    lighting_std: float = 0.1  # PCA colour augmentation of AlexNet; 0 = off
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    # --- evaluation
+    eval_every: int = 0  # iterations between evaluations (centre crop); 0 = once per epoch
+    final_eval: tuple[str, ...] = ("center", "ten_crop", "multi_scale")  # at the end of training
+    test_scales: tuple[int, ...] = PAPER_TEST_SCALES
+    eval_batch_size: int = 0  # per rank; 0 = the training batch per rank
+    eval_only: str = ""  # a model.safetensors to evaluate (final_eval modes) instead of training
+    # --- infrastructure
+    output_dir: str = "runs/pretrain"
+    device: str = "auto"  # "auto", "cuda" or "cpu"
+    amp: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "none", "bf16", "fp16"
+    channels_last: bool = True
+    compile: bool = False
+    sync_bn: bool = False  # paper: BN statistics per GPU; True = over the global batch (CUDA only)
+    seed: int = 0
+    log_every: int = 20  # iterations between metrics.jsonl records (and DDP metric reductions)
+    checkpoint_every: int = 0  # iterations between last.pt writes; 0 = at every evaluation
+    resume: str = ""  # a last.pt/best.pt, or "auto": output_dir/last.pt when it exists
+    tensorboard: bool = True
+
+
+CIFAR10_RECIPE = dict(
+    model="cifar_resnet20",
+    augmentation="cifar",
+    crop_size=32,
+    eval_resize=32,
+    padding=4,
+    lighting_std=0.0,
+    mean=CIFAR10_MEAN,
+    std=CIFAR10_STD,
+    val_split="test",
+    batch_size=128,
+    lr=0.1,
+    lr_reference_batch=128,  # Sec. 4.2: mini-batch 128, lr 0.1
+    lr_milestones=(32000, 48000),
+    schedule_unit="iterations",
+    max_iterations=64000,  # /10 at 32k, 48k; stop at 64k
+    eval_every=1000,
+    final_eval=("center",),  # the paper tests CIFAR on the single 32x32 view
+)
+RECIPES = {
+    "imagenet": {},  # the PretrainConfig defaults
+    "cifar10": CIFAR10_RECIPE,
+    # Sec. 4.2, ResNet-110: lr 0.01 until training error < 80% (about 400 iterations), then 0.1.
+    # The 2000-iteration bound is ours: the paper gives none.
+    "cifar10_warmup": {
+        **CIFAR10_RECIPE,
+        "model": "cifar_resnet110",
+        "warmup_factor": 0.1,
+        "warmup_iterations": 2000,
+        "warmup_until_error": 0.8,
+    },
+}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def main(cfg: PretrainConfig) -> dict[str, float]:
+    ctx = init_distributed(device=cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    output_dir = Path(cfg.output_dir)
+    if ctx.is_main:
+        print(format_config(cfg), flush=True)
+        print(f"processes: {ctx.world_size}, device: {ctx.device}", flush=True)
+
+    # --- data: folders (or an archive of them) or the CIFAR-10 python batches
+    if not cfg.data_path:
+        raise DatasetError("no dataset given: pass --data_path (a folder with train/ and val/, or an archive)")
+    data_root = Path(cfg.data_path)
+    if data_root.is_file():
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else REPO_ROOT / "data_cache"
+        if ctx.local_rank == 0:
+            extract_once(data_root, cache_dir)
+        barrier(ctx)
+        data_root = find_split_root(extract_once(data_root, cache_dir), cfg.val_split)
+    val_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.val_split, decoder=cfg.decoder)
+    class_names = list(val_base.classes)
+    precision = Precision(amp=cfg.amp, device=ctx.device)
+    per_rank_batch = cfg.batch_size // ctx.world_size
+    eval_batch = cfg.eval_batch_size or max(per_rank_batch, 1)
+    eval_shard = list(range(ctx.rank, len(val_base), ctx.world_size))  # every rank scores its own share
+
+    eval_loaders = {}
+
+    def eval_loader(mode: str):
+        """Built on first use and kept (its worker processes persist between evaluations)."""
+        if mode in eval_loaders:
+            return eval_loaders[mode]
+        views = {
+            "center": center_crop_transform(
+                resize=cfg.eval_resize, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std
+            ),
+            "ten_crop": ten_crop_transform(resize=cfg.eval_resize, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std),
+            "multi_scale": whole_image_transform(mean=cfg.mean, std=cfg.std),
+        }
+        eval_loaders[mode] = make_loader(
+            SeededDataset(val_base, views[mode]),
+            sampler=eval_shard,
+            workers=cfg.workers,
+            device=ctx.device,
+            batch_size=1 if mode == "multi_scale" else eval_batch,
+            collate_fn=collate_list if mode == "multi_scale" else None,
+        )
+        return eval_loaders[mode]
+
+    def final_evaluation(model) -> dict[str, float]:
+        results = {}
+        for mode in cfg.final_eval:
+            errors = evaluate(
+                model,
+                eval_loader(mode),
+                mode=mode,
+                ctx=ctx,
+                autocast=precision.autocast,
+                scales=cfg.test_scales,
+                channels_last=cfg.channels_last,
+            )
+            results.update({f"{name}_{mode}": value for name, value in errors.items() if name != "count"})
+            if ctx.is_main:
+                print(
+                    f"{mode:>11}: top-1 error {100 * errors['top1_error']:.2f}%  top-5 error "
+                    f"{100 * errors['top5_error']:.2f}%  ({errors['count']} images)",
+                    flush=True,
+                )
+        return results
+
+    # --- evaluation only: a serving checkpoint on the validation split
+    if cfg.eval_only:
+        model, manifest = load_classifier(cfg.eval_only)
+        if manifest["class_names"] != class_names:
+            raise CheckpointError(f"{cfg.eval_only} was trained on other classes than {data_root / cfg.val_split}")
+        model.to(ctx.device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        results = final_evaluation(model)
+        shutdown_distributed()
+        return results
+
+    train_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.train_split, decoder=cfg.decoder)
+    if list(train_base.classes) != class_names:
+        raise DatasetError(
+            f"classes of {data_root / cfg.train_split} and {data_root / cfg.val_split} differ: "
+            f"{sorted(set(train_base.classes) ^ set(class_names))[:10]}"
+        )
+    if cfg.augmentation == "imagenet":
+        train_transform = imagenet_train_transform(
+            scale_range=tuple(cfg.train_scale_range),
+            crop_size=cfg.crop_size,
+            mean=cfg.mean,
+            std=cfg.std,
+            lighting_std=cfg.lighting_std,
+        )
+    elif cfg.augmentation == "cifar":
+        train_transform = cifar_train_transform(
+            crop_size=cfg.crop_size, padding=cfg.padding, mean=cfg.mean, std=cfg.std
+        )
+    else:
+        raise ValueError(f"augmentation must be 'imagenet' or 'cifar', got {cfg.augmentation!r}")
+    sampler = ResumableSampler(
+        dataset_size=len(train_base),
+        global_batch_size=cfg.batch_size,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        seed=cfg.seed,
+    )
+    train_loader = make_loader(
+        SeededDataset(train_base, train_transform),
+        sampler=sampler,
+        batch_size=per_rank_batch,
+        workers=cfg.workers,
+        device=ctx.device,
+    )
+    steps_per_epoch = sampler.steps_per_epoch
+    max_iterations = cfg.max_iterations or cfg.epochs * steps_per_epoch
+    unit = {"epochs": steps_per_epoch, "iterations": 1}[cfg.schedule_unit]
+    eval_every = cfg.eval_every or steps_per_epoch
+    checkpoint_every = cfg.checkpoint_every or eval_every
+
+    # --- model, optimizer, schedule
+    model = create_model(
+        cfg.model, num_classes=len(class_names), norm=cfg.norm, zero_init_residual=cfg.zero_init_residual
+    )
+    train_model = prepare_model(
+        model, ctx=ctx, channels_last=cfg.channels_last, compile_model=cfg.compile, sync_bn=cfg.sync_bn
+    )
+    # Weight decay on every parameter, BN's included, as the paper's Torch code (fb.resnet.torch).
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = LRSchedule(
+        base_lr=cfg.lr * cfg.batch_size / cfg.lr_reference_batch,
+        milestones=[m * unit for m in cfg.lr_milestones],
+        warmup_iterations=cfg.warmup_iterations,
+        warmup_factor=cfg.warmup_factor,
+        plateau_patience=cfg.plateau_patience,
+    )
+    window = MetricWindow()
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def compute_loss(net, batch):
+        images, labels = batch
+        images = images.to(ctx.device, non_blocking=True).contiguous(memory_format=memory_format)
+        labels = labels.to(ctx.device, non_blocking=True)
+        logits = net(images)
+        loss = F.cross_entropy(logits, labels)
+        return loss, {"error": (logits.argmax(dim=1) != labels).float().mean()}
+
+    # --- resume
+    start_iteration, best_error = 0, math.inf
+    resume_path = output_dir / "last.pt" if cfg.resume == "auto" else Path(cfg.resume) if cfg.resume else None
+    if resume_path is not None and (cfg.resume != "auto" or resume_path.exists()):
+        state = load_training_checkpoint(resume_path)
+        changed = config_differences(state["config"], config_to_dict(cfg))
+        changed.pop("resume", None)
+        if changed and ctx.is_main:
+            print(f"warning: config differs from {resume_path}: {changed}", flush=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        precision.scaler.load_state_dict(state["scaler"])
+        window.load_state_dict(state["window"], device=ctx.device)
+        rng_states = state["rng"]
+        restore_rng_state(rng_states[ctx.rank] if len(rng_states) == ctx.world_size else rng_states[0])
+        start_iteration, best_error = state["iteration"], state["best_top1_error"]
+        if ctx.is_main:
+            print(f"resumed from {resume_path} at iteration {start_iteration}", flush=True)
+
+    run_log = RunLog(
+        output_dir=output_dir,
+        ctx=ctx,
+        total_iterations=max_iterations,
+        start_iteration=start_iteration,
+        images_per_iteration=cfg.batch_size,
+        tensorboard=cfg.tensorboard,
+    )
+    run_log.print(
+        f"{len(train_base)} training images, {len(val_base)} validation images, {len(class_names)} classes; "
+        f"{steps_per_epoch} iterations per epoch, {max_iterations} in all"
+    )
+
+    # --- train
+    train_model.train()
+    for epoch, iteration, batch in iterate_batches(
+        train_loader, sampler, start_iteration=start_iteration, max_iterations=max_iterations
+    ):
+        lr = schedule.apply(optimizer, iteration)
+        window.update(
+            train_step(
+                model=train_model, batch=batch, compute_loss=compute_loss, optimizer=optimizer, precision=precision
+            )
+        )
+        done = iteration + 1
+        run_log.step()
+        finished = done == max_iterations
+        if done % cfg.log_every == 0 or finished:
+            values = window.reduce(ctx)  # the only sync point of a training iteration
+            if not math.isfinite(values["loss"]):
+                raise FloatingPointError(f"loss is {values['loss']} at iteration {done}: training diverged")
+            run_log.log("train", done, {**values, "lr": lr, "epoch": round(done / steps_per_epoch, 3)})
+            if schedule.in_warmup(done) and values["error"] < cfg.warmup_until_error:
+                schedule.end_warmup(done)
+                run_log.print(f"warm-up ends at iteration {done} (training error {100 * values['error']:.1f}%)")
+        is_best = False
+        if done % eval_every == 0 or finished:
+            errors = evaluate(
+                model,
+                eval_loader("center"),
+                mode="center",
+                ctx=ctx,
+                autocast=precision.autocast,
+                channels_last=cfg.channels_last,
+            )
+            run_log.log("eval", done, {k: errors[k] for k in ("top1_error", "top5_error")})
+            run_log.print(
+                f"iteration {done}: test top-1 error {100 * errors['top1_error']:.2f}%, "
+                f"top-5 {100 * errors['top5_error']:.2f}%"
+            )
+            if schedule.observe(errors["top1_error"]):
+                run_log.print(f"validation error plateaued: lr /10 from iteration {done}")
+            is_best = errors["top1_error"] < best_error
+            best_error = min(best_error, errors["top1_error"])
+        if done % checkpoint_every == 0 or finished or is_best:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "scaler": precision.scaler.state_dict(),
+                "window": window.state_dict(),
+                "iteration": done,
+                "epoch": epoch,
+                "best_top1_error": best_error,
+                "rng": all_gather_objects(capture_rng_state(), ctx),  # every rank's own streams
+                "config": config_to_dict(cfg),
+                "class_names": class_names,
+            }
+            if ctx.is_main:
+                save_training_checkpoint(output_dir / "last.pt", state)
+                if is_best:
+                    save_training_checkpoint(output_dir / "best.pt", state)
+
+    # --- final evaluation and the serving checkpoint
+    results = final_evaluation(model)
+    run_log.log("final", max_iterations, results)
+    run_log.close()
+    if ctx.is_main:
+        save_classifier(
+            output_dir / "model.safetensors",
+            model=model,
+            architecture=cfg.model,
+            class_names=class_names,
+            preprocessing={
+                "size": cfg.crop_size,
+                "resize": cfg.eval_resize,
+                "mean": list(cfg.mean),
+                "std": list(cfg.std),
+                "interpolation": "bilinear",
+            },
+            provenance={
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "config": config_to_dict(cfg),
+                "git_commit": git_commit(),
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "iterations": max_iterations,
+                "processes": ctx.world_size,
+            },
+            metrics={**results, "iterations": max_iterations},
+        )
+        for path in plot_run(output_dir, label=cfg.model):
+            print(f"wrote {path}", flush=True)
+        print(f"wrote {output_dir / 'model.safetensors'}", flush=True)
+    barrier(ctx)
+    shutdown_distributed()
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_config(PretrainConfig, description=__doc__, recipes=RECIPES))
