@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "star")
-SPLITS = ("train", "val")
 _SPLIT_CODES = {"train": 0, "val": 1}  # part of each image's seed, so splits never share images
 _JPEG_QUALITY = 95  # with 4:4:4 chroma (subsampling=0): shape edges stay sharp in colour too
 _MIN_SIDE, _MAX_SIDE = 0.15, 0.40  # object size as a fraction of the image side
@@ -48,7 +47,9 @@ class SyntheticObject:
     box: tuple[int, int, int, int]  # x1 y1 x2 y2 in pixel coordinates (x2, y2 exclusive), tight around the shape
 
 
-def render_image(rng: np.random.Generator, *, image_size: int, max_objects: int) -> tuple[Image.Image, list]:
+def render_image(
+    rng: np.random.Generator, *, image_size: int, max_objects: int
+) -> tuple[Image.Image, list[SyntheticObject]]:
     """One RGB image and its objects."""
     image = Image.fromarray(_texture(rng, image_size))
     objects: list[SyntheticObject] = []

@@ -90,8 +90,8 @@ def to_coco_results(predictions: Mapping[int, Prediction], *, category_ids: Sequ
         for box, score, label in zip(arrays["boxes"].tolist(), arrays["scores"].tolist(), arrays["labels"].tolist()):
             x1, y1, x2, y2 = box
             results.append({
-                "image_id": image_id,
-                "category_id": category_ids[label - 1],
+                "image_id": int(image_id),  # numpy or tensor ids would not serialise
+                "category_id": int(category_ids[label - 1]),
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "score": score,
             })  # fmt: skip
