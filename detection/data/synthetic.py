@@ -1,6 +1,6 @@
 """Write the synthetic shapes dataset (COCO and VOC layouts, train and val) to a folder.
 
-python -m detection.data.synthetic --out data/shapes --num-train 1000 --num-val 200 --image-size 192 --seed 0
+python -m detection.data.synthetic --out runs/shapes --num-train 1000 --num-val 200 --image-size 192 --seed 0
 """
 
 import argparse
