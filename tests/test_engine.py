@@ -23,7 +23,7 @@ from training.meters import MetricWindow
 from training.plots import plot_error_curves, plot_run, read_metrics
 from training.precision import Precision
 from training.run_log import RunLog
-from training.sampler import ResumableSampler, SeededDataset
+from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
 
 CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -74,37 +74,53 @@ def test_help_text_comes_from_the_field_comments(capsys):
 
 
 def test_ranks_split_every_global_batch_exactly_like_one_process():
-    single = ResumableSampler(dataset_size=37, global_batch_size=8, seed=3)
-    ranks = [ResumableSampler(dataset_size=37, global_batch_size=8, rank=r, world_size=2, seed=3) for r in (0, 1)]
+    single = ResumableBatchSampler(dataset_size=37, global_batch_size=8, seed=3)
+    ranks = [ResumableBatchSampler(dataset_size=37, global_batch_size=8, rank=r, world_size=2, seed=3) for r in (0, 1)]
     for epoch in (0, 1):
         single.set_epoch(epoch)
         for sampler in ranks:
             sampler.set_epoch(epoch)
         whole = list(single)
         shares = [list(sampler) for sampler in ranks]
-        assert len(whole) == 4 * 8 and all(len(share) == 4 * 4 for share in shares)  # 37 -> 4 whole batches
+        assert len(whole) == 4 and all(len(batch) == 8 for batch in whole)  # 37 -> 4 whole batches
+        assert all(len(share) == 4 and all(len(batch) == 4 for batch in share) for share in shares)
         for step in range(4):
-            global_batch = whole[step * 8 : (step + 1) * 8]
-            per_rank = shares[0][step * 4 : (step + 1) * 4] + shares[1][step * 4 : (step + 1) * 4]
-            assert sorted(global_batch) == sorted(per_rank)  # same images and same augmentation seeds
+            # the same images with the same augmentation seeds
+            assert sorted(whole[step]) == sorted(shares[0][step] + shares[1][step])
     single.set_epoch(0)
     first = list(single)
     single.set_epoch(1)
-    assert [index for index, _ in first] != [index for index, _ in single]  # reshuffled every epoch
+    assert [key for batch in first for key in batch] != [key for batch in single for key in batch]  # reshuffled
 
 
-def test_sampler_resumes_mid_epoch_with_the_remaining_keys():
-    sampler = ResumableSampler(dataset_size=50, global_batch_size=10, rank=1, world_size=2, seed=0)
+def test_sampler_resumes_mid_epoch_with_the_remaining_batches():
+    sampler = ResumableBatchSampler(dataset_size=50, global_batch_size=10, rank=1, world_size=2, seed=0)
     sampler.set_epoch(2)
     whole_epoch = list(sampler)
     sampler.set_epoch(2, start_step=3)
-    assert list(sampler) == whole_epoch[3 * 5 :] and len(sampler) == 2 * 5
+    assert list(sampler) == whole_epoch[3:] and len(sampler) == 2
     with pytest.raises(ValueError, match="start_step must be in"):
         sampler.set_epoch(0, start_step=5)
     with pytest.raises(ValueError, match="not divisible by 3 processes"):
-        ResumableSampler(dataset_size=50, global_batch_size=10, world_size=3)
+        ResumableBatchSampler(dataset_size=50, global_batch_size=10, world_size=3)
     with pytest.raises(ValueError, match="fewer than one batch"):
-        ResumableSampler(dataset_size=5, global_batch_size=10)
+        ResumableBatchSampler(dataset_size=5, global_batch_size=10)
+
+
+def test_grouped_batches_hold_one_group_and_resume_too():
+    groups = [index % 3 for index in range(60)]  # e.g. aspect-ratio bins of a detection dataset
+    sampler = ResumableBatchSampler(dataset_size=60, global_batch_size=8, rank=0, world_size=2, group_ids=groups)
+    sampler.set_epoch(1)
+    batches = list(sampler)
+    assert len(batches) == sampler.steps_per_epoch == 7 and all(len(batch) == 4 for batch in batches)
+    single_group = [len({groups[index] for index, _ in batch}) == 1 for batch in batches]
+    assert sum(single_group) >= 5  # only the end-of-epoch leftovers may mix groups
+    used = sorted(key for batch in batches for key in batch)
+    assert used == sorted(sampler.epoch_keys(1)[0::2])  # every key of this rank once
+    sampler.set_epoch(1, start_step=4)
+    assert list(sampler) == batches[4:]
+    with pytest.raises(ValueError, match="group_ids has 3 entries for 60 samples"):
+        ResumableBatchSampler(dataset_size=60, global_batch_size=8, group_ids=[0, 1, 2])
 
 
 class RandomNoise:
@@ -126,8 +142,8 @@ def test_seeded_dataset_repeats_augmentations_and_leaves_the_global_rng_alone():
 
 def test_iterate_batches_from_iteration_k_gives_the_uninterrupted_batches():
     data = SeededDataset([(torch.tensor([float(i)]), i) for i in range(20)], RandomNoise())
-    sampler = ResumableSampler(dataset_size=20, global_batch_size=4, seed=1)
-    loader = DataLoader(data, batch_size=4, sampler=sampler)
+    sampler = ResumableBatchSampler(dataset_size=20, global_batch_size=4, seed=1)
+    loader = DataLoader(data, batch_sampler=sampler)
     full = [(it, b[0].clone()) for _, it, b in iterate_batches(loader, sampler, start_iteration=0, max_iterations=13)]
     tail = iterate_batches(loader, sampler, start_iteration=7, max_iterations=13)
     resumed = [(it, b[0].clone()) for _, it, b in tail]

@@ -104,6 +104,7 @@ def test_a_few_iterations_lower_the_loss_and_write_every_output(colour_data, tmp
     assert [r["iteration"] for r in eval_records] == [6, 12, 18, 24]  # once per epoch
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_continues_exactly(colour_data, tmp_path):
     reference = tiny_config(colour_data, tmp_path / "reference", max_iterations=16, checkpoint_every=4)
     run_script(reference)
@@ -133,6 +134,7 @@ def test_resume_after_kill_9_continues_exactly(colour_data, tmp_path):
     assert final["top1_error_center"] == read_metrics(tmp_path / "reference" / "metrics.jsonl")[-1]["top1_error_center"]
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_match_one_process_on_the_same_global_batch(colour_data, tmp_path):
     # BatchNorm normalises each process's own share of the batch (the paper's per-GPU statistics;
     # torch's SyncBatchNorm is CUDA-only), so the two runs could only differ there by design. Frozen

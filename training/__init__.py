@@ -1,7 +1,7 @@
 """Training: the engine shared by pretraining and detection training, and the pretraining script.
 
 Engine pieces, one concept per module: config (dataclass <-> flags), distributed (torchrun setup),
-sampler (resumable distributed sampling), precision (AMP), schedule (LR), engine (model wrapping,
+sampler (resumable distributed batches), precision (AMP), schedule (LR), engine (model wrapping,
 the iteration loop, one optimizer step), checkpoint (atomic resumable checkpoints), meters,
 run_log (progress bar, metrics.jsonl, TensorBoard), plots (PNG curves), backbone_init.
 """
@@ -20,7 +20,7 @@ from training.meters import MetricWindow
 from training.plots import plot_error_curves, plot_run
 from training.precision import Precision
 from training.run_log import RunLog
-from training.sampler import ResumableSampler, SeededDataset
+from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "LRSchedule",
     "MetricWindow",
     "Precision",
-    "ResumableSampler",
+    "ResumableBatchSampler",
     "RunLog",
     "SeededDataset",
     "capture_rng_state",

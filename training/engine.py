@@ -2,21 +2,21 @@
 
 `prepare_model` wraps a model for this process (channels_last, torch.compile, DDP),
 `iterate_batches` walks epochs from any iteration (exact mid-epoch resume through
-`ResumableSampler`), and `train_step` does one optimizer step under autocast. The scripts keep the
+`ResumableBatchSampler`), and `train_step` does one optimizer step under autocast. The scripts keep the
 loop itself, flat, so each reads top to bottom.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from training.distributed import DistributedContext
 from training.precision import Precision
-from training.sampler import ResumableSampler
+from training.sampler import ResumableBatchSampler
 
 LossFunction = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -59,7 +59,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def iterate_batches(
-    loader: DataLoader, sampler: ResumableSampler, *, start_iteration: int, max_iterations: int
+    loader: DataLoader, sampler: ResumableBatchSampler, *, start_iteration: int, max_iterations: int
 ) -> Iterator[tuple[int, int, Any]]:
     """Yield (epoch, iteration, batch) from `start_iteration` up to `max_iterations`, epoch after epoch.
 
@@ -104,22 +104,34 @@ def train_step(
 
 
 def make_loader(
-    dataset, *, sampler, batch_size: int, workers: int, device: torch.device, collate_fn=None, drop_last: bool = False
+    dataset,
+    *,
+    workers: int,
+    device: torch.device,
+    batch_sampler: Sampler | None = None,
+    sampler: Iterable | None = None,
+    batch_size: int = 1,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """A DataLoader with this project's settings: persistent workers, pinned memory on CUDA only.
 
-    The loader gets its own generator: creating an iterator draws a worker base seed, and drawing it
-    from the global RNG would make a resumed run's RNG stream differ from an uninterrupted one.
+    Training passes `batch_sampler` (a `ResumableBatchSampler`); evaluation passes `sampler` (this
+    rank's indices) and `batch_size`. The loader gets its own generator: creating an iterator draws
+    a worker base seed, and drawing it from the global RNG would make a resumed run's RNG stream
+    differ from an uninterrupted one.
     """
+    batching = (
+        {"batch_sampler": batch_sampler}
+        if batch_sampler is not None
+        else {"sampler": sampler, "batch_size": batch_size}
+    )
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
+        **batching,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",  # pinning costs a copy on CPU-only machines and buys nothing
         collate_fn=collate_fn,
-        drop_last=drop_last,
         generator=torch.Generator(),
         prefetch_factor=4 if workers > 0 else None,
     )

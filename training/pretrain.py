@@ -55,7 +55,7 @@ from training.meters import MetricWindow
 from training.plots import plot_run
 from training.precision import Precision
 from training.run_log import RunLog
-from training.sampler import ResumableSampler, SeededDataset
+from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
 from training.transforms import (
     CIFAR10_MEAN,
@@ -277,7 +277,7 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         )
     else:
         raise ValueError(f"augmentation must be 'imagenet' or 'cifar', got {cfg.augmentation!r}")
-    sampler = ResumableSampler(
+    sampler = ResumableBatchSampler(
         dataset_size=len(train_base),
         global_batch_size=cfg.batch_size,
         rank=ctx.rank,
@@ -285,11 +285,7 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         seed=cfg.seed,
     )
     train_loader = make_loader(
-        SeededDataset(train_base, train_transform),
-        sampler=sampler,
-        batch_size=per_rank_batch,
-        workers=cfg.workers,
-        device=ctx.device,
+        SeededDataset(train_base, train_transform), batch_sampler=sampler, workers=cfg.workers, device=ctx.device
     )
     steps_per_epoch = sampler.steps_per_epoch
     max_iterations = cfg.max_iterations or cfg.epochs * steps_per_epoch
