@@ -1,0 +1,28 @@
+"""Faster R-CNN on the ResNets of backbone/: C4 (the paper's appendix) and FPN heads, torchvision-compatible.
+
+    from detection import build_detector, load_detector, save_detector
+    model = build_detector(backbone="resnet50", head="fpn", num_classes=3, class_names=["a", "b", "c"])
+    losses, detections = model(images, targets)          # images: list of [3, H, W] floats in [0, 1]
+    results = model.eval().predict([pil_image], score_threshold=0.5)
+
+Label ids: 0 is background inside the model; class_names[i - 1] names label i (1..K).
+"""
+
+from detection.builder import DETECTOR_BACKBONES, build_detector
+from detection.checkpoint import load_detector, save_detector
+from detection.convert import convert_torchvision_detector
+from detection.detector import Detector
+from detection.options import DetectorOptions
+from detection.torchvision_compat import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+
+__all__ = [
+    "COCO_CATEGORY_IDS",
+    "COCO_CLASS_NAMES",
+    "DETECTOR_BACKBONES",
+    "Detector",
+    "DetectorOptions",
+    "build_detector",
+    "convert_torchvision_detector",
+    "load_detector",
+    "save_detector",
+]

@@ -1,0 +1,149 @@
+"""Faster R-CNN (Ren et al. 2015) on a ResNet of He et al. 2015, as the paper's appendix runs it.
+
+The forward pass reads like the paper: features -> region proposals -> per-RoI heads -> boxes in the
+original images. Each stage lives in its own file (features.py, rpn.py, roi_heads.py,
+postprocess.py); build one with `detection.build_detector`.
+
+Labels: 0 is background inside the model; `class_names[i - 1]` is the name of label i (1..K).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from backbone.torchvision_compat import load_checked
+from detection.images import to_float_image
+from detection.inference import optimize_detector
+from detection.postprocess import to_original_coordinates
+from detection.roi_heads import RoIHeads
+from detection.transform import check_images, prepare_targets
+
+
+class Detector(nn.Module):
+    """Faster R-CNN with a C4 or FPN head; `config` holds the `build_detector` kwargs that rebuild it."""
+
+    def __init__(
+        self,
+        *,
+        transform: GeneralizedRCNNTransform,
+        features: nn.Module,
+        rpn: nn.Module,
+        roi_heads: RoIHeads,
+        class_names: Sequence[str],
+        config: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        if len(class_names) != roi_heads.num_classes:
+            raise ValueError(f"{len(class_names)} class names for {roi_heads.num_classes} classes")
+        self.transform = transform
+        self.features = features
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.class_names = list(class_names)
+        self.config = dict(config)
+        # Set by optimize_for_inference: folded BN cannot be trained or saved, and an autocast dtype
+        # (e.g. torch.bfloat16) is the hook for reduced-precision inference in predict().
+        self.optimized = False
+        self.inference_autocast_dtype: torch.dtype | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.roi_heads.num_classes
+
+    def forward(
+        self,
+        images: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]] | None = None,
+        *,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+    ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """Return (losses, detections) for a list of RGB float images [3, H, W] in [0, 1].
+
+        Training mode: targets required, detections is empty. Eval mode: detections per image
+        (boxes x1, y1, x2, y2 in original pixels, scores, labels 1..K), plus the same losses when
+        targets are given (a validation loss). score_threshold and max_detections override the
+        built-in box_score_thresh and box_detections_per_img for this call.
+        """
+        check_images(images)
+        if targets is not None:
+            targets = prepare_targets(targets, num_images=len(images), num_classes=self.num_classes)
+        elif self.training:
+            raise ValueError("training mode needs targets (call model.eval() to detect without them)")
+        if self.training and self.optimized:
+            raise RuntimeError("this detector was optimized for inference (BN folded); it cannot be trained")
+        original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]
+
+        batch, targets = self.transform(images, targets)
+        features = self.features(batch.tensors)
+        proposals, rpn_losses = self.rpn(batch, features, targets)
+        detections, head_losses = self.roi_heads(
+            features,
+            proposals,
+            batch.image_sizes,
+            targets,
+            score_thresh=score_threshold,
+            detections_per_img=max_detections,
+        )
+        detections = to_original_coordinates(detections, batch.image_sizes, original_sizes)
+        return {**rpn_losses, **head_losses}, detections
+
+    def predict(
+        self,
+        images: Sequence[Image.Image | torch.Tensor],
+        score_threshold: float = 0.5,
+        max_detections: int = 100,
+        *,
+        batch_size: int = 4,
+    ) -> list[dict[str, Any]]:
+        """Detect objects in PIL images or uint8/uint16/float tensors of any size and mode.
+
+        Images are batched `batch_size` at a time, grouped by aspect ratio (less padding). Returns per
+        image: boxes FloatTensor[N, 4] (x1, y1, x2, y2, original pixels), scores, labels (1..K),
+        names (list of class names), highest score first.
+        """
+        if isinstance(images, (Image.Image, torch.Tensor)):
+            raise TypeError("predict takes a list of images; wrap a single image in a list")
+        device = next(self.parameters()).device
+        tensors = [to_float_image(image, index=index).to(device) for index, image in enumerate(images)]
+        order = sorted(range(len(tensors)), key=lambda i: tensors[i].shape[-1] / tensors[i].shape[-2])
+        results: list[dict[str, Any]] = [{} for _ in tensors]
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode(), torch.autocast(
+                device.type, dtype=self.inference_autocast_dtype, enabled=self.inference_autocast_dtype is not None
+            ):
+                for start in range(0, len(order), batch_size):
+                    chunk = order[start : start + batch_size]
+                    _, detections = self(
+                        [tensors[i] for i in chunk], score_threshold=score_threshold, max_detections=max_detections
+                    )
+                    for i, detection in zip(chunk, detections):
+                        names = [self.class_names[label - 1] for label in detection["labels"].tolist()]
+                        results[i] = {**detection, "names": names}
+        finally:
+            self.train(was_training)
+        return results
+
+    def load_backbone_state_dict(self, state_dict: dict[str, torch.Tensor], *, source: str) -> None:
+        """Initialise from a classifier's weights in our key names (backbone.torchvision_compat.from_torchvision
+        converts torchvision's); fc.* is ignored, and for C4 res5.* goes to the per-RoI head."""
+        backbone = self.features.backbone
+        stages = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        if hasattr(self.roi_heads.box_head, "res5"):
+            res5 = {k.removeprefix("res5."): v for k, v in stages.items() if k.startswith("res5.")}
+            load_checked(self.roi_heads.box_head.res5, res5, source=f"{source} (res5)")
+            stages = {k: v for k, v in stages.items() if not k.startswith("res5.")}
+        load_checked(backbone, stages, source=source)
+
+    def optimize_for_inference(
+        self, *, fold_bn: bool = True, channels_last: bool = True, bf16: bool = False
+    ) -> "Detector":
+        """Eval mode; BN folded into the convs (backbone and C4 head); channels_last convs; optional bf16
+        autocast in predict(). fp32 detections stay those of the unoptimized model (see docs/BENCHMARKS.md)."""
+        return optimize_detector(self, fold_bn=fold_bn, channels_last=channels_last, bf16=bf16)

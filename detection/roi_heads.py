@@ -1,0 +1,176 @@
+"""Stage 3: per-RoI classification and per-class box regression (Fast R-CNN, Girshick 2015).
+
+Proposal-to-ground-truth matching, the 1:3 foreground/background sampler, the loss and box coding are
+torchvision's (`RoIHeads`, `fastrcnn_loss`); its FPN box heads (`TwoMLPHead`, `FastRCNNConvFCHead`)
+are reused so its weights load unchanged. We own:
+- `Res5Head`, the C4 head of the ResNet paper's appendix: res5 (built by the backbone's own stage
+  builder) on 14x14 RoIs, average pooling, then the classifier and box regressor;
+- `forward`: losses whenever targets are given (eval mode too) and detections whenever not training;
+  score threshold and detections-per-image can be set per call (no shared state: thread-safe);
+- postprocessing that skips classifier outputs no class uses (`unused_class_ids`) and returns our
+  contiguous labels 1..K, while NMS runs on the same ids as torchvision's for identical results.
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.roi_heads import RoIHeads as TorchvisionRoIHeads
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.ops import FrozenBatchNorm2d, roi_align
+from torchvision.ops import boxes as box_ops
+
+from backbone import FeatureInfo
+from backbone.blocks import make_stage
+from detection.options import DetectorOptions
+
+
+class RoIHeads(TorchvisionRoIHeads):
+    """Pool each proposal, run the box head, classify and regress; losses and/or detections."""
+
+    def __init__(self, *, num_classes: int, unused_class_ids: Sequence[int], **kwargs) -> None:
+        super().__init__(**kwargs)
+        num_columns = num_classes + 1 + len(unused_class_ids)
+        unused = set(unused_class_ids)
+        if not unused <= set(range(1, num_columns)):
+            raise ValueError(f"unused_class_ids {sorted(unused)} must lie in 1..{num_columns - 1}")
+        used = [column for column in range(num_columns) if column not in unused]
+        column_to_label = torch.full((num_columns,), -1, dtype=torch.int64)
+        column_to_label[used] = torch.arange(len(used))
+        # label (0 = background, 1..K) -> classifier column, and back; derived from options, not weights.
+        self.register_buffer("label_to_column", torch.tensor(used, dtype=torch.int64), persistent=False)
+        self.register_buffer("column_to_label", column_to_label, persistent=False)
+        self.num_classes = num_classes
+        self.has_unused_columns = bool(unused)
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]] | None = None,
+        *,
+        score_thresh: float | None = None,
+        detections_per_img: int | None = None,
+    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        losses = {}
+        if targets is not None:
+            targets = [{**target, "labels": self.label_to_column[target["labels"]]} for target in targets]
+            sampled, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+            class_logits, box_regression = self.classify(features, sampled, image_shapes)
+            loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        detections = []
+        if not self.training:
+            class_logits, box_regression = self.classify(features, proposals, image_shapes)
+            detections = self.detect(
+                class_logits,
+                box_regression,
+                proposals,
+                image_shapes,
+                score_thresh=self.score_thresh if score_thresh is None else score_thresh,
+                detections_per_img=self.detections_per_img if detections_per_img is None else detections_per_img,
+            )
+        return detections, losses
+
+    def classify(
+        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.box_roi_pool(features, proposals, image_shapes)
+        class_logits, box_regression = self.box_predictor(self.box_head(pooled))
+        return class_logits.float(), box_regression.float()  # decode boxes in fp32 under bf16 autocast
+
+    def detect(
+        self,
+        class_logits: torch.Tensor,
+        box_regression: torch.Tensor,
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        *,
+        score_thresh: float,
+        detections_per_img: int,
+    ) -> list[dict[str, torch.Tensor]]:
+        """torchvision's postprocess_detections, step for step, over the used classifier columns."""
+        boxes_per_image = [len(boxes) for boxes in proposals]
+        pred_boxes = self.box_coder.decode(box_regression, proposals)
+        pred_scores = F.softmax(class_logits, -1)
+        foreground = self.label_to_column[1:]
+        detections = []
+        for boxes, scores, image_shape in zip(
+            pred_boxes.split(boxes_per_image), pred_scores.split(boxes_per_image), image_shapes
+        ):
+            boxes = box_ops.clip_boxes_to_image(boxes, image_shape)
+            columns = foreground.view(1, -1).expand(len(scores), -1)
+            if self.has_unused_columns:
+                boxes, scores = boxes[:, foreground], scores[:, foreground]
+            else:
+                boxes, scores = boxes[:, 1:], scores[:, 1:]
+            boxes, scores, columns = boxes.reshape(-1, 4), scores.reshape(-1), columns.reshape(-1)
+            keep = torch.where(scores > score_thresh)[0]
+            boxes, scores, columns = boxes[keep], scores[keep], columns[keep]
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, columns = boxes[keep], scores[keep], columns[keep]
+            keep = box_ops.batched_nms(boxes, scores, columns, self.nms_thresh)[:detections_per_img]
+            detections.append(
+                {"boxes": boxes[keep], "scores": scores[keep], "labels": self.column_to_label[columns[keep]]}
+            )
+        return detections
+
+
+class Res5Head(nn.Module):
+    """The C4 box head: res5 on each pooled RoI (its first block halves 14x14 to 7x7), then average pooling."""
+
+    def __init__(self, *, res4: FeatureInfo, backbone_config: dict, num_blocks: int, frozen_bn: bool) -> None:
+        super().__init__()
+        self.res5 = make_stage(
+            block=backbone_config["block"],
+            num_blocks=num_blocks,
+            in_channels=res4.channels,
+            out_channels=res4.channels * 2,  # every stage doubles the width (Table 1)
+            stride=2,
+            residual=backbone_config["residual"],
+            shortcut=backbone_config["shortcut"],
+            stride_in_1x1=backbone_config["stride_in_1x1"],
+            norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d,
+        )
+        for module in self.res5.modules():
+            if isinstance(module, nn.Conv2d):  # as the backbone's own stages (He et al. initialisation)
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        self.out_channels = res4.channels * 2
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.res5(pooled).mean(dim=(2, 3))
+
+
+class SingleLevelRoIAlign(nn.Module):
+    """RoIAlign from one named map (C4: res4, 14x14). aligned=True is the half-pixel-correct RoIAlign
+    (detectron2's ROIAlignV2); the paper used RoI pooling, and torchvision's FPN pooler keeps aligned=False."""
+
+    def __init__(self, *, feature_name: str, stride: int, output_size: int) -> None:
+        super().__init__()
+        self.feature_name = feature_name
+        self.spatial_scale = 1.0 / stride
+        self.output_size = (output_size, output_size)
+
+    def forward(
+        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        feature = features[self.feature_name]
+        boxes = [boxes.to(feature.dtype) for boxes in proposals]
+        return roi_align(feature, boxes, self.output_size, self.spatial_scale, sampling_ratio=0, aligned=True)
+
+
+def roi_heads_kwargs(options: DetectorOptions) -> dict:
+    """The sampling, coding and inference settings RoIHeads takes, from our options."""
+    return dict(
+        fg_iou_thresh=options.box_fg_iou_thresh,
+        bg_iou_thresh=options.box_bg_iou_thresh,
+        batch_size_per_image=options.box_batch_size_per_image,
+        positive_fraction=options.box_positive_fraction,
+        bbox_reg_weights=tuple(options.bbox_reg_weights),
+        score_thresh=options.box_score_thresh,
+        nms_thresh=options.box_nms_thresh,
+        detections_per_img=options.box_detections_per_img,
+        unused_class_ids=options.unused_class_ids,
+    )

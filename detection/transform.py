@@ -1,0 +1,70 @@
+"""Input side of the detector: check targets, then normalise, resize and batch the images.
+
+Resizing and padding are torchvision's `GeneralizedRCNNTransform` (bilinear resize of the shorter
+side, padding to a multiple of 32), so the resized pixels, and hence detections, match its models
+exactly. Before it, targets are checked here: a clear error for malformed or inverted boxes, and
+zero-area boxes are dropped (they have no extent to regress to: log(0) in the box coding gives NaN).
+"""
+
+import torch
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from detection.options import DetectorOptions
+
+
+def build_transform(options: DetectorOptions) -> GeneralizedRCNNTransform:
+    return GeneralizedRCNNTransform(
+        min_size=tuple(options.min_size),
+        max_size=options.max_size,
+        image_mean=list(options.image_mean),
+        image_std=list(options.image_std),
+        size_divisible=options.size_divisible,
+    )
+
+
+def check_images(images: list[torch.Tensor]) -> None:
+    if isinstance(images, torch.Tensor) or not isinstance(images, (list, tuple)):
+        raise TypeError("images must be a list of CHW float tensors (use Detector.predict for PIL images or uint8)")
+    for index, image in enumerate(images):
+        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image {index}: expected a tensor of shape [3, H, W], got {shape}")
+        if not image.is_floating_point():
+            raise TypeError(f"image {index}: expected floats in [0, 1], got {image.dtype} (predict() takes uint8)")
+
+
+def prepare_targets(targets: list[dict[str, torch.Tensor]], *, num_images: int, num_classes: int) -> list[dict]:
+    """Validated copies of the targets (inputs are never modified), without zero-area boxes."""
+    if len(targets) != num_images:
+        raise ValueError(f"got {num_images} images but {len(targets)} targets")
+    prepared = []
+    for index, target in enumerate(targets):
+        if "boxes" not in target or "labels" not in target:
+            raise ValueError(f"target {index}: needs 'boxes' and 'labels', has {sorted(target)}")
+        boxes = torch.as_tensor(target["boxes"]).as_subclass(torch.Tensor)
+        labels = torch.as_tensor(target["labels"]).as_subclass(torch.Tensor)
+        if boxes.numel() == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"target {index}: boxes must have shape [N, 4] (x1, y1, x2, y2), got {tuple(boxes.shape)}")
+        if labels.shape != boxes.shape[:1]:
+            raise ValueError(f"target {index}: {len(boxes)} boxes but labels of shape {tuple(labels.shape)}")
+        if not boxes.is_floating_point():
+            boxes = boxes.float()
+        if labels.dtype != torch.int64:
+            raise TypeError(f"target {index}: labels must be int64, got {labels.dtype}")
+        finite = torch.isfinite(boxes).all(dim=1)
+        if not finite.all():
+            raise ValueError(f"target {index}: box {boxes[~finite][0].tolist()} contains NaN or infinity")
+        inverted = (boxes[:, 2:] < boxes[:, :2]).any(dim=1)
+        if inverted.any():
+            box = boxes[inverted][0].tolist()
+            raise ValueError(f"target {index}: box {box} has x2 < x1 or y2 < y1 (boxes are x1, y1, x2, y2)")
+        out_of_range = (labels < 1) | (labels > num_classes)
+        if out_of_range.any():
+            raise ValueError(
+                f"target {index}: label {labels[out_of_range][0].item()} outside 1..{num_classes} (0 is background)"
+            )
+        keep = (boxes[:, 2:] > boxes[:, :2]).all(dim=1)
+        prepared.append({**target, "boxes": boxes[keep], "labels": labels[keep]})
+    return prepared
