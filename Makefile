@@ -35,8 +35,11 @@ bench-service: $(VENV)/.installed
 CONTAINER ?= podman
 COMPOSE ?= podman-compose
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+# podman writes OCI images by default, which drop HEALTHCHECK; the docker format keeps it.
+BUILD_FORMAT := $(if $(filter podman,$(CONTAINER)),--format docker)
 docker-build:
-	$(CONTAINER) build --network host -f docker/Dockerfile -t resdet:cpu --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) .
+	$(CONTAINER) build $(BUILD_FORMAT) --network host -f docker/Dockerfile -t resdet:cpu \
+		--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) .
 
 # Build, start the compose `api` service, POST bus.jpg to /detect, stop it.
 docker: docker-build

@@ -36,14 +36,14 @@ Upload images as multipart field `file` (or `files` for the batch forms). Every 
 
 async def warm_up(state: ServiceState) -> None:
     """One batch through every engine, so the first real request does not pay for lazy initialisation."""
-    for role, served in state.models.items():
-        try:
-            if state.settings.warmup:
+    if state.settings.warmup:
+        for role, served in state.models.items():
+            try:
                 await served.engine.submit(served.predictor.warmup_request())
-        except Exception as error:
-            state.warmup_error = f"{role} warm-up failed: {type(error).__name__}: {error}"
-            log.error(state.warmup_error)
-            return
+            except Exception as error:  # reported by /readyz; the models stay unserved
+                state.warmup_error = f"{role} warm-up failed: {type(error).__name__}: {error}"
+                log.error(state.warmup_error)
+                return
     state.ready = True
     log.info("ready: %s on %s", ", ".join(sorted(state.models)), state.device)
 
@@ -71,7 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             on_queue_depth=service_metrics.queue_depth.labels(model=role).set,
         )
         await served.engine.start()
-    state = ServiceState(settings=settings, device=device, models=served_models, metrics=service_metrics)
+    state = ServiceState(settings=settings, device=device, models=served_models)
     app.state.service = state
     warming = asyncio.create_task(warm_up(state))
     try:

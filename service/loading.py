@@ -2,6 +2,8 @@
 
 import hashlib
 import logging
+import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +118,9 @@ def load_served_models(settings: Settings, device: torch.device) -> dict[str, Se
 def _check_exists(path: Path, setting: str) -> None:
     if not path.is_file():
         raise ModelLoadError(f"{setting}: checkpoint not found: {path}")
+    if not os.access(path, os.R_OK):
+        mode = stat.filemode(path.stat().st_mode)
+        raise ModelLoadError(f"{setting}: checkpoint {path} ({mode}) is not readable by this user (uid {os.getuid()})")
 
 
 def _load_classifier(path: Path, *, settings: Settings, device: torch.device) -> ServedModel:

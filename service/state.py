@@ -1,11 +1,10 @@
-"""What the lifespan handler builds and the routes read: loaded models, readiness, metrics."""
+"""What the lifespan handler builds and the routes read: the loaded models and their readiness."""
 
 from dataclasses import dataclass
 
 import torch
 
 from service.loading import ServedModel
-from service.metrics import ServiceMetrics
 from service.settings import Settings
 
 
@@ -16,6 +15,5 @@ class ServiceState:
     settings: Settings
     device: torch.device
     models: dict[str, ServedModel]
-    metrics: ServiceMetrics
     ready: bool = False
     warmup_error: str | None = None

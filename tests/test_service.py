@@ -441,3 +441,44 @@ def test_openapi_documents_fields_parameters_and_errors(client):
         fields = schemas[schema]["properties"]
         assert all("description" in field or "$ref" in field or "allOf" in field for field in fields.values()), schema
     assert {"HTTPBearer", "APIKeyHeader"} <= set(spec["components"]["securitySchemes"])
+
+
+def test_main_command_serves_on_host_and_port(classifier_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "CLASSIFIER_CHECKPOINT": str(classifier_path),
+           "DETECTOR_CHECKPOINT": ""}  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-m", "service"], cwd=repo, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()
+            assert time.monotonic() < deadline, "server not ready in 60 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        response = httpx.post(f"http://127.0.0.1:{port}/classify", files=upload(image_bytes()), timeout=30)
+        assert response.status_code == 200 and len(response.json()["predictions"]) == 5
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    # uvicorn shuts down through the lifespan on SIGTERM (then re-raises the signal as its exit status)
+    assert "Application shutdown complete." in stderr.decode()
+
+
+def test_saved_checkpoints_are_readable_by_other_users(classifier_path):
+    import stat
+
+    # The container runs as an unprivileged user that reads models from a mounted folder.
+    assert stat.S_IMODE(classifier_path.stat().st_mode) & 0o004
