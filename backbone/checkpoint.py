@@ -62,6 +62,7 @@ def save_checkpoint(path: str | os.PathLike, *, state_dict: Mapping[str, torch.T
         tmp_path = Path(tmp.name)
     try:
         save_file(tensors, str(tmp_path), metadata=metadata)
+        os.chmod(tmp_path, 0o644)  # NamedTemporaryFile makes it 0600: a served model must be readable by other users
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
