@@ -1,30 +1,34 @@
-"""Initialise a detector's backbone from a pretrained classifier: ours (.safetensors) or torchvision's (.pth).
+"""Initialise from pretrained weights: a backbone from a classifier, ours (.safetensors) or torchvision's
+(.pth), or a whole detector from a detector checkpoint.
 
 The classifier's fc layer is dropped; every other tensor must fit, and an architecture mismatch
 (depth, width, block, stride placement) is reported by name instead of loading the wrong weights.
 """
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from backbone.checkpoint import load_checkpoint
+from backbone.registry import MODELS
 from backbone.torchvision_compat import CheckpointError, from_torchvision, load_checked, read_state_dict
+from detection.torchvision_compat import rename_torchvision_detector
 
 # Fields that change which tensors exist or what they mean; num_classes, norm, freeze_at and
 # out_features legitimately differ between a classifier and a detector backbone.
 ARCHITECTURE_FIELDS = ("block", "layers", "stem", "base_width", "residual", "shortcut", "stride_in_1x1")
 
 
-def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a pretrained classifier into `model` (a ResNet, typically num_classes=0, frozen BN), ignoring fc.
+def read_backbone_state(path: str | os.PathLike, *, config: Mapping) -> dict[str, torch.Tensor]:
+    """A pretrained classifier's tensors in our key names, without fc, checked against a backbone `config`.
 
     `path` is a resdet classifier checkpoint (.safetensors, from training/pretrain.py) or a
     torchvision ResNet weight file (.pth, e.g. resnet50-0676ba61.pth; needs stride_in_1x1=False).
     """
     path = Path(path)
-    config = getattr(model, "config", {})
     if path.suffix == ".safetensors":
         state_dict, manifest = load_checkpoint(path)
         if manifest["kind"] != "classifier":
@@ -46,7 +50,12 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> nn.Modul
                 "stride_in_1x1=False to load them"
             )
         state_dict = from_torchvision(read_state_dict(path))
-    backbone_state = {key: value for key, value in state_dict.items() if not key.startswith("fc.")}
+    return {key: value for key, value in state_dict.items() if not key.startswith("fc.")}
+
+
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a pretrained classifier into `model` (a ResNet, typically num_classes=0, frozen BN), ignoring fc."""
+    backbone_state = read_backbone_state(path, config=getattr(model, "config", {}))
     if hasattr(model, "fc"):  # a backbone that keeps a classifier keeps its own, freshly initialised fc
         backbone_state.update({key: value for key, value in model.state_dict().items() if key.startswith("fc.")})
     load_checked(model, backbone_state, source=str(path))
@@ -55,3 +64,38 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> nn.Modul
 
 def _normalise(value):
     return list(value) if isinstance(value, tuple | list) else value
+
+
+def initialise_detector(detector: nn.Module, path: str | os.PathLike) -> str:
+    """Initialise a `detection.Detector` from pretrained weights; returns what was loaded.
+
+    A detector (our .safetensors, or a torchvision Faster R-CNN .pth) initialises the whole model; when its
+    classes differ from ours, the class-specific predictor (classifier and box regressor) keeps its fresh
+    initialisation, the usual fine-tuning from COCO. A classifier (ours, or a torchvision ResNet .pth)
+    initialises the backbone (for C4, res5 goes to the per-RoI head).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init file not found: {path}")
+    detector_state = None
+    if path.suffix == ".safetensors":
+        state_dict, manifest = load_checkpoint(path)
+        if manifest["kind"] == "detector":
+            detector_state = state_dict
+    else:
+        state_dict = read_state_dict(path)
+        if any(key.startswith("backbone.body.") for key in state_dict):
+            detector_state = rename_torchvision_detector(state_dict)
+    if detector_state is not None:
+        own = detector.state_dict()
+        predictor = [k for k in own if k.startswith("roi_heads.box_predictor.")]
+        refit = [k for k in predictor if k in detector_state and detector_state[k].shape != own[k].shape]
+        if refit:  # other classes: keep our predictor
+            detector_state = {**detector_state, **{k: own[k] for k in predictor}}
+        load_checked(detector, detector_state, source=str(path))
+        return "the whole detector" + (" except its class-specific predictor" if refit else "")
+    backbone = detector.features.backbone
+    # a C4 backbone stops at res4: compare against the full depth, whose res5 the head holds
+    config = {**backbone.config, "layers": MODELS[detector.config["backbone"]]["layers"]}
+    detector.load_backbone_state_dict(read_backbone_state(path, config=config), source=str(path))
+    return "the backbone"

@@ -62,13 +62,19 @@ def plot_error_curves(
 
 
 def plot_scalars(
-    records: list[dict[str, Any]], keys: list[str], output_path: Path, *, ylabel: str, log_scale: bool = False
+    records: list[dict[str, Any]],
+    keys: list[str],
+    output_path: Path,
+    *,
+    ylabel: str,
+    log_scale: bool = False,
+    kind: str = "train",
 ) -> Path | None:
-    """Training records' `keys` against iterations in one panel; None when none of them was logged."""
+    """Records' `keys` (of one kind: "train" or "eval") against iterations; None when none was logged."""
     figure, axis = plt.subplots(figsize=(6, 4))
     drawn = False
     for key in keys:
-        x, y = _series(records, "train", key)
+        x, y = _series(records, kind, key)
         if x:
             axis.plot(x, y, linewidth=1.0, label=key)
             drawn = True
@@ -99,6 +105,50 @@ def plot_run(run_dir: str | os.PathLike, *, label: str = "", loss_keys: list[str
         path = plot_scalars(records, keys, run_dir / name, ylabel=ylabel, log_scale=log_scale)
         if path is not None:
             written.append(path)
+    return written
+
+
+def plot_detection_run(run_dir: str | os.PathLike, *, precision_recall: Mapping[str, Any]) -> list[Path]:
+    """loss.png, lr.png, map.png (evaluations against iterations) and pr_curves/<class>.png for a
+    detection run; `precision_recall` holds the final CocoMetrics ("coco") and/or VocMetrics ("voc")."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    train_keys = sorted({key for r in records if r.get("kind") == "train" for key in r if key.startswith("loss")})
+    panels = (
+        (train_keys, "loss.png", "loss", False, "train"),
+        (["lr"], "lr.png", "lr", True, "train"),
+        (["AP", "AP50", "voc07_mAP", "voc_area_mAP"], "map.png", "mAP", False, "eval"),
+    )
+    written = []
+    for keys, name, ylabel, log_scale, kind in panels:
+        path = plot_scalars(records, keys, run_dir / name, ylabel=ylabel, log_scale=log_scale, kind=kind)
+        if path is not None:
+            written.append(path)
+    curves: dict[str, list[tuple[str, Any, Any]]] = {}
+    if "coco" in precision_recall:
+        coco = precision_recall["coco"]
+        for name, precision in coco.precision_at_50.items():
+            valid = precision > -1  # -1: no ground truth of this class
+            curves.setdefault(name, []).append(("COCO AP50", coco.recall_thresholds[valid], precision[valid]))
+    if "voc" in precision_recall:
+        voc = precision_recall["voc"]
+        for name, recall in voc.recall.items():
+            if recall is not None:
+                curves.setdefault(name, []).append(("VOC", recall, voc.precision[name]))
+    if curves:
+        (run_dir / "pr_curves").mkdir(exist_ok=True)
+    for name, lines in curves.items():
+        figure, axis = plt.subplots(figsize=(4.5, 4))
+        for label, recall, precision in lines:
+            axis.plot(recall, precision, linewidth=1.2, label=label)
+        axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"{name} (IoU 0.5)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+        figure.tight_layout()
+        path = run_dir / "pr_curves" / f"{''.join(c if c.isalnum() else '_' for c in name)}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
     return written
 
 

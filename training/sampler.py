@@ -92,9 +92,17 @@ class SeededDataset(Dataset):
     (evaluation) transforms.
     """
 
-    def __init__(self, dataset: Dataset, transform: Callable[[Any], Any]) -> None:
+    def __init__(self, dataset: Dataset, transform: Callable[..., Any], *, joint: bool = False) -> None:
+        """joint: call `transform(image, target)` and return its pair (detection: boxes move with the
+        image); otherwise `transform(image)` and the label passes through (classification)."""
         self.dataset = dataset
         self.transform = transform
+        self.joint = joint
+
+    def _apply(self, image: Any, label: Any) -> tuple[Any, Any]:
+        if self.joint:
+            return self.transform(image, label)
+        return self.transform(image), label
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -111,8 +119,8 @@ class SeededDataset(Dataset):
             saved = generator.get_state()
             generator.manual_seed(seed)
             try:
-                return self.transform(image), label
+                return self._apply(image, label)
             finally:
                 generator.set_state(saved)
         image, label = self.dataset[key]
-        return self.transform(image), label
+        return self._apply(image, label)

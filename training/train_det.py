@@ -1,0 +1,390 @@
+"""Train and evaluate Faster R-CNN (C4 or FPN) on COCO- or VOC-layout data, one CPU to many GPUs.
+
+    # quickstart on generated data (CPU, minutes): shapes in COCO and VOC layouts, then train
+    python -m detection.data.synthetic --out runs/shapes --num-train 600 --num-val 100 --image-size 192 --seed 0
+    python training/train_det.py --recipe synthetic --dataset coco --data_path runs/shapes/coco \\
+        --output_dir runs/shapes_r18_fpn
+    # COCO 2017 (annotations/instances_train2017.json, train2017/, val2017/), the "1x" schedule, 8 GPUs
+    torchrun --standalone --nproc_per_node=8 training/train_det.py --dataset coco --data_path /data/coco \\
+        --backbone resnet50 --stride_in_1x1 false --init resnet50-0676ba61.pth --output_dir runs/r50_fpn_1x
+    # the paper's recipe (appendix: C4, 600 px, its learning rates and iterations)
+    torchrun --standalone --nproc_per_node=8 training/train_det.py --recipe paper_coco --dataset coco \\
+        --data_path /data/coco --backbone resnet101 --init runs/resnet101/model.safetensors
+    # Pascal VOC "07+12": train on VOC2007+VOC2012 trainval, test on VOC2007 test
+    python training/train_det.py --recipe paper_voc --dataset voc --data_path /data/VOCdevkit \\
+        --train_split VOC2007/trainval VOC2012/trainval --val_split VOC2007/test --init model.safetensors
+    # 2 machines x 8 GPUs (run on every machine; node0 hosts the rendezvous)
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=det --rdzv_backend=c10d --rdzv_endpoint=node0:29400 \\
+        training/train_det.py --dataset coco --data_path /data/coco --batch_size 32 --output_dir runs/r50
+    # CPU processes with gloo (what CI runs): torchrun --standalone --nproc_per_node=2 training/train_det.py ...
+    # after an interruption: the same command plus --resume auto (or --resume runs/.../last.pt)
+    # evaluate a serving checkpoint only
+    python training/train_det.py --dataset coco --data_path /data/coco --eval_only runs/r50/model.safetensors
+
+Writes to --output_dir: last.pt and best.pt (resumable), metrics.jsonl, tensorboard/, loss.png, lr.png,
+map.png, pr_<class>.png curves, eval.json (+ detections.json in COCO results format) and
+model.safetensors (the serving checkpoint, its manifest holding the measured metrics).
+"""
+
+import json
+import math
+import random
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backbone.torchvision_compat import CheckpointError
+from detection import build_detector, load_detector, save_detector
+from detection.data import (
+    VOC_CLASSES,
+    CocoDetection,
+    ConcatDetection,
+    VocDetection,
+    aspect_ratio_group_ids,
+    build_transforms,
+)
+from detection.data import collate_fn as detection_collate
+from detection.evaluation import to_coco_results, write_json
+from training.backbone_init import initialise_detector
+from training.checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
+from training.config import config_differences, config_to_dict, format_config, parse_config
+from training.det_evaluation import detect_shard, score
+from training.distributed import all_gather_objects, barrier, init_distributed, shutdown_distributed
+from training.engine import iterate_batches, make_loader, prepare_model, train_step, unwrap_model
+from training.meters import MetricWindow
+from training.plots import plot_detection_run
+from training.precision import Precision
+from training.provenance import git_commit
+from training.run_log import RunLog
+from training.sampler import ResumableBatchSampler, SeededDataset
+from training.schedule import LRSchedule
+
+
+@dataclass
+class DetTrainConfig:
+    """Every setting of a detection run. Defaults: the modern "1x" schedule (detectron2/torchvision)."""
+
+    # --- data
+    dataset: str = ""  # "coco" (any COCO-format instances json) or "voc" (VOC folder layout)
+    data_path: str = ""  # COCO: holds annotations/instances_<split>.json and <split>/; VOC: holds the VOC folders
+    train_split: tuple[str, ...] = ("train2017",)  # several are concatenated; VOC: "VOC2007/trainval" or "trainval"
+    val_split: str = "val2017"  # VOC: e.g. "VOC2007/test"
+    keep_empty: bool = False  # keep training images without boxes (torchvision's reference drops them)
+    flip_prob: float = 0.5  # horizontal flip (paper: flip, Faster R-CNN's only augmentation)
+    group_aspect_ratio: bool = True  # batches of similar aspect ratio (less padding)
+    workers: int = 4  # DataLoader workers per rank
+    # --- model (see detection.DetectorOptions for what each means)
+    backbone: str = "resnet50"  # resnet18..152 or plain18..152
+    head: str = "fpn"  # "fpn", or "c4" (the paper's appendix)
+    stride_in_1x1: bool = True  # paper's bottleneck; torchvision weights need False
+    base_width: int = 64
+    frozen_bn: bool = True  # paper: BN fixed when fine-tuning; training from scratch wants False
+    freeze_at: int = 2  # stem + res2 frozen (paper does not say; detectron2 and torchvision do)
+    min_size: tuple[int, ...] = (640, 672, 704, 736, 768, 800)  # shorter side, one drawn per training image
+    # paper: 600 (one scale); the last entry is the test size
+    max_size: int = 1333  # paper: 1000
+    anchor_sizes: tuple[int, ...] = ()  # () = the head's default
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512  # paper (Fast R-CNN): 128
+    box_detections_per_img: int = 100
+    init: str = ""  # "": from scratch; a classifier (.safetensors of pretrain.py, torchvision ResNet .pth) for
+    # the backbone; a detector (our .safetensors, torchvision Faster R-CNN .pth) for the whole model
+    # --- optimisation: SGD; the "1x" schedule: lr 0.02 at batch 16, steps at 2/3 and 8/9, 1000-it warm-up
+    batch_size: int = 16  # global: over all processes together
+    lr: float = 0.02  # at lr_reference_batch, scaled linearly with batch_size (Goyal et al. 2017)
+    lr_reference_batch: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iterations: int = 90000
+    lr_milestones: tuple[int, ...] = ()  # lr /10 at each iteration; () = 2/3 and 8/9 of max_iterations
+    warmup_iterations: int = 1000
+    warmup_factor: float = 0.001  # linear ramp from lr * warmup_factor
+    max_grad_norm: float = 0.0  # 0 = no clipping
+    # --- evaluation
+    metrics: tuple[str, ...] = ()  # "coco" and/or "voc"; () = coco for COCO, both for VOC
+    eval_every: int = 0  # iterations between evaluations; 0 = once per epoch
+    eval_batch_size: int = 2  # per rank
+    eval_only: str = ""  # a model.safetensors to evaluate instead of training
+    # --- infrastructure
+    output_dir: str = "runs/detection"
+    device: str = "auto"  # "auto", "cuda" or "cpu"
+    amp: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "none", "bf16", "fp16"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 0  # iterations between last.pt writes; 0 = at every evaluation
+    resume: str = ""  # a last.pt/best.pt, or "auto": output_dir/last.pt when it exists
+    tensorboard: bool = True
+
+
+RECIPES = {
+    "1x": {},  # the defaults
+    # ResNet paper, appendix (COCO): 8 GPUs, 8 images per RPN mini-batch, 16 per Fast R-CNN one; lr 0.001 for
+    # 240k iterations, 0.0001 for 80k more; 600 px. Departures: we train RPN and Fast R-CNN jointly (one
+    # batch of 8) instead of the paper's alternating steps, and keep a short warm-up off.
+    "paper_coco": dict(
+        head="c4", min_size=(600,), max_size=1000, batch_size=8, lr=0.001, lr_reference_batch=8,
+        max_iterations=320000, lr_milestones=(240000,), warmup_iterations=0, box_batch_size_per_image=128,
+    ),
+    # VOC, with Faster R-CNN's hyper-parameters (the ResNet paper keeps them): lr 0.001 for 60k mini-batches
+    # of one image, 0.0001 for 20k more; 600 px.
+    "paper_voc": dict(
+        head="c4", min_size=(600,), max_size=1000, batch_size=1, lr=0.001, lr_reference_batch=1,
+        max_iterations=80000, lr_milestones=(60000,), warmup_iterations=0, box_batch_size_per_image=128,
+    ),
+    # generated shapes from scratch on a CPU (quickstart, demo model, CI): ResNet-18, small images, BN trained
+    "synthetic": dict(
+        backbone="resnet18", head="fpn", frozen_bn=False, freeze_at=0, min_size=(192,), max_size=192,
+        anchor_sizes=(16, 32, 64, 128, 256), batch_size=8, lr=0.02, lr_reference_batch=16, max_iterations=1500,
+        warmup_iterations=100, box_batch_size_per_image=128, eval_every=500, workers=2,
+    ),
+}  # fmt: skip
+
+
+def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
+    """(train, val): COCO splits are <data_path>/annotations/instances_<split>.json + <data_path>/<split>/."""
+    if cfg.dataset not in ("coco", "voc"):
+        raise ValueError(
+            "pass --dataset coco (any COCO-format json) or --dataset voc, and --data_path (see --help); "
+            "for a first run generate data: python -m detection.data.synthetic --out runs/shapes"
+        )
+    if not cfg.data_path:
+        raise ValueError("pass --data_path: the folder holding the dataset (see --help)")
+    root = Path(cfg.data_path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data_path {root} is not a folder")
+    train_transform = build_transforms(flip_prob=cfg.flip_prob)  # the detector resizes (min_size/max_size)
+    eval_transform = build_transforms()
+
+    def load(split: str, *, transforms, keep_empty: bool):
+        if cfg.dataset == "coco":
+            return CocoDetection(
+                root / "annotations" / f"instances_{split}.json", root / split, keep_empty=keep_empty,
+                transforms=transforms,
+            )  # fmt: skip
+        folder, _, image_set = split.rpartition("/")
+        # a custom VOC-layout dataset lists its classes in classes.txt (one per line, label order)
+        names_file = root / folder / "classes.txt"
+        class_names = names_file.read_text().split() if names_file.is_file() else VOC_CLASSES
+        return VocDetection(
+            root / folder, image_set, class_names=class_names, keep_empty=keep_empty, transforms=transforms
+        )
+
+    val = load(cfg.val_split, transforms=eval_transform, keep_empty=True)
+    if eval_only:
+        return None, val
+    # the augmentation runs in SeededDataset (seeded per sample, for exact resume), not in the dataset
+    parts = [load(split, transforms=None, keep_empty=cfg.keep_empty) for split in cfg.train_split]
+    train = parts[0] if len(parts) == 1 else ConcatDetection(parts)
+    if train.class_names != val.class_names:
+        raise ValueError(f"training classes {train.class_names} differ from validation classes {val.class_names}")
+    return SeededDataset(train, train_transform, joint=True), val
+
+
+def main(cfg: DetTrainConfig) -> dict[str, float]:
+    ctx = init_distributed(device=cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    output_dir = Path(cfg.output_dir)
+    if ctx.is_main:
+        print(format_config(cfg), flush=True)
+        print(f"processes: {ctx.world_size}, device: {ctx.device}", flush=True)
+    precision = Precision(amp=cfg.amp, device=ctx.device)
+    metric_sets = cfg.metrics or (("coco",) if cfg.dataset == "coco" else ("coco", "voc"))
+
+    # --- data
+    train_data, val_data = build_datasets(cfg, eval_only=bool(cfg.eval_only))
+    eval_loader = make_loader(
+        val_data, sampler=list(range(ctx.rank, len(val_data), ctx.world_size)), batch_size=cfg.eval_batch_size,
+        workers=cfg.workers, device=ctx.device, collate_fn=detection_collate,
+    )  # fmt: skip
+
+    def evaluate(net, *, verbose: bool) -> tuple[dict[str, float], dict, dict]:
+        predictions, val_losses = detect_shard(net, eval_loader, ctx=ctx, autocast=precision.autocast)
+        flat, full = score(val_data, predictions, metric_sets=metric_sets, verbose=verbose and ctx.is_main)
+        return {**flat, **val_losses}, full, predictions
+
+    def write_reports(full: dict, predictions: dict, flat: dict) -> None:
+        report = {name: metrics.as_dict() for name, metrics in full.items()}
+        write_json(output_dir / "eval.json", {"headline": flat, **report})
+        write_json(output_dir / "detections.json", to_coco_results(predictions, category_ids=val_data.category_ids))
+
+    # --- evaluation only
+    if cfg.eval_only:
+        model, manifest = load_detector(cfg.eval_only)
+        if manifest["class_names"] != val_data.class_names:
+            raise CheckpointError(f"{cfg.eval_only} was trained on other classes than {cfg.val_split}")
+        model.to(ctx.device)
+        flat, full, predictions = evaluate(model, verbose=True)
+        if ctx.is_main:
+            write_reports(full, predictions, flat)
+            print(f"wrote {output_dir / 'eval.json'}", flush=True)
+        shutdown_distributed()
+        return flat
+
+    train_base = train_data.dataset
+    if ctx.is_main:
+        print(
+            f"{len(train_base)} training images ({getattr(train_base, 'num_empty_images_removed', 0)} without boxes "
+            f"left out), {len(val_data)} validation images, {len(val_data.class_names)} classes; "
+            f"{getattr(train_base, 'num_degenerate_boxes', 0)} degenerate boxes dropped",
+            flush=True,
+        )
+    sampler = ResumableBatchSampler(
+        dataset_size=len(train_data), global_batch_size=cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+        seed=cfg.seed, group_ids=aspect_ratio_group_ids(train_base) if cfg.group_aspect_ratio else None,
+    )  # fmt: skip
+    train_loader = make_loader(
+        train_data, batch_sampler=sampler, workers=cfg.workers, device=ctx.device, collate_fn=detection_collate
+    )
+    steps_per_epoch = sampler.steps_per_epoch
+    eval_every = cfg.eval_every or steps_per_epoch
+    checkpoint_every = cfg.checkpoint_every or eval_every
+
+    # --- model, optimizer, schedule
+    options = dict(
+        stride_in_1x1=cfg.stride_in_1x1, base_width=cfg.base_width, frozen_bn=cfg.frozen_bn, freeze_at=cfg.freeze_at,
+        min_size=cfg.min_size, max_size=cfg.max_size, rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_batch_size_per_image=cfg.box_batch_size_per_image, box_detections_per_img=cfg.box_detections_per_img,
+    )  # fmt: skip
+    if cfg.anchor_sizes:
+        options["anchor_sizes"] = cfg.anchor_sizes
+    model = build_detector(
+        backbone=cfg.backbone, head=cfg.head, num_classes=len(val_data.class_names),
+        class_names=val_data.class_names, **options,
+    )  # fmt: skip
+    if cfg.init:
+        described = initialise_detector(model, cfg.init)
+        if ctx.is_main:
+            print(f"initialised {described} from {cfg.init}", flush=True)
+    train_model = prepare_model(model, ctx=ctx, channels_last=cfg.channels_last, compile_model=cfg.compile)
+    # No weight decay on frozen parameters: they take no step at all.
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    milestones = cfg.lr_milestones or (cfg.max_iterations * 2 // 3, cfg.max_iterations * 8 // 9)
+    schedule = LRSchedule(
+        base_lr=cfg.lr * cfg.batch_size / cfg.lr_reference_batch, milestones=milestones,
+        warmup_iterations=cfg.warmup_iterations, warmup_factor=cfg.warmup_factor, warmup_method="linear",
+    )  # fmt: skip
+    window = MetricWindow()
+
+    def compute_loss(net, batch):
+        images, targets = batch
+        images = [image.to(ctx.device, non_blocking=True) for image in images]
+        targets = [{"boxes": t["boxes"].to(ctx.device), "labels": t["labels"].to(ctx.device)} for t in targets]
+        losses, _ = net(images, targets)
+        return sum(losses.values()), losses
+
+    # --- resume
+    start_iteration, best_map = 0, -math.inf
+    resume_path = output_dir / "last.pt" if cfg.resume == "auto" else Path(cfg.resume) if cfg.resume else None
+    if resume_path is not None and (cfg.resume != "auto" or resume_path.exists()):
+        state = load_training_checkpoint(resume_path)
+        changed = config_differences(state["config"], config_to_dict(cfg))
+        changed.pop("resume", None)
+        if changed and ctx.is_main:
+            print(f"warning: config differs from {resume_path}: {changed}", flush=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        precision.scaler.load_state_dict(state["scaler"])
+        window.load_state_dict(state["window"], device=ctx.device)
+        rng_states = state["rng"]
+        restore_rng_state(rng_states[ctx.rank] if len(rng_states) == ctx.world_size else rng_states[0])
+        start_iteration, best_map = state["iteration"], state["best_map"]
+        if ctx.is_main:
+            print(f"resumed from {resume_path} at iteration {start_iteration}", flush=True)
+
+    run_log = RunLog(
+        output_dir=output_dir, ctx=ctx, total_iterations=cfg.max_iterations, start_iteration=start_iteration,
+        images_per_iteration=cfg.batch_size, tensorboard=cfg.tensorboard,
+    )  # fmt: skip
+    run_log.print(f"{steps_per_epoch} iterations per epoch, {cfg.max_iterations} in all, lr steps at {milestones}")
+    headline = "AP50" if "coco" in metric_sets else "voc_area_mAP"
+
+    # --- train
+    train_model.train()
+    results: dict[str, float] = {}
+    for epoch, iteration, batch in iterate_batches(
+        train_loader, sampler, start_iteration=start_iteration, max_iterations=cfg.max_iterations
+    ):
+        lr = schedule.apply(optimizer, iteration)
+        window.update(
+            train_step(
+                model=train_model, batch=batch, compute_loss=compute_loss, optimizer=optimizer, precision=precision,
+                max_grad_norm=cfg.max_grad_norm,
+            )
+        )  # fmt: skip
+        done = iteration + 1
+        run_log.step()
+        finished = done == cfg.max_iterations
+        if done % cfg.log_every == 0 or finished:
+            values = window.reduce(ctx)  # the only sync point of a training iteration
+            if not math.isfinite(values["loss"]):
+                raise FloatingPointError(f"loss is {values['loss']} at iteration {done}: training diverged")
+            run_log.log("train", done, {**values, "lr": lr, "epoch": round(done / steps_per_epoch, 3)})
+        is_best = False
+        if done % eval_every == 0 or finished:
+            results, full, predictions = evaluate(model, verbose=finished)
+            run_log.log("eval", done, results)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items() if not k.startswith("val_"))
+            run_log.print(f"iteration {done}: {shown}")
+            is_best = results[headline] > best_map
+            best_map = max(best_map, results[headline])
+            if finished and ctx.is_main:
+                write_reports(full, predictions, results)
+        if done % checkpoint_every == 0 or finished or is_best:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "scaler": precision.scaler.state_dict(),
+                "window": window.state_dict(),
+                "iteration": done,
+                "epoch": epoch,
+                "best_map": best_map,
+                "rng": all_gather_objects(capture_rng_state(), ctx),  # every rank's own streams
+                "config": config_to_dict(cfg),
+                "class_names": val_data.class_names,
+            }
+            if ctx.is_main:
+                save_training_checkpoint(output_dir / "last.pt", state)
+                if is_best:
+                    save_training_checkpoint(output_dir / "best.pt", state)
+
+    # --- the serving checkpoint, with the measured metrics in its manifest
+    run_log.close()
+    if ctx.is_main and not results:
+        print("no training iteration left to run (resumed at the end?): nothing new to evaluate", flush=True)
+    if ctx.is_main and results:
+        save_detector(
+            output_dir / "model.safetensors",
+            model=unwrap_model(train_model),
+            provenance={
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "config": config_to_dict(cfg),
+                "git_commit": git_commit(),
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "iterations": cfg.max_iterations,
+                "processes": ctx.world_size,
+                "dataset": {"kind": cfg.dataset, "train": list(cfg.train_split), "val": cfg.val_split},
+            },
+            metrics={**results, "evaluated_on": cfg.val_split, "iterations": cfg.max_iterations},
+        )
+        for path in plot_detection_run(output_dir, precision_recall=full):
+            print(f"wrote {path}", flush=True)
+        print(f"wrote {output_dir / 'model.safetensors'}", flush=True)
+        print(json.dumps({k: round(v, 4) for k, v in results.items()}), flush=True)
+    barrier(ctx)
+    shutdown_distributed()
+    return results
+
+
+if __name__ == "__main__":
+    main(parse_config(DetTrainConfig, description=__doc__, recipes=RECIPES))
