@@ -9,7 +9,7 @@ class AnnotationError(ValueError):
     """An annotation file, image or entry is unusable; the message names the file and the entry."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: == would be ambiguous, compare the arrays instead
 class ImageAnnotation:
     """One image's boxes in its original pixels (XYXY), with the ones evaluation ignores flagged.
 
