@@ -60,8 +60,15 @@ def training_variants(*, batch_size: int, image_size: int, device: torch.device)
         reference, reference_optimizer, images, labels
     )
 
-    precision = Precision(amp="auto", device=device)
+    # The same plain loop in channels_last: separates what the memory format gives from what our loop does.
+    reference_cl = copy.deepcopy(reference).to(memory_format=torch.channels_last)
+    reference_cl_optimizer = torch.optim.SGD(reference_cl.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     channels_last_images = images.contiguous(memory_format=torch.channels_last)
+    variants["torchvision resnet50 channels_last, plain loop"] = lambda: plain_step(
+        reference_cl, reference_cl_optimizer, channels_last_images, labels
+    )
+
+    precision = Precision(amp="auto", device=device)
 
     def compute_loss(net, batch):
         x, y = batch

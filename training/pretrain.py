@@ -27,8 +27,8 @@ checkpoint: /classify serves it, detection training initialises its backbone fro
 
 import math
 import random
-import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,6 +54,7 @@ from training.evaluation import PAPER_TEST_SCALES, collate_list, evaluate
 from training.meters import MetricWindow
 from training.plots import plot_run
 from training.precision import Precision
+from training.provenance import git_commit
 from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
@@ -167,15 +168,6 @@ RECIPES = {
 }
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def main(cfg: PretrainConfig) -> dict[str, float]:
     ctx = init_distributed(device=cfg.device)
     torch.manual_seed(cfg.seed)
@@ -229,6 +221,7 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     def final_evaluation(model) -> dict[str, float]:
         results = {}
         for mode in cfg.final_eval:
+            started = time.perf_counter()
             errors = evaluate(
                 model,
                 eval_loader(mode),
@@ -240,9 +233,10 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
             )
             results.update({f"{name}_{mode}": value for name, value in errors.items() if name != "count"})
             if ctx.is_main:
+                seconds = time.perf_counter() - started
                 print(
                     f"{mode:>11}: top-1 error {100 * errors['top1_error']:.2f}%  top-5 error "
-                    f"{100 * errors['top5_error']:.2f}%  ({errors['count']} images)",
+                    f"{100 * errors['top5_error']:.2f}%  ({errors['count']} images, {seconds:.1f} s)",
                     flush=True,
                 )
         return results
