@@ -41,6 +41,7 @@ from backbone.torchvision_compat import CheckpointError
 from detection import build_detector, load_detector, save_detector
 from detection.data import (
     VOC_CLASSES,
+    AnnotationError,
     CocoDetection,
     ConcatDetection,
     VocDetection,
@@ -88,6 +89,10 @@ class DetTrainConfig:
     # paper: 600 (one scale); the last entry is the test size
     max_size: int = 1333  # paper: 1000
     anchor_sizes: tuple[int, ...] = ()  # () = the head's default
+    fpn_channels: int = 256
+    representation_size: int = 1024  # the FPN box head's two fc layers
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000  # paper: 300 proposals at test time
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512  # paper (Fast R-CNN): 128
     box_detections_per_img: int = 100
@@ -137,11 +142,14 @@ RECIPES = {
         head="c4", min_size=(600,), max_size=1000, batch_size=1, lr=0.001, lr_reference_batch=1,
         max_iterations=80000, lr_milestones=(60000,), warmup_iterations=0, box_batch_size_per_image=128,
     ),
-    # generated shapes from scratch on a CPU (quickstart, demo model, CI): ResNet-18, small images, BN trained
+    # generated shapes from scratch on a CPU (quickstart, demo model, CI): a narrow ResNet-18 (width 16, a
+    # quarter of the paper's), small images, BN trained (nothing pretrained to freeze)
     "synthetic": dict(
-        backbone="resnet18", head="fpn", frozen_bn=False, freeze_at=0, min_size=(192,), max_size=192,
-        anchor_sizes=(16, 32, 64, 128, 256), batch_size=8, lr=0.02, lr_reference_batch=16, max_iterations=1500,
-        warmup_iterations=100, box_batch_size_per_image=128, eval_every=500, workers=2,
+        backbone="resnet18", head="fpn", base_width=16, fpn_channels=64, representation_size=256, frozen_bn=False,
+        freeze_at=0, min_size=(128,), max_size=128, anchor_sizes=(16, 32, 64, 128, 256), batch_size=4, lr=0.02,
+        lr_reference_batch=8, max_iterations=2000, warmup_iterations=200, rpn_post_nms_top_n_train=500,
+        rpn_post_nms_top_n_test=300, box_batch_size_per_image=128, eval_every=500, workers=1, channels_last=True,
+        train_split=("train",), val_split="val",
     ),
 }  # fmt: skip
 
@@ -252,6 +260,8 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         stride_in_1x1=cfg.stride_in_1x1, base_width=cfg.base_width, frozen_bn=cfg.frozen_bn, freeze_at=cfg.freeze_at,
         min_size=cfg.min_size, max_size=cfg.max_size, rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_batch_size_per_image=cfg.box_batch_size_per_image, box_detections_per_img=cfg.box_detections_per_img,
+        fpn_channels=cfg.fpn_channels, representation_size=cfg.representation_size,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
     )  # fmt: skip
     if cfg.anchor_sizes:
         options["anchor_sizes"] = cfg.anchor_sizes
@@ -387,4 +397,9 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(parse_config(DetTrainConfig, description=__doc__, recipes=RECIPES))
+    config = parse_config(DetTrainConfig, description=__doc__, recipes=RECIPES)
+    try:
+        main(config)
+    except (AnnotationError, CheckpointError, FileNotFoundError, ValueError) as error:
+        # a user's input is wrong: say what, without a traceback through our internals
+        raise SystemExit(f"error: {error}") from error

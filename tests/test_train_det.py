@@ -1,0 +1,169 @@
+"""training/train_det.py end to end on generated shapes: COCO and VOC layouts, outputs, exact resume after
+kill -9, two gloo processes, evaluation only, and the errors a new user meets first."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbone.checkpoint import read_manifest
+from detection.data import generate_synthetic
+from training.config import make_config
+from training.plots import read_metrics
+from training.train_det import RECIPES, DetTrainConfig, main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As the subprocesses (OMP_NUM_THREADS=1): two threads on a busy 2-core machine run slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    generate_synthetic(root, num_train=12, num_val=4, image_size=64, seed=0)
+    return root
+
+
+def tiny_config(data: Path, output_dir: Path, **overrides) -> DetTrainConfig:
+    """The synthetic recipe shrunk to seconds: a width-8 ResNet-18 FPN on 64 px images, batch 2."""
+    values = {**RECIPES["synthetic"], "dataset": "coco", "data_path": str(data / "coco"),
+              "output_dir": str(output_dir), "base_width": 8, "fpn_channels": 16, "representation_size": 32,
+              "min_size": (64,), "max_size": 64, "batch_size": 2, "max_iterations": 6, "warmup_iterations": 2,
+              "lr_milestones": (4,), "eval_every": 6, "log_every": 1, "workers": 0, "tensorboard": False,
+              "box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100, "rpn_post_nms_top_n_test": 50,
+              "group_aspect_ratio": False, **overrides}  # fmt: skip
+    return make_config(DetTrainConfig, values)
+
+
+def flags(config: DetTrainConfig) -> list[str]:
+    args = []
+    for name, value in vars(config).items():
+        if value == getattr(DetTrainConfig, name):
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        args += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return args
+
+
+def script_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def run_script(config: DetTrainConfig, *, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    command = [sys.executable, *launcher, str(REPO_ROOT / "training" / "train_det.py"), *flags(config)]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    return {r["iteration"]: r["loss"] for r in read_metrics(output_dir / "metrics.jsonl") if r["kind"] == "train"}
+
+
+def test_coco_layout_trains_evaluates_and_writes_every_output(shapes, tmp_path):
+    results = main(tiny_config(shapes, tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("last.pt", "metrics.jsonl", "loss.png", "lr.png", "map.png", "eval.json", "detections.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "pr_curves").glob("*.png"))
+    assert set(results) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "val_loss"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in results.values())
+    manifest = read_manifest(run / "model.safetensors")
+    assert manifest["kind"] == "detector"
+    assert manifest["class_names"] == ["circle", "square", "triangle", "star"]
+    assert manifest["metrics"]["AP50"] == results["AP50"]
+    assert manifest["provenance"]["iterations"] == 6
+    losses = train_losses(run)
+    assert sorted(losses) == list(range(1, 7))
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert evaluation["headline"]["AP"] == results["AP"]
+
+    # evaluation only, on the serving checkpoint: the same numbers
+    again = main(tiny_config(shapes, tmp_path / "eval", eval_only=str(run / "model.safetensors")))
+    assert {k: again[k] for k in ("AP", "AP50")} == {k: results[k] for k in ("AP", "AP50")}
+
+
+def test_voc_layout_reports_both_voc_metrics_and_coco(shapes, tmp_path):
+    config = tiny_config(shapes, tmp_path / "voc", dataset="voc", data_path=str(shapes / "voc"), max_iterations=2,
+                         eval_every=2, lr_milestones=(1,))  # fmt: skip
+    results = main(config)
+    assert {"voc07_mAP", "voc_area_mAP", "AP50"} <= set(results)
+    report = json.loads((tmp_path / "voc" / "eval.json").read_text())
+    assert set(report["voc"]["mean_ap"]) == {"11point", "area"}
+
+
+def test_resume_after_kill_9_continues_exactly(shapes, tmp_path):
+    reference = tiny_config(shapes, tmp_path / "reference", max_iterations=8, checkpoint_every=3, eval_every=8)
+    run_script(reference)
+
+    killed = tiny_config(shapes, tmp_path / "killed", max_iterations=8, checkpoint_every=3, eval_every=8)
+    command = [sys.executable, str(REPO_ROOT / "training" / "train_det.py"), *flags(killed)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=script_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "killed" / "last.pt").exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    checkpoint = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert 3 <= checkpoint["iteration"] < 8
+
+    run_script(make_config(DetTrainConfig, {**vars(killed), "resume": "auto"}))
+    expected, resumed = train_losses(tmp_path / "reference"), train_losses(tmp_path / "killed")
+    assert sorted(resumed) == list(range(1, 9))
+    after = [i for i in range(1, 9) if i > checkpoint["iteration"]]
+    assert [resumed[i] for i in after] == [expected[i] for i in after]  # bit-for-bit on CPU
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_and_shard_evaluation(shapes, tmp_path):
+    """What CI runs: torchrun with 2 CPU processes. Each rank draws its own RPN/RoI samples, so losses are
+    not comparable with one process; evaluation is, since the gathered detections cover every image once."""
+    ddp = tiny_config(shapes, tmp_path / "ddp", max_iterations=4, eval_every=4, lr_milestones=(3,))
+    run_script(ddp, launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    losses = train_losses(tmp_path / "ddp")
+    assert sorted(losses) == [1, 2, 3, 4] and all(torch.isfinite(torch.tensor(list(losses.values()))))
+    detections = json.loads((tmp_path / "ddp" / "detections.json").read_text())
+    val_json = json.loads((shapes / "coco" / "annotations" / "instances_val.json").read_text())
+    val_ids = {image["id"] for image in val_json["images"]}
+    assert {d["image_id"] for d in detections} <= val_ids
+
+    checkpoint = str(tmp_path / "ddp" / "model.safetensors")
+    run_script(tiny_config(shapes, tmp_path / "eval2", eval_only=checkpoint),
+               launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))  # fmt: skip
+    single = main(tiny_config(shapes, tmp_path / "eval1", eval_only=checkpoint))
+    sharded = json.loads((tmp_path / "eval2" / "eval.json").read_text())["headline"]
+    assert sharded["AP"] == pytest.approx(single["AP"], abs=1e-9)
+    assert sharded["AP50"] == pytest.approx(single["AP50"], abs=1e-9)
+
+
+def test_missing_dataset_says_what_to_pass(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "training" / "train_det.py")], cwd=REPO_ROOT,
+                            env=script_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode != 0
+    assert "--dataset coco" in result.stderr and "--data_path" in result.stderr
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        main(make_config(DetTrainConfig, {"dataset": "coco", "data_path": str(tmp_path / "nowhere")}))
+
+
+def test_malformed_annotation_file_names_the_file(shapes, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "annotations").mkdir(parents=True)
+    (broken / "annotations" / "instances_val.json").write_text("{not json")
+    with pytest.raises(Exception, match="instances_val.json"):
+        main(tiny_config(shapes, tmp_path / "run", data_path=str(broken)))
