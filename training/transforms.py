@@ -70,6 +70,7 @@ def imagenet_train_transform(
     std: Sequence[float] = IMAGENET_STD,
     lighting_std: float = 0.1,
 ) -> v2.Compose:
+    # Paper: per-pixel mean subtracted; we normalise per channel (mean and std), as the service does.
     low, high = scale_range
     steps: list[v2.Transform] = [
         v2.ToImage(),
