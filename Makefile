@@ -13,8 +13,10 @@ $(VENV)/.installed: pyproject.toml
 
 # The API on HOST:PORT (default 127.0.0.1:8000) with the demo models of service/models/; settings are
 # environment variables (service/settings.py), e.g. `PORT=9000 MAX_BATCH=16 make serve`.
+# MALLOC_ARENA_MAX=2: glibc's per-thread arenas otherwise grow the resident memory of a threaded server
+# (measured in docs/BENCHMARKS.md).
 serve: $(VENV)/.installed
-	$(PY) -m service
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(PY) -m service
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -1,21 +1,25 @@
 """Loopback load test of the API: requests/s and p50/p99 latency at concurrency 1, 8 and 32.
 
-    python -m bench.service                        # demo detector, bus.jpg, 10 s per point (about 3 minutes)
-    python -m bench.service --duration 5 --detector my_detector.safetensors
+    python -m bench.service                        # demo detector, bus.jpg (about 5 minutes)
+    python -m bench.service --duration 5 --repeats 2 --detector my_detector.safetensors
 
 Three servers, each in its own process on 127.0.0.1, same checkpoint, same inference settings:
-  batching on   python -m service with MAX_BATCH=8, MAX_BATCH_WAIT_MS=5 (the defaults)
-  batching off  python -m service with MAX_BATCH=1 (queue and worker thread, one image per forward)
   naive         bench/service_naive.py: the model run inside the route (the anchor of every ratio)
-Each point runs `concurrency` clients that post the image back to back for `duration` seconds after
-a warm-up; we count statuses (any 5xx but a deliberate 503 fails the run) and read the server's
-resident memory before and after all the measured points. Client and server share the machine's cores.
+  batching off  python -m service with MAX_BATCH=1 (queue and worker thread, one image per forward)
+  batching on   python -m service with MAX_BATCH=8, MAX_BATCH_WAIT_MS=5 (the defaults)
+All three start and warm up first; then every (concurrency, server) point runs `duration` seconds
+of `concurrency` clients posting the image back to back, round-robin over the servers and repeated,
+so a busy neighbour on the machine slows them alike. We report the median requests/s over the
+repeats and p50/p99 over all latencies, count statuses (any 5xx but a deliberate 503 fails the run)
+and read each server's resident memory after warm-up and after every repeat. Client and servers
+share the machine's cores.
 """
 
 import argparse
 import asyncio
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,14 +49,16 @@ def rss_mb(pid: int) -> float:
 
 
 def stand_in_detector(folder: Path) -> Path:
-    """Random weights, a narrow ResNet-18 FPN at 512 px: only for timing when no demo detector exists."""
+    """Random weights in the demo detector's shape (train_det.py's "synthetic" recipe: ResNet-18 FPN, 192 px).
+
+    Only for timing when service/models/demo_detector.safetensors does not exist yet.
+    """
     from detection import build_detector, save_detector
 
     torch.manual_seed(0)
-    model = build_detector(backbone="resnet18", head="fpn", num_classes=3, base_width=32, min_size=(512,), max_size=683)
-    return save_detector(
-        folder / "stand_in_detector.safetensors", model=model, provenance={"note": "random, bench only"}
-    )
+    model = build_detector(backbone="resnet18", head="fpn", num_classes=3, frozen_bn=False, freeze_at=0,
+                           min_size=(192,), max_size=192, anchor_sizes=(16, 32, 64, 128, 256))  # fmt: skip
+    return save_detector(folder / "stand_in_detector.safetensors", model=model, provenance={"note": "random weights"})
 
 
 class Server:
@@ -61,16 +67,20 @@ class Server:
     def __init__(self, name: str, module: str, env: dict[str, str]) -> None:
         self.name = name
         self.port = free_port()
-        environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **env}
+        # MALLOC_ARENA_MAX=2 as `make serve` and the container set it (fewer glibc arenas, flat memory)
+        environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "MALLOC_ARENA_MAX": "2", **env}
+        # A file, not a pipe: an access log line per request would fill a pipe nobody reads and stall the server.
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=environment,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                                        stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.process.stderr.read().decode()[-2000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"{self.name} exited: {self.log.read().decode()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return
@@ -96,6 +106,7 @@ class Server:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log.close()
 
 
 async def load(url: str, image: bytes, *, concurrency: int, duration: float) -> tuple[list[float], dict[int, int]]:
@@ -137,6 +148,7 @@ class Point:
     mean_batch: float
     refused_503: int
     other_5xx: int
+    latencies: list[float]
 
 
 def measure(server: Server, image: bytes, *, concurrency: int, duration: float) -> Point:
@@ -156,6 +168,7 @@ def measure(server: Server, image: bytes, *, concurrency: int, duration: float) 
         mean_batch=(batches_after[0] - batches_before[0]) / batch_count if batch_count else 1.0,
         refused_503=statuses.get(503, 0),
         other_5xx=sum(n for status, n in statuses.items() if status >= 500 and status != 503),
+        latencies=latencies,
     )
 
 
@@ -164,8 +177,9 @@ def main() -> None:
     parser.add_argument("--detector", type=Path, default=DEMO_DETECTOR)
     parser.add_argument("--image", type=Path, default=BUS)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured point")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured point")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over all points")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load per server before measuring")
     args = parser.parse_args()
 
     scratch = tempfile.TemporaryDirectory(prefix="bench-service-")
@@ -177,39 +191,58 @@ def main() -> None:
         raise SystemExit(f"image not found: {args.image} (pass --image)")
     image = args.image.read_bytes()
     common = {"DETECTOR_CHECKPOINT": str(detector), "CLASSIFIER_CHECKPOINT": "", "MAX_QUEUE": "64"}
-    servers = {  # the naive anchor first
+    configs = {  # the naive anchor first
         "naive (model in the route)": ("bench.service_naive", {"DETECTOR_CHECKPOINT": str(detector)}),
         "batching off (MAX_BATCH=1)": ("service", {**common, "MAX_BATCH": "1"}),
         "batching on (MAX_BATCH=8, 5 ms)": ("service", {**common, "MAX_BATCH": "8", "MAX_BATCH_WAIT_MS": "5"}),
     }
     print(f"detector {detector.name}, image {args.image.name} ({len(image) // 1024} kB), {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {args.duration:g} s per point")  # fmt: skip
+          f"torch {torch.__version__}, {args.repeats} x {args.duration:g} s per point")  # fmt: skip
 
+    servers = [Server(name, module, env) for name, (module, env) in configs.items()]
     points: list[Point] = []
-    memory: dict[str, tuple[float, float]] = {}
-    for name, (module, env) in servers.items():
-        server = Server(name, module, env)
-        try:
+    memory: dict[str, list[float]] = {}
+    try:
+        for server in servers:
             server.wait_ready()
             asyncio.run(load(server.url, image, concurrency=max(args.concurrency), duration=args.warmup))
-            rss_start = rss_mb(server.process.pid)
+            memory[server.name] = [rss_mb(server.process.pid)]
+        for _ in range(args.repeats):
             for concurrency in args.concurrency:
-                points.append(measure(server, image, concurrency=concurrency, duration=args.duration))
-            memory[name] = (rss_start, rss_mb(server.process.pid))
-        finally:
+                for server in servers:
+                    points.append(measure(server, image, concurrency=concurrency, duration=args.duration))
+            for server in servers:
+                memory[server.name].append(rss_mb(server.process.pid))
+    finally:
+        for server in servers:
             server.stop()
 
-    anchor = {point.concurrency: point.requests_per_s for point in points if point.server == next(iter(servers))}
-    print("\n| server | concurrency | req/s | vs naive | p50 ms | p99 ms | mean batch | 503s | other 5xx |")
+    def summary(name: str, concurrency: int) -> dict:
+        runs = [p for p in points if p.server == name and p.concurrency == concurrency]
+        latencies = [latency for p in runs for latency in p.latencies]
+        return {
+            "requests_per_s": statistics.median(p.requests_per_s for p in runs),
+            "p50": percentile(latencies, 0.5) * 1e3,
+            "p99": percentile(latencies, 0.99) * 1e3,
+            "mean_batch": statistics.mean(p.mean_batch for p in runs),
+            "refused": sum(p.refused_503 for p in runs),
+            "errors": sum(p.other_5xx for p in runs),
+        }
+
+    anchor_name = next(iter(configs))
+    print("\n| server | concurrency | req/s (median) | vs naive | p50 ms | p99 ms | mean batch | 503s | other 5xx |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for point in sorted(points, key=lambda point: (point.concurrency, list(servers).index(point.server))):
-        ratio = point.requests_per_s / anchor[point.concurrency] if anchor.get(point.concurrency) else float("nan")
-        cells = (point.server, point.concurrency, f"{point.requests_per_s:.2f}", f"{ratio:.2f}x", f"{point.p50_ms:.0f}",
-                 f"{point.p99_ms:.0f}", f"{point.mean_batch:.1f}", point.refused_503, point.other_5xx)  # fmt: skip
-        print("| " + " | ".join(str(cell) for cell in cells) + " |")
-    print("\nserver resident memory, after warm-up -> after the measured points:")
-    for name, (start, end) in memory.items():
-        print(f"  {name}: {start:.0f} -> {end:.0f} MB ({end - start:+.0f} MB)")
+    for concurrency in args.concurrency:
+        anchor = summary(anchor_name, concurrency)["requests_per_s"]
+        for name in configs:
+            row = summary(name, concurrency)
+            ratio = row["requests_per_s"] / anchor if anchor else float("nan")
+            cells = (name, concurrency, f"{row['requests_per_s']:.2f}", f"{ratio:.2f}x", f"{row['p50']:.0f}",
+                     f"{row['p99']:.0f}", f"{row['mean_batch']:.1f}", row["refused"], row["errors"])  # fmt: skip
+            print("| " + " | ".join(str(cell) for cell in cells) + " |")
+    print("\nserver resident memory (MB) after warm-up, then after each round:")
+    for name, samples in memory.items():
+        print(f"  {name}: " + " -> ".join(f"{sample:.0f}" for sample in samples))
     scratch.cleanup()
     failures = [f"{point.server} at concurrency {point.concurrency}" for point in points if point.other_5xx]
     if failures:
