@@ -68,7 +68,10 @@ class ServedModel:
             ", ".join(f"{key}={_format_metric(value)}" for key, value in sorted(metrics.items()))
             or "no metrics recorded"
         )
-        description = self.manifest.get("provenance", {}).get("description", "")
+        provenance = self.manifest.get("provenance", {})
+        description = provenance.get("description") or (
+            f"Trained with `{provenance['command']}`." if provenance.get("command") else ""
+        )
         if self.is_demo:
             return (
                 f"DEMO MODEL - a small {self.role} trained by this project's pipeline to show the service working, "

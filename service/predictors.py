@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from backbone import ResNet
@@ -74,10 +74,11 @@ class ClassifierPredictor:
         self.size = int(preprocessing.get("size", 32 if stem == "cifar" else 224))
         # Shorter side first, then the centre crop; torchvision's ImageNet evaluation resizes to 256 for 224.
         resize = int(preprocessing.get("resize", self.size if stem == "cifar" else round(self.size * 256 / 224)))
+        interpolation = preprocessing.get("interpolation", "bilinear")
         self.transform = v2.Compose(
             [
                 v2.PILToTensor(),
-                v2.Resize(resize, antialias=True),
+                v2.Resize(resize, interpolation=InterpolationMode(interpolation), antialias=True),
                 v2.CenterCrop(self.size),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(
