@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test summary bench-backbone bench-service docker-build docker clean-venv
+.PHONY: serve test summary bench-backbone bench-service demo-models docker-build docker clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,19 @@ summary: $(VENV)/.installed
 
 bench-backbone: $(VENV)/.installed
 	$(PY) -m bench.backbone
+
+# Retrain the two demo models shipped in service/models/ (about 1 hour on a 2-core CPU): the synthetic
+# shapes detector (training/train_det.py --recipe synthetic) and a CIFAR-10 ResNet-20 (training/pretrain.py,
+# the paper's recipe scaled to 1000 iterations). Needs ../shared/data/cifar10-jpeg.tar.gz for the classifier.
+demo-models: $(VENV)/.installed
+	$(PY) -m detection.data.synthetic --out runs/shapes128 --num-train 1000 --num-val 200 --image-size 128 --seed 0
+	$(PY) training/train_det.py --recipe synthetic --dataset coco --data_path runs/shapes128/coco \
+		--output_dir runs/synth_r18w16_fpn
+	OMP_NUM_THREADS=1 $(PY) training/pretrain.py --recipe cifar10 --data_path ../shared/data/cifar10-jpeg.tar.gz \
+		--model cifar_resnet20 --max_iterations 1000 --lr_milestones 500 750 --eval_every 100 --log_every 10 \
+		--workers 1 --decoder torchvision --output_dir runs/cifar_resnet20
+	cp runs/synth_r18w16_fpn/model.safetensors service/models/demo_detector.safetensors
+	cp runs/cifar_resnet20/model.safetensors service/models/demo_classifier.safetensors
 
 # Loopback load test of the API (about 3 minutes): batching on vs off vs a naive handler.
 bench-service: $(VENV)/.installed
