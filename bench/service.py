@@ -3,14 +3,17 @@
     python -m bench.service                        # demo detector, bus.jpg (about 5 minutes)
     python -m bench.service --duration 5 --repeats 2 --detector my_detector.safetensors
 
-Three servers, each in its own process on 127.0.0.1, same checkpoint, same inference settings:
+Four servers, each in its own process on 127.0.0.1, same checkpoint, same inference settings:
   naive         bench/service_naive.py: the model run inside the route (the anchor of every ratio)
   batching off  python -m service with MAX_BATCH=1 (queue and worker thread, one image per forward)
   batching on   python -m service with MAX_BATCH=8, MAX_BATCH_WAIT_MS=5 (the defaults)
-All three start and warm up first; then every (concurrency, server) point runs `duration` seconds
+  overload      batching on with MAX_QUEUE=8, at the highest concurrency only: deliberate 503s
+                (the load clients wait Retry-After before trying again)
+All start and warm up first; then every (concurrency, server) point runs `duration` seconds
 of `concurrency` clients posting the image back to back, round-robin over the servers and repeated,
 so a busy neighbour on the machine slows them alike. We report the median requests/s over the
-repeats and p50/p99 over all latencies, count statuses (any 5xx but a deliberate 503 fails the run)
+repeats and p50/p99 over all latencies, the p99 of a GET /healthz probe sent every 0.5 s beside the
+load (a blocked event loop shows there), count statuses (any 5xx but a deliberate 503 fails the run)
 and read each server's resident memory after warm-up and after every repeat. Client and servers
 share the machine's cores.
 """
@@ -109,24 +112,40 @@ class Server:
         self.log.close()
 
 
-async def load(url: str, image: bytes, *, concurrency: int, duration: float) -> tuple[list[float], dict[int, int]]:
-    """`concurrency` clients posting back to back until `duration` passes; latencies of the 200s, status counts."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
+@dataclass
+class LoadResult:
+    latencies: list[float]  # seconds, requests answered 200
+    statuses: dict[int, int]
+    health_latencies: list[float]  # seconds, GET /healthz probes sent every 0.5 s during the load
+
+
+async def load(url: str, image: bytes, *, concurrency: int, duration: float) -> LoadResult:
+    """`concurrency` clients posting back to back until `duration` passes, and a /healthz prober beside them."""
+    result = LoadResult(latencies=[], statuses={}, health_latencies=[])
     deadline = time.perf_counter() + duration
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = httpx.Limits(max_connections=concurrency + 1, max_keepalive_connections=concurrency + 1)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
 
         async def worker() -> None:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
                 response = await client.post("/detect", files={"file": ("bus.jpg", image, "image/jpeg")})
-                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                result.statuses[response.status_code] = result.statuses.get(response.status_code, 0) + 1
                 if response.status_code == 200:
-                    latencies.append(time.perf_counter() - started)
+                    result.latencies.append(time.perf_counter() - started)
+                elif response.status_code == 503:  # a polite client waits as told
+                    await asyncio.sleep(float(response.headers.get("retry-after", 1)))
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, statuses
+        async def prober() -> None:
+            # An orchestrator's liveness probe: it only answers in time if the event loop is free.
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                await client.get("/healthz")
+                result.health_latencies.append(time.perf_counter() - started)
+                await asyncio.sleep(0.5)
+
+        await asyncio.gather(prober(), *(worker() for _ in range(concurrency)))
+    return result
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -143,18 +162,18 @@ class Point:
     server: str
     concurrency: int
     requests_per_s: float
-    p50_ms: float
-    p99_ms: float
     mean_batch: float
     refused_503: int
     other_5xx: int
     latencies: list[float]
+    health_latencies: list[float]
 
 
 def measure(server: Server, image: bytes, *, concurrency: int, duration: float) -> Point:
     batches_before = server.batch_stats()
     started = time.perf_counter()
-    latencies, statuses = asyncio.run(load(server.url, image, concurrency=concurrency, duration=duration))
+    result = asyncio.run(load(server.url, image, concurrency=concurrency, duration=duration))
+    latencies, statuses = result.latencies, result.statuses
     elapsed = time.perf_counter() - started
     batches_after = server.batch_stats()
     batch_count = batches_after[1] - batches_before[1]
@@ -163,12 +182,11 @@ def measure(server: Server, image: bytes, *, concurrency: int, duration: float) 
         server=server.name,
         concurrency=concurrency,
         requests_per_s=statuses.get(200, 0) / elapsed,
-        p50_ms=percentile(latencies, 0.5) * 1e3,
-        p99_ms=percentile(latencies, 0.99) * 1e3,
         mean_batch=(batches_after[0] - batches_before[0]) / batch_count if batch_count else 1.0,
         refused_503=statuses.get(503, 0),
         other_5xx=sum(n for status, n in statuses.items() if status >= 500 and status != 503),
         latencies=latencies,
+        health_latencies=result.health_latencies,
     )
 
 
@@ -195,7 +213,10 @@ def main() -> None:
         "naive (model in the route)": ("bench.service_naive", {"DETECTOR_CHECKPOINT": str(detector)}),
         "batching off (MAX_BATCH=1)": ("service", {**common, "MAX_BATCH": "1"}),
         "batching on (MAX_BATCH=8, 5 ms)": ("service", {**common, "MAX_BATCH": "8", "MAX_BATCH_WAIT_MS": "5"}),
+        # deliberate overload at the highest concurrency only: the queue refuses with 503 + Retry-After
+        "batching on, MAX_QUEUE=8": ("service", {**common, "MAX_BATCH": "8", "MAX_QUEUE": "8", "MAX_FILES": "8"}),
     }
+    overload_only = {"batching on, MAX_QUEUE=8"}
     print(f"detector {detector.name}, image {args.image.name} ({len(image) // 1024} kB), {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {args.repeats} x {args.duration:g} s per point")  # fmt: skip
 
@@ -210,6 +231,8 @@ def main() -> None:
         for _ in range(args.repeats):
             for concurrency in args.concurrency:
                 for server in servers:
+                    if server.name in overload_only and concurrency != max(args.concurrency):
+                        continue
                     points.append(measure(server, image, concurrency=concurrency, duration=args.duration))
             for server in servers:
                 memory[server.name].append(rss_mb(server.process.pid))
@@ -224,21 +247,27 @@ def main() -> None:
             "requests_per_s": statistics.median(p.requests_per_s for p in runs),
             "p50": percentile(latencies, 0.5) * 1e3,
             "p99": percentile(latencies, 0.99) * 1e3,
+            "health_p99": percentile([h for p in runs for h in p.health_latencies], 0.99) * 1e3,
             "mean_batch": statistics.mean(p.mean_batch for p in runs),
             "refused": sum(p.refused_503 for p in runs),
             "errors": sum(p.other_5xx for p in runs),
         }
 
     anchor_name = next(iter(configs))
-    print("\n| server | concurrency | req/s (median) | vs naive | p50 ms | p99 ms | mean batch | 503s | other 5xx |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    header = ("server", "concurrency", "req/s (median)", "vs naive", "p50 ms", "p99 ms", "/healthz p99 ms",
+              "mean batch", "503s", "other 5xx")  # fmt: skip
+    print("\n| " + " | ".join(header) + " |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for concurrency in args.concurrency:
         anchor = summary(anchor_name, concurrency)["requests_per_s"]
         for name in configs:
+            if name in overload_only and concurrency != max(args.concurrency):
+                continue
             row = summary(name, concurrency)
             ratio = row["requests_per_s"] / anchor if anchor else float("nan")
             cells = (name, concurrency, f"{row['requests_per_s']:.2f}", f"{ratio:.2f}x", f"{row['p50']:.0f}",
-                     f"{row['p99']:.0f}", f"{row['mean_batch']:.1f}", row["refused"], row["errors"])  # fmt: skip
+                     f"{row['p99']:.0f}", f"{row['health_p99']:.0f}", f"{row['mean_batch']:.1f}", row["refused"],
+                     row["errors"])  # fmt: skip
             print("| " + " | ".join(str(cell) for cell in cells) + " |")
     print("\nserver resident memory (MB) after warm-up, then after each round:")
     for name, samples in memory.items():
