@@ -13,7 +13,7 @@ from service.app import create_app
 from service.settings import DEMO_MODEL_DIR, get_settings
 
 DEMO_HINT = (
-    "The demo models are trained by this project's own pipeline (see README.md, 'Demo models'); "
+    "The demo models are trained by this project's own pipeline: `make demo-models` retrains them; "
     "or point DETECTOR_CHECKPOINT / CLASSIFIER_CHECKPOINT at your checkpoints "
     "(an empty value disables that model)."
 )
