@@ -60,6 +60,13 @@ async def infer(
             for index, upload in enumerate(uploads)
         )
     )
-    # All queued at once, so they can share one batch; a full queue fails the request with 503.
-    outcomes = await asyncio.gather(*(served.engine.submit(make_request(item.prepared)) for item in decoded))
+    # All queued at once, so they can share one batch. If one is refused (queue full: 503), the others are
+    # cancelled, and the engine skips cancelled requests instead of computing answers nobody will read.
+    submissions = [asyncio.ensure_future(served.engine.submit(make_request(item.prepared))) for item in decoded]
+    try:
+        outcomes = await asyncio.gather(*submissions)
+    except BaseException:
+        for submission in submissions:
+            submission.cancel()
+        raise
     return [Answer(upload=item, result=result, timing=timing) for item, (result, timing) in zip(decoded, outcomes)]

@@ -276,6 +276,44 @@ def test_full_queue_answers_503_with_retry_after(classifier_path):
         assert_still_serving(client)
 
 
+def test_a_batch_refused_in_part_is_503_and_its_queued_images_are_not_computed(classifier_path):
+    app = create_app(settings_for(classifier_path, max_batch=1, max_batch_wait_ms=0, max_queue=2, max_files=2))
+    with TestClient(app) as client:
+        wait_ready(client)
+        engine = app.state.service.models["classifier"].engine
+        real_run, started, release, computed = engine.run_batch, threading.Event(), threading.Event(), []
+
+        def held_run(items):
+            started.set()
+            release.wait(10)
+            computed.extend(items)
+            return real_run(items)
+
+        engine.run_batch = held_run
+        results = {}
+
+        def send(key):
+            results[key] = client.post("/classify", files=upload(image_bytes()))
+
+        threads = [threading.Thread(target=send, args=(key,)) for key in ("running", "queued")]
+        threads[0].start()
+        assert started.wait(10)
+        threads[1].start()
+        deadline = time.monotonic() + 10
+        while engine.queue_depth < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        files = [("files", (f"{i}.png", image_bytes(), "image/png")) for i in range(2)]
+        refused = client.post("/classify/batch", files=files)  # one fits in the queue, the other does not
+        release.set()
+        for thread in threads:
+            thread.join()
+        engine.run_batch = real_run
+        assert refused.status_code == 503 and "retry-after" in refused.headers
+        assert results["running"].status_code == 200 and results["queued"].status_code == 200
+        assert len(computed) == 2  # the batch's queued image was skipped, not computed
+
+
 # ------------------------------------------------------------------------ readiness, health, models
 
 
