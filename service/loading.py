@@ -63,11 +63,12 @@ class ServedModel:
         }
 
     def _note(self) -> str:
-        metrics = self.manifest.get("metrics", {})
-        scored = (
-            ", ".join(f"{key}={_format_metric(value)}" for key, value in sorted(metrics.items()))
-            or "no metrics recorded"
-        )
+        # Scores, not losses; COCO's -1 means "no object of that size in the data", not a score.
+        metrics = {
+            key: value for key, value in self.manifest.get("metrics", {}).items() if "loss" not in key and value != -1
+        }
+        scored = ", ".join(f"{key}={_format_metric(value)}" for key, value in sorted(metrics.items()))
+        scored = scored or "no metrics recorded"
         provenance = self.manifest.get("provenance", {})
         description = provenance.get("description") or (
             f"Trained with `{provenance['command']}`." if provenance.get("command") else ""
