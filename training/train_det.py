@@ -147,8 +147,8 @@ RECIPES = {
     "synthetic": dict(
         backbone="resnet18", head="fpn", base_width=16, fpn_channels=64, representation_size=256, frozen_bn=False,
         freeze_at=0, min_size=(128,), max_size=128, anchor_sizes=(16, 32, 64, 128, 256), batch_size=4, lr=0.02,
-        lr_reference_batch=8, max_iterations=800, warmup_iterations=100, rpn_post_nms_top_n_train=500,
-        rpn_post_nms_top_n_test=300, box_batch_size_per_image=128, eval_every=400, workers=1, channels_last=True,
+        lr_reference_batch=8, max_iterations=2000, warmup_iterations=100, rpn_post_nms_top_n_train=500,
+        rpn_post_nms_top_n_test=300, box_batch_size_per_image=128, eval_every=500, workers=1, channels_last=True,
         train_split=("train",), val_split="val",
     ),
 }  # fmt: skip
