@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbone.checkpoint import read_manifest
+from backbone import create_model
+from backbone.checkpoint import read_manifest, save_classifier
+from backbone.torchvision_compat import CheckpointError
+from detection import build_detector, save_detector
 from detection.data import generate_synthetic
+from training.backbone_init import initialise_detector
 from training.config import make_config
 from training.plots import read_metrics
 from training.train_det import RECIPES, DetTrainConfig, main
@@ -167,3 +171,43 @@ def test_malformed_annotation_file_names_the_file(shapes, tmp_path):
     (broken / "annotations" / "instances_val.json").write_text("{not json")
     with pytest.raises(Exception, match="instances_val.json"):
         main(tiny_config(shapes, tmp_path / "run", data_path=str(broken)))
+
+
+def tiny_detector(*, head: str = "fpn", num_classes: int = 4):
+    return build_detector(
+        backbone="resnet18", head=head, num_classes=num_classes, base_width=8, fpn_channels=16,
+        representation_size=32, min_size=(64,), max_size=64, frozen_bn=False, freeze_at=0,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("head", ["fpn", "c4"])
+def test_init_from_our_classifier_loads_the_backbone(tmp_path, head):
+    classifier = create_model("resnet18", base_width=8, num_classes=3)
+    torch.nn.init.normal_(classifier.res5[1].conv2.weight)
+    path = save_classifier(tmp_path / "clf.safetensors", model=classifier, architecture="resnet18",
+                           class_names=["a", "b", "c"])  # fmt: skip
+    detector = tiny_detector(head=head)
+    assert initialise_detector(detector, path) == "the backbone"
+    res5 = detector.features.backbone.res5 if head == "fpn" else detector.roi_heads.box_head.res5
+    assert torch.equal(res5[1].conv2.weight, classifier.res5[1].conv2.weight)
+    assert torch.equal(detector.features.backbone.stem.conv.weight, classifier.stem.conv.weight)
+
+    wider = save_classifier(tmp_path / "wide.safetensors", model=create_model("resnet18", base_width=16),
+                            architecture="resnet18", class_names=[str(i) for i in range(1000)])  # fmt: skip
+    with pytest.raises(CheckpointError, match="base_width"):
+        initialise_detector(tiny_detector(head=head), wider)
+
+
+def test_init_from_a_detector_with_other_classes_keeps_our_predictor(tmp_path):
+    source = tiny_detector(num_classes=7)
+    path = save_detector(tmp_path / "det.safetensors", model=source)
+    detector = tiny_detector(num_classes=4)
+    fresh = detector.roi_heads.box_predictor.cls_score.weight.clone()
+    assert "except its class-specific predictor" in initialise_detector(detector, path)
+    assert torch.equal(detector.roi_heads.box_predictor.cls_score.weight, fresh)
+    assert torch.equal(detector.features.fpn.inner_blocks[0][0].weight, source.features.fpn.inner_blocks[0][0].weight)
+    same = tiny_detector(num_classes=7)
+    assert initialise_detector(same, path) == "the whole detector"
+    assert torch.equal(same.roi_heads.box_predictor.cls_score.weight, source.roi_heads.box_predictor.cls_score.weight)
+    with pytest.raises(FileNotFoundError, match="absent"):
+        initialise_detector(same, tmp_path / "absent.pth")
