@@ -5,14 +5,14 @@ from typing import Any
 
 from torch import nn
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign
 
 from backbone import create_model
 from backbone.registry import MODELS
 from detection.detector import Detector
 from detection.features import C4Features, FPNFeatures
 from detection.options import C4_ANCHOR_SIZES, FPN_ANCHOR_SIZES, HEADS, DetectorOptions
-from detection.roi_heads import Res5Head, RoIHeads, SingleLevelRoIAlign, roi_heads_kwargs
+from detection.poolers import MultiLevelRoIAlign, SingleLevelRoIAlign
+from detection.roi_heads import Res5Head, RoIHeads, roi_heads_kwargs
 from detection.rpn import build_rpn
 from detection.transform import build_transform
 
@@ -52,7 +52,9 @@ def _build_fpn(backbone: str, num_columns: int, options: DetectorOptions) -> dic
         in_channels=features.out_channels, num_levels=len(levels), options=options, default_sizes=FPN_ANCHOR_SIZES
     )
     # RoIs are pooled from P2..P5 (P6 only feeds the RPN), 7x7, level by box size as in the FPN paper.
-    pooler = MultiScaleRoIAlign(featmap_names=levels[:-1], output_size=7, sampling_ratio=2)
+    pooler = MultiLevelRoIAlign(
+        strides={name: features.strides[name] for name in levels[:-1]}, output_size=7, sampling_ratio=2
+    )
     if options.box_head == "mlp":
         box_head = TwoMLPHead(features.out_channels * 7 * 7, options.representation_size)
     else:

@@ -142,8 +142,11 @@ class Detector(nn.Module):
         load_checked(backbone, stages, source=source)
 
     def optimize_for_inference(
-        self, *, fold_bn: bool = True, channels_last: bool = True, bf16: bool = False
+        self, *, fold_bn: bool = True, fuse: bool | None = None, channels_last: bool = True, bf16: bool = False
     ) -> "Detector":
-        """Eval mode; BN folded into the convs (backbone and C4 head); channels_last convs; optional bf16
-        autocast in predict(). fp32 detections stay those of the unoptimized model (see docs/BENCHMARKS.md)."""
-        return optimize_detector(self, fold_bn=fold_bn, channels_last=channels_last, bf16=bf16)
+        """Eval mode; BN folded into the convs; conv+ReLU(+residual add) fused; channels_last convs;
+        bf16=True turns on bf16 autocast in predict() (changes numerics; off by default). The fp32
+        detections stay those of the unoptimized model (docs/BENCHMARKS.md). fuse defaults to fold_bn
+        (it needs BN folded). Irreversible: no training or saving afterwards."""
+        fuse = fold_bn if fuse is None else fuse
+        return optimize_detector(self, fold_bn=fold_bn, fuse=fuse, channels_last=channels_last, bf16=bf16)

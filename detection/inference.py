@@ -1,4 +1,5 @@
-"""Inference-only rewrites of a detector that keep its fp32 detections (measured in bench/detector.py).
+"""Inference-only rewrites of a detector that keep its fp32 detections (measured in bench/detector.py):
+BN folding, conv+ReLU(+add) fusion (detection/fusion.py), channels_last convs, optional bf16 autocast.
 
 BN is folded into the preceding convolution wherever a module declares the pair (the backbone's
 blocks and the C4 head's res5, via `conv_bn_pairs`) or a Sequential holds conv then BN (torchvision's
@@ -12,6 +13,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import FrozenBatchNorm2d
 
 from backbone.inference import fold_batchnorm
+from detection.fusion import fuse_conv_relu_sequences, fuse_fpn_and_rpn_head, fuse_resnet_blocks
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
 
@@ -29,12 +31,18 @@ def fold_sequential_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def optimize_detector(detector: nn.Module, *, fold_bn: bool, channels_last: bool, bf16: bool) -> nn.Module:
+def optimize_detector(detector: nn.Module, *, fold_bn: bool, fuse: bool, channels_last: bool, bf16: bool) -> nn.Module:
     detector.eval()
     if fold_bn:
         fold_batchnorm(detector)
         fold_sequential_batchnorm(detector)
         detector.optimized = True
+    if fuse:
+        if not fold_bn:
+            raise ValueError("fuse=True needs fold_bn=True (ReLU and add fuse into a conv with no BN after it)")
+        fuse_resnet_blocks(detector)
+        fuse_conv_relu_sequences(detector)
+        fuse_fpn_and_rpn_head(detector)
     if channels_last:
         # Only the conv weights: a conv whose weight is channels_last produces channels_last output,
         # so the whole backbone, FPN and RPN head run NHWC without converting the input batch.

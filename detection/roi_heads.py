@@ -3,6 +3,7 @@
 Proposal-to-ground-truth matching, the 1:3 foreground/background sampler, the loss and box coding are
 torchvision's (`RoIHeads`, `fastrcnn_loss`); its FPN box heads (`TwoMLPHead`, `FastRCNNConvFCHead`)
 are reused so its weights load unchanged. We own:
+- the poolers (detection/poolers.py): torchvision's RoIAlign, run on every core at inference;
 - `Res5Head`, the C4 head of the ResNet paper's appendix: res5 (built by the backbone's own stage
   builder) on 14x14 RoIs, average pooling, then the classifier and box regressor;
 - `forward`: losses whenever targets are given (eval mode too) and detections whenever not training;
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads as TorchvisionRoIHeads
 from torchvision.models.detection.roi_heads import fastrcnn_loss
-from torchvision.ops import FrozenBatchNorm2d, roi_align
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops import boxes as box_ops
 
 from backbone import FeatureInfo
@@ -141,24 +142,6 @@ class Res5Head(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.res5(pooled).mean(dim=(2, 3))
-
-
-class SingleLevelRoIAlign(nn.Module):
-    """RoIAlign from one named map (C4: res4, 14x14). aligned=True is the half-pixel-correct RoIAlign
-    (detectron2's ROIAlignV2); the paper used RoI pooling, and torchvision's FPN pooler keeps aligned=False."""
-
-    def __init__(self, *, feature_name: str, stride: int, output_size: int) -> None:
-        super().__init__()
-        self.feature_name = feature_name
-        self.spatial_scale = 1.0 / stride
-        self.output_size = (output_size, output_size)
-
-    def forward(
-        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
-    ) -> torch.Tensor:
-        feature = features[self.feature_name]
-        boxes = [boxes.to(feature.dtype) for boxes in proposals]
-        return roi_align(feature, boxes, self.output_size, self.spatial_scale, sampling_ratio=0, aligned=True)
 
 
 def roi_heads_kwargs(options: DetectorOptions) -> dict:

@@ -8,6 +8,7 @@ from PIL import Image
 
 from backbone import create_model
 from detection import DETECTOR_BACKBONES, build_detector
+from detection.fusion import FusedBlock
 
 # Tiny inputs and narrow networks keep every test a CPU fraction of a second to a few seconds.
 TINY = dict(
@@ -239,6 +240,7 @@ def test_optimize_for_inference_keeps_detections(head):
     reference = model.eval().predict(images, score_threshold=0.0)
     model.optimize_for_inference()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.features.backbone.modules())
+    assert any(isinstance(m, FusedBlock) for m in model.modules())
     optimized = model.predict(images, score_threshold=0.0)
     for a, b in zip(reference, optimized):
         assert torch.equal(a["labels"], b["labels"])
@@ -271,3 +273,27 @@ def test_unknown_options_and_backbones_are_rejected():
         build_detector(backbone="resnet18", num_classes=2, anchor_sizes=(32, 64))
     with pytest.raises(ValueError, match="3 class names for 2 classes"):
         build_detector(backbone="resnet18", num_classes=2, class_names=["a", "b", "c"])
+
+
+def test_threaded_roi_pooling_equals_torchvision_multiscale_roi_align():
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from detection.poolers import MultiLevelRoIAlign
+
+    torch.manual_seed(0)
+    features = {f"p{k}": torch.randn(2, 8, 256 // 2**k, 320 // 2**k) for k in (2, 3, 4, 5)}
+    corner = torch.rand(2, 300, 2) * torch.tensor([300.0, 240.0])
+    size = torch.rand(2, 300, 2) ** 2 * 250 + 1
+    boxes = list(torch.cat([corner, (corner + size).clamp(max=torch.tensor([320.0, 256.0]))], dim=-1))
+    shapes = [(256, 320), (240, 300)]
+    reference = MultiScaleRoIAlign(list(features), output_size=7, sampling_ratio=2)(features, boxes, shapes)
+    ours = MultiLevelRoIAlign(strides={f"p{k}": 2**k for k in (2, 3, 4, 5)}, output_size=7, sampling_ratio=2)
+    with torch.inference_mode():  # chunked over threads
+        assert torch.equal(ours(features, boxes, shapes), reference)
+    channels_last = {name: f.contiguous(memory_format=torch.channels_last) for name, f in features.items()}
+    assert torch.equal(ours(channels_last, boxes, shapes), reference)  # one call, autograd on
+    bf16 = {name: f.bfloat16() for name, f in features.items()}
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast does not reach threads
+        threaded = ours(bf16, boxes, shapes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(threaded, ours(bf16, boxes, shapes))

@@ -1,0 +1,190 @@
+"""Eval-mode Faster R-CNN R50-FPN on CPU: our detector vs torchvision's, same process, weights and images.
+
+    python -m bench.detector                 # 4 images (demo + coco-mini val), shorter side 800, ~5 min
+    python -m bench.detector --quick         # 2 images, 1 round: a smoke run in about a minute
+    python -m bench.detector --compile       # adds torch.compile of our feature extractor
+    python -m bench.detector --weights fasterrcnn_resnet50_fpn_coco-258fb6c6.pth   # real COCO weights
+
+The anchor is torchvision's `fasterrcnn_resnet50_fpn` exactly as it is built for its COCO weights
+(FrozenBatchNorm2d backbone), called the usual way (eval, torch.no_grad). Without --weights both
+models share randomly initialised weights made to behave like trained ones where it matters (BN
+statistics, spread-out class scores, unused COCO ids never scored), so there are detections to
+compare. Variants run round-robin (one call of each in turn) so a busy machine slows all alike; we
+report medians, and each speedup is the median over calls of anchor time / variant time for the same
+images in the same round (paired, so load that drifts between rounds cancels). "same detections"
+means every detection matches the anchor's: same class, box within 1e-3 px, score within 1e-4.
+"""
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+from backbone import convert_to_frozen_batchnorm
+from backbone.torchvision_compat import load_checked, read_state_dict
+from detection import COCO_CATEGORY_IDS, Detector, build_detector
+from detection.images import to_float_image
+from detection.torchvision_compat import (
+    TORCHVISION_UNUSED_COCO_IDS,
+    describe_torchvision_detector,
+    rename_torchvision_detector,
+)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ANCHOR = "torchvision fasterrcnn_resnet50_fpn (anchor)"
+Run = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
+
+
+def load_images(count: int) -> list[torch.Tensor]:
+    paths = sorted((SHARED / "demo-images").glob("*.jpg")) + sorted((SHARED / "coco-mini" / "val2017").glob("*.jpg"))
+    if not paths:
+        raise SystemExit(f"no images under {SHARED} (demo-images, coco-mini/val2017): the benchmark needs them")
+    return [to_float_image(Image.open(path)) for path in paths[:count]]
+
+
+def torchvision_anchor(weights: Path | None) -> nn.Module:
+    torch.manual_seed(0)
+    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    convert_to_frozen_batchnorm(model.backbone.body)  # what the COCO-weight builder uses (norm_layer=Frozen)
+    if weights is not None:
+        model.load_state_dict(read_state_dict(weights))
+        return model.eval()
+    with torch.no_grad():  # trained-like statistics and scores (see the module docstring)
+        for module in model.modules():
+            if isinstance(module, torchvision.ops.FrozenBatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.0)
+                module.bias.uniform_(-0.1, 0.1)
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.3)
+        model.roi_heads.box_predictor.cls_score.bias[list(TORCHVISION_UNUSED_COCO_IDS)] = -30.0
+    return model.eval()
+
+
+def build_variants(anchor: nn.Module, *, compile_features: bool) -> dict[str, Run]:
+    state_dict = anchor.state_dict()
+    ours = build_detector(**describe_torchvision_detector(state_dict)).eval()
+    load_checked(ours, rename_torchvision_detector(state_dict), source="torchvision anchor")
+
+    def ours_run(model: Detector) -> Run:
+        def run(images):
+            with torch.inference_mode():
+                return model(images)[1]
+
+        return run
+
+    def bf16_run(model: Detector) -> Run:
+        def run(images):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(images)[1]
+
+        return run
+
+    def anchor_run(images):
+        with torch.no_grad():
+            return anchor(images)
+
+    def ours_no_grad(images):
+        with torch.no_grad():
+            return ours(images)[1]
+
+    optimized = copy.deepcopy(ours).optimize_for_inference()
+    variants = {
+        ANCHOR: anchor_run,
+        "ours, as converted (no_grad)": ours_no_grad,
+        "+ inference_mode": ours_run(ours),
+        "+ channels_last": ours_run(copy.deepcopy(ours).optimize_for_inference(fold_bn=False, fuse=False)),
+        "+ BN folded": ours_run(copy.deepcopy(ours).optimize_for_inference(fuse=False)),
+        "+ fused convs = optimize_for_inference()": ours_run(optimized),
+        "optimize_for_inference() + bf16 autocast": bf16_run(optimized),
+    }
+    if compile_features:  # inductor, one compilation per padded input shape (paid in the warm-up)
+        compiled = copy.deepcopy(ours).optimize_for_inference(fuse=False)
+        compiled.features = torch.compile(compiled.features)
+        variants["BN folded + channels_last + torch.compile(features)"] = ours_run(compiled)
+    return variants
+
+
+def same_detections(reference: dict, other: dict, *, our_labels: bool) -> tuple[bool, float, float]:
+    """(every detection matched, max box difference, max score difference); labels compared as COCO ids."""
+    if len(reference["boxes"]) != len(other["boxes"]):
+        return False, float("inf"), float("inf")
+    if len(reference["boxes"]) == 0:
+        return True, 0.0, 0.0
+    labels = torch.tensor(COCO_CATEGORY_IDS)[other["labels"] - 1] if our_labels else other["labels"]
+    distance = (reference["boxes"][:, None] - other["boxes"][None]).abs().amax(dim=-1)
+    distance[reference["labels"][:, None] != labels[None]] = float("inf")
+    closest = distance.min(dim=1)
+    box = closest.values.max().item()
+    score = (reference["scores"] - other["scores"][closest.indices]).abs().max().item()
+    one_to_one = len(set(closest.indices.tolist())) == len(other["boxes"])
+    return one_to_one and box < 1e-3 and score < 1e-4, box, score
+
+
+def time_round_robin(variants: dict[str, Run], batches: list[list[torch.Tensor]], rounds: int) -> dict[str, list]:
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for batch in batches:
+            for name, run in variants.items():
+                start = time.perf_counter()
+                run(batch)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4, help="demo images first, then coco-mini val")
+    parser.add_argument("--rounds", type=int, default=2, help="timed passes over the images per variant")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per call for the throughput figure")
+    parser.add_argument("--quick", action="store_true", help="2 images, 1 round, batch 2")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile variant (slow warm-up)")
+    parser.add_argument("--weights", type=Path, help="a torchvision fasterrcnn_resnet50_fpn weight file")
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.rounds, args.batch_size = 2, 1, 2
+
+    images = load_images(args.images)
+    anchor = torchvision_anchor(args.weights)
+    variants = build_variants(anchor, compile_features=args.compile)
+    sizes = ", ".join(f"{image.shape[2]}x{image.shape[1]}" for image in images)
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads, "
+          f"{len(images)} images ({sizes}), shorter side 800")  # fmt: skip
+
+    reference = [anchor_detection for image in images for anchor_detection in variants[ANCHOR]([image])]
+    agreement = {}
+    for name, run in variants.items():  # also the warm-up: oneDNN primitive caches, allocator, compilation
+        ours = name != ANCHOR
+        results = [same_detections(ref, run([image])[0], our_labels=ours) for ref, image in zip(reference, images)]
+        agreement[name] = (all(r[0] for r in results), max(r[1] for r in results), max(r[2] for r in results))
+    detections = sum(len(r["boxes"]) for r in reference)
+
+    latency = time_round_robin(variants, [[image] for image in images], args.rounds)
+    batches = [images[i : i + args.batch_size] for i in range(0, len(images) - args.batch_size + 1, args.batch_size)]
+    throughput = time_round_robin(variants, batches, args.rounds)
+
+    def paired_speedup(times: dict[str, list[float]], name: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[ANCHOR], times[name]))
+
+    print(f"\n{detections} anchor detections over {len(images)} images; latency = median s/image at batch 1, "
+          f"throughput = images/s at batch {args.batch_size}")  # fmt: skip
+    print(f"{'variant':<52} {'s/image':>8} {'speedup':>8} {'img/s':>7} {'speedup':>8}  same detections (max diff)")
+    for name in variants:
+        seconds = statistics.median(latency[name])
+        rate = len(batches[0]) / statistics.median(throughput[name])
+        same, box, score = agreement[name]
+        verdict = f"{'yes' if same else 'NO '} ({box:.1e} px, {score:.1e})"
+        print(f"{name:<52} {seconds:>8.3f} {paired_speedup(latency, name):>7.2f}x {rate:>7.3f} "
+              f"{paired_speedup(throughput, name):>7.2f}x  {verdict}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
