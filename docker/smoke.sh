@@ -34,5 +34,7 @@ if [[ $CONTAINER == podman ]]; then
 fi
 echo "+ curl -F file=@$IMAGE_FILE $URL/detect"
 curl -fsS -F "file=@$IMAGE_FILE" "$URL/detect"; echo
+echo "+ curl -F file=@$IMAGE_FILE $URL/classify?top_k=3"
+curl -fsS -F "file=@$IMAGE_FILE" "$URL/classify?top_k=3"; echo
 echo "+ curl $URL/models"
 curl -fsS "$URL/models" | head -c 1500; echo
