@@ -41,7 +41,7 @@ demo-models: $(VENV)/.installed
 	cp runs/synth_r18w16_fpn/model.safetensors service/models/demo_detector.safetensors
 	cp runs/cifar_resnet20/model.safetensors service/models/demo_classifier.safetensors
 
-# Loopback load test of the API (about 3 minutes): batching on vs off vs a naive handler.
+# Loopback load test of the API (about 5 minutes): batching on vs off vs a naive handler in the route.
 bench-service: $(VENV)/.installed
 	$(PY) -m bench.service
 
