@@ -51,8 +51,6 @@ async def warm_up(state: ServiceState) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = resolve_settings(app)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
     try:
         device = select_device(settings.device)
         served_models = await asyncio.to_thread(load_served_models, settings, device)
@@ -69,6 +67,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             max_queue=settings.max_queue,
             on_batch=partial(service_metrics.record_batch, role),
             on_queue_depth=service_metrics.queue_depth.labels(model=role).set,
+            # torch's thread count belongs to the calling thread (OpenMP): set it in the inference thread itself
+            worker_init=partial(torch.set_num_threads, settings.torch_threads) if settings.torch_threads else None,
         )
         await served.engine.start()
     state = ServiceState(settings=settings, device=device, models=served_models)

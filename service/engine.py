@@ -50,6 +50,7 @@ class BatchingEngine(Generic[Item, Result]):
         max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        worker_init: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.run_batch = run_batch
@@ -58,6 +59,7 @@ class BatchingEngine(Generic[Item, Result]):
         self.max_queue = max_queue
         self.on_batch = on_batch or (lambda size, seconds: None)
         self.on_queue_depth = on_queue_depth or (lambda depth: None)
+        self.worker_init = worker_init
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
         # One thread: batches run one after another, each using torch's intra-op threads.
@@ -69,7 +71,9 @@ class BatchingEngine(Generic[Item, Result]):
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(maxsize=self.max_queue)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{self.name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"infer-{self.name}", initializer=self.worker_init
+        )
         self._worker = asyncio.create_task(self._work(), name=f"batching-{self.name}")
 
     async def stop(self) -> None:

@@ -520,3 +520,26 @@ def test_saved_checkpoints_are_readable_by_other_users(classifier_path):
 
     # The container runs as an unprivileged user that reads models from a mounted folder.
     assert stat.S_IMODE(classifier_path.stat().st_mode) & 0o004
+
+
+def test_device_selection_and_thread_setting(classifier_path):
+    from service.loading import select_device
+
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ModelLoadError, match="DEVICE='gpu0'"):
+        select_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="no CUDA device"):
+            select_device("cuda")
+        with pytest.raises(ModelLoadError, match="no CUDA device"):
+            with TestClient(create_app(settings_for(classifier_path, device="cuda:0"))):
+                pass
+    app = create_app(settings_for(classifier_path, torch_threads=1))
+    with TestClient(app) as client:
+        wait_ready(client)
+        engine = app.state.service.models["classifier"].engine
+        real_run, seen = engine.run_batch, []
+        engine.run_batch = lambda items: seen.append(torch.get_num_threads()) or real_run(items)
+        assert client.post("/classify", files=upload(image_bytes())).status_code == 200
+    assert seen == [1]  # in the inference thread, where it matters

@@ -158,3 +158,21 @@ def test_callbacks_report_batch_sizes_and_queue_depth():
     run(scenario())
     assert [size for size, _ in batches] == [3] and all(seconds >= 0 for _, seconds in batches)
     assert max(depths) >= 1 and depths[-1] == 0
+
+
+def test_worker_init_runs_in_the_inference_thread():
+    initialised, ran = [], []
+
+    async def scenario():
+        engine = make_engine(
+            lambda items: ran.append(threading.current_thread().name) or list(items),
+            worker_init=lambda: initialised.append(threading.current_thread().name),
+        )
+        await engine.start()
+        try:
+            await engine.submit(1)
+        finally:
+            await engine.stop()
+
+    run(scenario())
+    assert initialised and initialised == ran
