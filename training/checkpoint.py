@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from backbone.torchvision_compat import CheckpointError
+from training.config import config_differences
 
 FORMAT_NAME = "resdet.training"
 FORMAT_VERSION = 1
@@ -92,3 +93,37 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_training(
+    resume: str,
+    *,
+    output_dir: Path,
+    config: dict[str, Any],
+    ctx: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    scaler: Any,
+    window: Any,
+) -> dict[str, Any] | None:
+    """Restore everything a run needs to continue exactly: `resume` is a checkpoint path, or "auto"
+    (output_dir/last.pt when it exists). Returns the checkpoint (for its counters), None if none."""
+    path = output_dir / "last.pt" if resume == "auto" else Path(resume) if resume else None
+    if path is None or (resume == "auto" and not path.exists()):
+        return None
+    state = load_training_checkpoint(path)
+    changed = config_differences(state["config"], config)
+    changed.pop("resume", None)
+    if changed and ctx.is_main:
+        print(f"warning: config differs from {path}: {changed}", flush=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    scaler.load_state_dict(state["scaler"])
+    window.load_state_dict(state["window"], device=ctx.device)
+    rng_states = state["rng"]  # one per rank; a run resumed on another world size takes rank 0's
+    restore_rng_state(rng_states[ctx.rank] if len(rng_states) == ctx.world_size else rng_states[0])
+    if ctx.is_main:
+        print(f"resumed from {path} at iteration {state['iteration']}", flush=True)
+    return state

@@ -51,8 +51,8 @@ from detection.data import (
 from detection.data import collate_fn as detection_collate
 from detection.evaluation import to_coco_results, write_json
 from training.backbone_init import initialise_detector
-from training.checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
-from training.config import config_differences, config_to_dict, format_config, parse_config
+from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
+from training.config import config_to_dict, format_config, parse_config
 from training.det_evaluation import detect_shard, score
 from training.distributed import all_gather_objects, barrier, init_distributed, shutdown_distributed
 from training.engine import iterate_batches, make_loader, prepare_model, train_step, unwrap_model
@@ -293,23 +293,12 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
 
     # --- resume
     start_iteration, best_map = 0, -math.inf
-    resume_path = output_dir / "last.pt" if cfg.resume == "auto" else Path(cfg.resume) if cfg.resume else None
-    if resume_path is not None and (cfg.resume != "auto" or resume_path.exists()):
-        state = load_training_checkpoint(resume_path)
-        changed = config_differences(state["config"], config_to_dict(cfg))
-        changed.pop("resume", None)
-        if changed and ctx.is_main:
-            print(f"warning: config differs from {resume_path}: {changed}", flush=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        precision.scaler.load_state_dict(state["scaler"])
-        window.load_state_dict(state["window"], device=ctx.device)
-        rng_states = state["rng"]
-        restore_rng_state(rng_states[ctx.rank] if len(rng_states) == ctx.world_size else rng_states[0])
+    state = resume_training(
+        cfg.resume, output_dir=output_dir, config=config_to_dict(cfg), ctx=ctx, model=model, optimizer=optimizer,
+        schedule=schedule, scaler=precision.scaler, window=window,
+    )  # fmt: skip
+    if state is not None:
         start_iteration, best_map = state["iteration"], state["best_map"]
-        if ctx.is_main:
-            print(f"resumed from {resume_path} at iteration {start_iteration}", flush=True)
 
     run_log = RunLog(
         output_dir=output_dir, ctx=ctx, total_iterations=cfg.max_iterations, start_iteration=start_iteration,
