@@ -4,6 +4,7 @@
     python -m bench.detector --quick         # 2 images, 1 round: a smoke run in about a minute
     python -m bench.detector --compile       # adds torch.compile of our feature extractor
     python -m bench.detector --weights fasterrcnn_resnet50_fpn_coco-258fb6c6.pth   # real COCO weights
+    python -m bench.detector --keep-freed-memory   # glibc keeps freed memory: fewer page faults, both models
 
 The anchor is torchvision's `fasterrcnn_resnet50_fpn` exactly as it is built for its COCO weights
 (FrozenBatchNorm2d backbone), called the usual way (eval, torch.no_grad). Without --weights both
@@ -17,6 +18,7 @@ means every detection matches the anchor's: same class, box within 1e-3 px, scor
 
 import argparse
 import copy
+import ctypes
 import statistics
 import time
 from collections.abc import Callable
@@ -43,11 +45,29 @@ ANCHOR = "torchvision fasterrcnn_resnet50_fpn (anchor)"
 Run = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
 
 
-def load_images(count: int) -> list[torch.Tensor]:
-    paths = sorted((SHARED / "demo-images").glob("*.jpg")) + sorted((SHARED / "coco-mini" / "val2017").glob("*.jpg"))
+def load_images(count: int, *, landscape_only: bool = False) -> list[torch.Tensor]:
+    """Demo images then coco-mini val; landscape_only: coco-mini val images wider than tall (a batch that
+    pads little, as a server that groups requests by padded shape would form)."""
+    coco = sorted((SHARED / "coco-mini" / "val2017").glob("*.jpg"))
+    paths = coco if landscape_only else sorted((SHARED / "demo-images").glob("*.jpg")) + coco
     if not paths:
         raise SystemExit(f"no images under {SHARED} (demo-images, coco-mini/val2017): the benchmark needs them")
-    return [to_float_image(Image.open(path)) for path in paths[:count]]
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            if not landscape_only or image.width > image.height:
+                images.append(to_float_image(image))
+        if len(images) == count:
+            break
+    return images
+
+
+def keep_freed_memory() -> None:
+    """Large tensors otherwise get fresh pages from the kernel at every forward (page faults, zeroing)."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1)):
+        raise SystemExit("mallopt failed (not glibc?)")
 
 
 def torchvision_anchor(weights: Path | None) -> nn.Module:
@@ -148,7 +168,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 images, 1 round, batch 2")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile variant (slow warm-up)")
     parser.add_argument("--weights", type=Path, help="a torchvision fasterrcnn_resnet50_fpn weight file")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc mallopt: no mmap/trim for large blocks (the process-wide allocator setting "
+                             "that MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ give; applies to both models)")
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     if args.quick:
         args.images, args.rounds, args.batch_size = 2, 1, 2
 
@@ -168,18 +193,21 @@ def main() -> None:
     detections = sum(len(r["boxes"]) for r in reference)
 
     latency = time_round_robin(variants, [[image] for image in images], args.rounds)
-    batches = [images[i : i + args.batch_size] for i in range(0, len(images) - args.batch_size + 1, args.batch_size)]
-    throughput = time_round_robin(variants, batches, args.rounds)
+    batch = load_images(args.batch_size, landscape_only=True)
+    for run in variants.values():  # warm-up at the batch's padded shape (torch.compile compiles it here)
+        run(batch)
+    throughput = time_round_robin(variants, [batch], args.rounds)
 
     def paired_speedup(times: dict[str, list[float]], name: str) -> float:
         return statistics.median(a / b for a, b in zip(times[ANCHOR], times[name]))
 
-    print(f"\n{detections} anchor detections over {len(images)} images; latency = median s/image at batch 1, "
-          f"throughput = images/s at batch {args.batch_size}")  # fmt: skip
+    print(f"\n{detections} anchor detections over {len(images)} images; latency = median s/image at batch 1; "
+          f"throughput = images/s at batch {len(batch)} (landscape coco-mini val images: "
+          f"{', '.join(f'{image.shape[2]}x{image.shape[1]}' for image in batch)})")  # fmt: skip
     print(f"{'variant':<52} {'s/image':>8} {'speedup':>8} {'img/s':>7} {'speedup':>8}  same detections (max diff)")
     for name in variants:
         seconds = statistics.median(latency[name])
-        rate = len(batches[0]) / statistics.median(throughput[name])
+        rate = len(batch) / statistics.median(throughput[name])
         same, box, score = agreement[name]
         verdict = f"{'yes' if same else 'NO '} ({box:.1e} px, {score:.1e})"
         print(f"{name:<52} {seconds:>8.3f} {paired_speedup(latency, name):>7.2f}x {rate:>7.3f} "
