@@ -21,7 +21,7 @@ from training.distributed import DistributedContext
 from training.engine import iterate_batches, prepare_model, train_step, unwrap_model
 from training.meters import MetricWindow
 from training.plots import plot_error_curves, plot_run, read_metrics
-from training.precision import Precision
+from training.precision import Precision, flush_denormals
 from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
@@ -287,3 +287,18 @@ def test_other_ranks_write_nothing(tmp_path):
     log.log("train", 1, {"loss": 1.0})
     log.close()
     assert not (tmp_path / "run").exists()
+
+
+def test_flush_denormals_zeroes_subnormal_cpu_arithmetic():
+    supported = torch.set_flush_denormal(True)  # probe, then back to PyTorch's default
+    torch.set_flush_denormal(False)
+    if not supported:
+        pytest.skip("this CPU has no flush-to-zero mode (needs SSE3 on x86)")
+    tiny = torch.tensor([1e-39])  # subnormal in fp32
+    assert (tiny * 1.0).item() != 0.0
+    try:
+        flush_denormals(torch.device("cpu"))
+        assert (tiny * 1.0).item() == 0.0
+        assert (torch.tensor([1e-30]) * 1.0).item() == pytest.approx(1e-30)  # normal floats untouched
+    finally:
+        torch.set_flush_denormal(False)

@@ -8,6 +8,18 @@ import torch
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 
 
+def flush_denormals(device: torch.device) -> None:
+    """Treat subnormal floats as zero in this process's CPU arithmetic (x86 FTZ/DAZ; GPUs need nothing).
+
+    Why: from scratch, a few weights and gradients decay into the subnormal range and every op that
+    touches them takes a slow microcode path. Measured on this project's 2-core CPU (ResNet-18 FPN on
+    coco-mini, 384 px): 10 s/iteration steady with flushing, drifting to 50 s/iteration within 12
+    iterations without, identical losses. Values below 1.2e-38 cannot change a detector's output.
+    """
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+
+
 class Precision:
     """`amp`: "auto" (bf16 on CUDA, fp32 on CPU), "none", "bf16" or "fp16" (with a GradScaler, CUDA only)."""
 

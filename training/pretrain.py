@@ -48,7 +48,7 @@ from training.engine import iterate_batches, make_loader, prepare_model, train_s
 from training.evaluation import PAPER_TEST_SCALES, collate_list, evaluate
 from training.meters import MetricWindow
 from training.plots import plot_run
-from training.precision import Precision
+from training.precision import Precision, flush_denormals
 from training.provenance import git_commit
 from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler, SeededDataset
@@ -165,6 +165,7 @@ RECIPES = {
 
 def main(cfg: PretrainConfig) -> dict[str, float]:
     ctx = init_distributed(device=cfg.device)
+    flush_denormals(ctx.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -58,7 +58,7 @@ from training.distributed import all_gather_objects, barrier, init_distributed, 
 from training.engine import iterate_batches, make_loader, prepare_model, train_step, unwrap_model
 from training.meters import MetricWindow
 from training.plots import plot_detection_run
-from training.precision import Precision
+from training.precision import Precision, flush_denormals
 from training.provenance import git_commit
 from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler, SeededDataset
@@ -196,6 +196,7 @@ def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
 
 def main(cfg: DetTrainConfig) -> dict[str, float]:
     ctx = init_distributed(device=cfg.device)
+    flush_denormals(ctx.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
