@@ -1,24 +1,41 @@
 """The body of a training loop, shared by pretraining and detection training.
 
-`prepare_model` wraps a model for this process (channels_last, torch.compile, DDP),
+`start_process` joins torchrun's process group and seeds the process, `prepare_model` wraps a model
+for this process (channels_last, torch.compile, DDP),
 `iterate_batches` walks epochs from any iteration (exact mid-epoch resume through
 `ResumableBatchSampler`), and `train_step` does one optimizer step under autocast. The scripts keep the
 loop itself, flat, so each reads top to bottom.
 """
 
+import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from training.distributed import DistributedContext
-from training.precision import Precision
+from training.distributed import DistributedContext, init_distributed
+from training.precision import Precision, flush_denormals
 from training.sampler import ResumableBatchSampler
 
 LossFunction = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def start_process(*, device: str, seed: int) -> DistributedContext:
+    """Join the process group (when torchrun launched us), flush CPU subnormals, seed torch/random/numpy.
+
+    Every rank takes the same seed: the model starts identical everywhere and the samplers split one
+    global order; augmentation is seeded per sample by the sampler (training.sampler.SeededDataset).
+    """
+    ctx = init_distributed(device=device)
+    flush_denormals(ctx.device)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    return ctx
 
 
 def prepare_model(

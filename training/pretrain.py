@@ -26,14 +26,10 @@ checkpoint: /classify serves it, detection training initialises its backbone fro
 """
 
 import math
-import random
-import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,13 +39,13 @@ from backbone.torchvision_compat import CheckpointError
 from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
 from training.classification_data import DatasetError, build_dataset, extract_once, find_split_root
 from training.config import config_to_dict, format_config, parse_config
-from training.distributed import all_gather_objects, barrier, init_distributed, shutdown_distributed
-from training.engine import iterate_batches, make_loader, prepare_model, train_step
+from training.distributed import all_gather_objects, barrier, shutdown_distributed
+from training.engine import iterate_batches, make_loader, prepare_model, start_process, train_step
 from training.evaluation import PAPER_TEST_SCALES, collate_list, evaluate
 from training.meters import MetricWindow
 from training.plots import plot_run
-from training.precision import Precision, flush_denormals
-from training.provenance import git_commit
+from training.precision import Precision
+from training.provenance import run_provenance
 from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
@@ -164,11 +160,7 @@ RECIPES = {
 
 
 def main(cfg: PretrainConfig) -> dict[str, float]:
-    ctx = init_distributed(device=cfg.device)
-    flush_denormals(ctx.device)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    ctx = start_process(device=cfg.device, seed=cfg.seed)
     output_dir = Path(cfg.output_dir)
     if ctx.is_main:
         print(format_config(cfg), flush=True)
@@ -409,14 +401,7 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
                 "std": list(cfg.std),
                 "interpolation": "bilinear",
             },
-            provenance={
-                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                "config": config_to_dict(cfg),
-                "git_commit": git_commit(),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "iterations": max_iterations,
-                "processes": ctx.world_size,
-            },
+            provenance=run_provenance(cfg, iterations=max_iterations, processes=ctx.world_size),
             metrics={**results, "iterations": max_iterations},
         )
         for path in plot_run(output_dir, label=cfg.model):

@@ -1,7 +1,12 @@
-"""Where a checkpoint came from: the code's git commit (for the manifest's provenance)."""
+"""Where a checkpoint came from: the command, the whole config, the code's git commit and the date."""
 
 import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+from training.config import config_to_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,3 +25,15 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head}+dirty" if changes else head
+
+
+def run_provenance(config: Any, *, iterations: int, processes: int) -> dict[str, Any]:
+    """The provenance block of a serving checkpoint's manifest, the same for every trainer."""
+    return {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "config": config_to_dict(config),
+        "git_commit": git_commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "iterations": iterations,
+        "processes": processes,
+    }

@@ -28,13 +28,9 @@ model.safetensors (the serving checkpoint, its manifest holding the measured met
 
 import json
 import math
-import random
-import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from backbone.torchvision_compat import CheckpointError
@@ -54,12 +50,12 @@ from training.backbone_init import initialise_detector
 from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
 from training.config import config_to_dict, format_config, parse_config
 from training.det_evaluation import detect_shard, score
-from training.distributed import all_gather_objects, barrier, init_distributed, shutdown_distributed
-from training.engine import iterate_batches, make_loader, prepare_model, train_step, unwrap_model
+from training.distributed import all_gather_objects, barrier, shutdown_distributed
+from training.engine import iterate_batches, make_loader, prepare_model, start_process, train_step, unwrap_model
 from training.meters import MetricWindow
 from training.plots import plot_detection_run
-from training.precision import Precision, flush_denormals
-from training.provenance import git_commit
+from training.precision import Precision
+from training.provenance import run_provenance
 from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
@@ -195,11 +191,7 @@ def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
 
 
 def main(cfg: DetTrainConfig) -> dict[str, float]:
-    ctx = init_distributed(device=cfg.device)
-    flush_denormals(ctx.device)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
+    ctx = start_process(device=cfg.device, seed=cfg.seed)
     output_dir = Path(cfg.output_dir)
     if ctx.is_main:
         print(format_config(cfg), flush=True)
@@ -367,12 +359,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
             output_dir / "model.safetensors",
             model=unwrap_model(train_model),
             provenance={
-                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                "config": config_to_dict(cfg),
-                "git_commit": git_commit(),
-                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "iterations": cfg.max_iterations,
-                "processes": ctx.world_size,
+                **run_provenance(cfg, iterations=cfg.max_iterations, processes=ctx.world_size),
                 "dataset": {"kind": cfg.dataset, "train": list(cfg.train_split), "val": cfg.val_split},
             },
             metrics={**results, "evaluated_on": cfg.val_split, "iterations": cfg.max_iterations},
