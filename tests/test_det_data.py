@@ -23,8 +23,6 @@ from detection.data import (
     preset_transforms,
 )
 
-COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-mini"
-
 
 def _write_image(path: Path, width: int, height: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,12 +310,10 @@ def test_loader_over_voc_with_grouping_and_collate(tmp_path):
     assert {target["image_id"] for target in targets} <= {0, 1, 2}
 
 
-def test_coco_mini_loads_real_annotations():
-    if not COCO_MINI.is_dir():
-        pytest.skip(f"shared coco-mini data not found at ../shared/data/coco-mini ({COCO_MINI})")
+def test_coco_mini_loads_real_annotations(coco_mini):
     dataset = CocoDetection(
-        COCO_MINI / "annotations" / "instances_train2017.json",
-        COCO_MINI / "train2017",
+        coco_mini / "annotations" / "instances_train2017.json",
+        coco_mini / "train2017",
         transforms=preset_transforms("paper", train=True),
     )
     assert len(dataset) == 80 and len(dataset.class_names) == 80

@@ -25,13 +25,9 @@ from detection.evaluation import (
     write_json,
 )
 
-COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-mini"
 
-
-def _coco_mini_val() -> CocoDetection:
-    if not COCO_MINI.is_dir():
-        pytest.skip(f"shared coco-mini data not found at ../shared/data/coco-mini ({COCO_MINI})")
-    return CocoDetection(COCO_MINI / "annotations" / "instances_val2017.json", COCO_MINI / "val2017")
+def _coco_mini_val(coco_mini: Path) -> CocoDetection:
+    return CocoDetection(coco_mini / "annotations" / "instances_val2017.json", coco_mini / "val2017")
 
 
 def _ground_truth_predictions(dataset) -> dict:
@@ -46,8 +42,8 @@ def _ground_truth_predictions(dataset) -> dict:
     return predictions
 
 
-def test_ground_truth_as_detections_scores_one_on_coco_mini(capsys):
-    dataset = _coco_mini_val()
+def test_ground_truth_as_detections_scores_one_on_coco_mini(coco_mini, capsys):
+    dataset = _coco_mini_val(coco_mini)
     metrics = evaluate_coco(dataset, _ground_truth_predictions(dataset))
     assert list(metrics.stats) == list(COCO_METRIC_NAMES)
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
@@ -103,9 +99,9 @@ def _result(image_id: int, category_id: int, box: tuple, score: float) -> dict:
     return {"image_id": image_id, "category_id": category_id, "bbox": [x, y, max(w, 1.0), max(h, 1.0)], "score": score}
 
 
-def test_perturbed_detections_match_pycocotools_called_directly(tmp_path):
-    dataset = _coco_mini_val()
-    annotation_file = COCO_MINI / "annotations" / "instances_val2017.json"
+def test_perturbed_detections_match_pycocotools_called_directly(coco_mini, tmp_path):
+    dataset = _coco_mini_val(coco_mini)
+    annotation_file = coco_mini / "annotations" / "instances_val2017.json"
     with contextlib.redirect_stdout(io.StringIO()):
         direct_gt = COCO(str(annotation_file))
         results = _perturbed_results(direct_gt)

@@ -2,16 +2,12 @@
 runs as 2 DDP processes, writes a serving checkpoint that initialises a detector backbone."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from training_scripts import TORCHRUN_2_PROCESSES, kill_9_once_written, run_script, train_losses
 
 from backbone import create_model
 from backbone.checkpoint import load_classifier
@@ -20,7 +16,7 @@ from training.config import make_config
 from training.plots import read_metrics
 from training.pretrain import RECIPES, PretrainConfig, main
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 60, 210)}
 
 
@@ -38,16 +34,6 @@ def write_class_folders(root: Path, *, per_class: dict[str, int], size: int = 32
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs use one thread, as the subprocesses do (OMP_NUM_THREADS=1): on a busy 2-core
-    machine two threads waiting on each other run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def colour_data(tmp_path_factory) -> Path:
     return write_class_folders(tmp_path_factory.mktemp("colours"), per_class={"train": 16, "val": 8})
@@ -59,29 +45,6 @@ def tiny_config(data: Path, output_dir: Path, **overrides) -> PretrainConfig:
               "batch_size": 8, "lr_reference_batch": 8, "lr": 0.05, "max_iterations": 12, "lr_milestones": (9,),
               "log_every": 1, "eval_every": 0, "workers": 0, "tensorboard": False, **overrides}  # fmt: skip
     return make_config(PretrainConfig, values)
-
-
-def flags(config: PretrainConfig) -> list[str]:
-    """The command line that gives `config` (what a user types)."""
-    args = []
-    for name, value in vars(config).items():
-        if value == getattr(PretrainConfig, name):
-            continue
-        values = value if isinstance(value, tuple) else (value,)
-        args += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
-    return args
-
-
-def run_script(config: PretrainConfig, *, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, *launcher, str(REPO_ROOT / "training" / "pretrain.py"), *flags(config)]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def train_losses(output_dir: Path) -> dict[int, float]:
-    return {r["iteration"]: r["loss"] for r in read_metrics(output_dir / "metrics.jsonl") if r["kind"] == "train"}
 
 
 def test_a_few_iterations_lower_the_loss_and_write_every_output(colour_data, tmp_path):
@@ -107,24 +70,15 @@ def test_a_few_iterations_lower_the_loss_and_write_every_output(colour_data, tmp
 @pytest.mark.slow
 def test_resume_after_kill_9_continues_exactly(colour_data, tmp_path):
     reference = tiny_config(colour_data, tmp_path / "reference", max_iterations=16, checkpoint_every=4)
-    run_script(reference)
+    run_script("pretrain.py", reference)
 
     # The same run, killed with SIGKILL as soon as its first checkpoint (iteration 4, mid-epoch) exists.
     killed = tiny_config(colour_data, tmp_path / "killed", max_iterations=16, checkpoint_every=4)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(REPO_ROOT / "training" / "pretrain.py"), *flags(killed)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not (tmp_path / "killed" / "last.pt").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    kill_9_once_written("pretrain.py", killed, tmp_path / "killed" / "last.pt", timeout=240)
     checkpoint = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     assert 4 <= checkpoint["iteration"] < 16
 
-    run_script(make_config(PretrainConfig, {**vars(killed), "resume": "auto"}))
+    run_script("pretrain.py", make_config(PretrainConfig, {**vars(killed), "resume": "auto"}))
     expected, resumed = train_losses(tmp_path / "reference"), train_losses(tmp_path / "killed")
     assert sorted(resumed) == list(range(1, 17))
     after = [i for i in range(1, 17) if i > checkpoint["iteration"]]
@@ -141,9 +95,9 @@ def test_two_ddp_processes_match_one_process_on_the_same_global_batch(colour_dat
     # BN takes that out and leaves what DDP must guarantee: the same samples and augmentations per
     # global batch, gradients averaged over ranks, identical updates.
     common = dict(max_iterations=6, norm="frozen_bn", lr=0.001, eval_every=6)
-    run_script(tiny_config(colour_data, tmp_path / "single", **common))
-    run_script(tiny_config(colour_data, tmp_path / "ddp", **common),
-               launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))  # fmt: skip
+    run_script("pretrain.py", tiny_config(colour_data, tmp_path / "single", **common))
+    run_script("pretrain.py", tiny_config(colour_data, tmp_path / "ddp", **common),
+               launcher=TORCHRUN_2_PROCESSES)  # fmt: skip
     single, ddp = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
     assert sorted(single) == sorted(ddp) == list(range(1, 7))
     assert [ddp[i] for i in single] == pytest.approx([single[i] for i in single], rel=1e-4, abs=1e-5)

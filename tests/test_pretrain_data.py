@@ -26,13 +26,7 @@ from training.config import make_config
 from training.pretrain import RECIPES, PretrainConfig, main
 from training.transforms import PCALighting, cifar_train_transform, imagenet_train_transform
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_images(folder: Path, count: int, *, size: tuple[int, int] = (32, 32), colour=(120, 60, 30)) -> None:

@@ -2,15 +2,13 @@
 kill -9, two gloo processes, evaluation only, and the errors a new user meets first."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from training_scripts import REPO_ROOT, TORCHRUN_2_PROCESSES, kill_9_once_written, run_script, script_env, train_losses
 
 from backbone import create_model
 from backbone.checkpoint import read_manifest, save_classifier
@@ -19,19 +17,9 @@ from detection import build_detector, save_detector
 from detection.data import generate_synthetic
 from training.backbone_init import initialise_detector
 from training.config import make_config
-from training.plots import read_metrics
 from training.train_det import RECIPES, DetTrainConfig, main
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As the subprocesses (OMP_NUM_THREADS=1): two threads on a busy 2-core machine run slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -50,31 +38,6 @@ def tiny_config(data: Path, output_dir: Path, **overrides) -> DetTrainConfig:
               "box_batch_size_per_image": 32, "rpn_post_nms_top_n_train": 100, "rpn_post_nms_top_n_test": 50,
               "group_aspect_ratio": False, **overrides}  # fmt: skip
     return make_config(DetTrainConfig, values)
-
-
-def flags(config: DetTrainConfig) -> list[str]:
-    args = []
-    for name, value in vars(config).items():
-        if value == getattr(DetTrainConfig, name):
-            continue
-        values = value if isinstance(value, tuple) else (value,)
-        args += [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
-    return args
-
-
-def script_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def run_script(config: DetTrainConfig, *, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    command = [sys.executable, *launcher, str(REPO_ROOT / "training" / "train_det.py"), *flags(config)]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def train_losses(output_dir: Path) -> dict[int, float]:
-    return {r["iteration"]: r["loss"] for r in read_metrics(output_dir / "metrics.jsonl") if r["kind"] == "train"}
 
 
 def test_coco_layout_trains_evaluates_and_writes_every_output(shapes, tmp_path):
@@ -111,23 +74,14 @@ def test_voc_layout_reports_both_voc_metrics_and_coco(shapes, tmp_path):
 
 def test_resume_after_kill_9_continues_exactly(shapes, tmp_path):
     reference = tiny_config(shapes, tmp_path / "reference", max_iterations=8, checkpoint_every=3, eval_every=8)
-    run_script(reference)
+    run_script("train_det.py", reference)
 
     killed = tiny_config(shapes, tmp_path / "killed", max_iterations=8, checkpoint_every=3, eval_every=8)
-    command = [sys.executable, str(REPO_ROOT / "training" / "train_det.py"), *flags(killed)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=script_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "killed" / "last.pt").exists():
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
+    kill_9_once_written("train_det.py", killed, tmp_path / "killed" / "last.pt")
     checkpoint = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     assert 3 <= checkpoint["iteration"] < 8
 
-    run_script(make_config(DetTrainConfig, {**vars(killed), "resume": "auto"}))
+    run_script("train_det.py", make_config(DetTrainConfig, {**vars(killed), "resume": "auto"}))
     expected, resumed = train_losses(tmp_path / "reference"), train_losses(tmp_path / "killed")
     assert sorted(resumed) == list(range(1, 9))
     after = [i for i in range(1, 9) if i > checkpoint["iteration"]]
@@ -139,7 +93,7 @@ def test_two_gloo_processes_train_and_shard_evaluation(shapes, tmp_path):
     """What CI runs: torchrun with 2 CPU processes. Each rank draws its own RPN/RoI samples, so losses are
     not comparable with one process; evaluation is, since the gathered detections cover every image once."""
     ddp = tiny_config(shapes, tmp_path / "ddp", max_iterations=4, eval_every=4, lr_milestones=(3,))
-    run_script(ddp, launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    run_script("train_det.py", ddp, launcher=TORCHRUN_2_PROCESSES)
     losses = train_losses(tmp_path / "ddp")
     assert sorted(losses) == [1, 2, 3, 4] and all(torch.isfinite(torch.tensor(list(losses.values()))))
     detections = json.loads((tmp_path / "ddp" / "detections.json").read_text())
@@ -148,8 +102,8 @@ def test_two_gloo_processes_train_and_shard_evaluation(shapes, tmp_path):
     assert {d["image_id"] for d in detections} <= val_ids
 
     checkpoint = str(tmp_path / "ddp" / "model.safetensors")
-    run_script(tiny_config(shapes, tmp_path / "eval2", eval_only=checkpoint),
-               launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))  # fmt: skip
+    run_script("train_det.py", tiny_config(shapes, tmp_path / "eval2", eval_only=checkpoint),
+               launcher=TORCHRUN_2_PROCESSES)  # fmt: skip
     single = main(tiny_config(shapes, tmp_path / "eval1", eval_only=checkpoint))
     sharded = json.loads((tmp_path / "eval2" / "eval.json").read_text())["headline"]
     assert sharded["AP"] == pytest.approx(single["AP"], abs=1e-9)

@@ -1,0 +1,60 @@
+"""Running training/pretrain.py and training/train_det.py as a user does: flags, subprocesses, kill -9."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from training.plots import read_metrics
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN_2_PROCESSES = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+
+
+def config_flags(config: Any) -> list[str]:
+    """The command line that gives `config` (what a user types): only the fields off their defaults."""
+    args = []
+    for field in fields(config):
+        value = getattr(config, field.name)
+        if value == field.default:
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        args += [f"--{field.name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return args
+
+
+def script_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def script_command(script: str, config: Any, *, launcher: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, *launcher, str(REPO_ROOT / "training" / script), *config_flags(config)]
+
+
+def run_script(script: str, config: Any, *, launcher: tuple[str, ...] = (), timeout: float = 400):
+    """Run to the end; a failure shows the script's stderr."""
+    result = subprocess.run(script_command(script, config, launcher=launcher), cwd=REPO_ROOT, env=script_env(),
+                            capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def kill_9_once_written(script: str, config: Any, path: Path, *, timeout: float = 300) -> None:
+    """Start the script and SIGKILL it as soon as `path` (its first checkpoint) exists."""
+    process = subprocess.Popen(script_command(script, config), cwd=REPO_ROOT, env=script_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    return {r["iteration"]: r["loss"] for r in read_metrics(output_dir / "metrics.jsonl") if r["kind"] == "train"}
