@@ -408,6 +408,18 @@ def test_api_key_guards_inference_routes_only(classifier_path):
         )
 
 
+def test_api_key_is_checked_before_the_body_is_parsed(classifier_path):
+    # A body FastAPI cannot parse: read first, it would give 400; checked first, a stranger gets 401.
+    garbage = {"content": b"--x\r\nbroken part", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}
+    with TestClient(create_app(settings_for(classifier_path, api_key="s3cret"))) as client:
+        wait_ready(client)
+        for path in ("/classify", "/detect"):
+            stranger = client.post(path, **garbage)
+            assert stranger.status_code == 401, (path, stranger.text)
+            keyed = client.post(path, content=garbage["content"], headers={**garbage["headers"], "X-API-Key": "s3cret"})
+            assert keyed.status_code in (400, 422), (path, keyed.text)
+
+
 # ---------------------------------------------------------------------------- startup and settings
 
 

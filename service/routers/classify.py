@@ -10,9 +10,14 @@ from service.errors import INFERENCE_ERRORS
 from service.inference import Answer, infer, model_ref
 from service.predictors import ClassifyRequest
 from service.schemas import ClassifyResponse, ImageSize, Prediction
-from service.security import require_api_key
+from service.security import KeyCheckedRoute, require_api_key
 
-router = APIRouter(tags=["classification"], dependencies=[Depends(require_api_key)], responses=INFERENCE_ERRORS)
+router = APIRouter(
+    tags=["classification"],
+    dependencies=[Depends(require_api_key)],
+    responses=INFERENCE_ERRORS,
+    route_class=KeyCheckedRoute,
+)
 
 TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return (at most the model's classes).")]
 

@@ -12,9 +12,14 @@ from service.errors import INFERENCE_ERRORS
 from service.inference import Answer, infer, model_ref
 from service.predictors import DetectRequest
 from service.schemas import Detection, DetectResponse, ImageSize
-from service.security import require_api_key
+from service.security import KeyCheckedRoute, require_api_key
 
-router = APIRouter(tags=["detection"], dependencies=[Depends(require_api_key)], responses=INFERENCE_ERRORS)
+router = APIRouter(
+    tags=["detection"],
+    dependencies=[Depends(require_api_key)],
+    responses=INFERENCE_ERRORS,
+    route_class=KeyCheckedRoute,
+)
 
 ScoreThreshold = Annotated[float, Query(ge=0, le=1, description="Drop detections scoring below this.")]
 MaxDetections = Annotated[int, Query(ge=1, le=1000, description="Keep at most this many, highest scores first.")]
