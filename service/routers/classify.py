@@ -10,11 +10,11 @@ from service.errors import INFERENCE_ERRORS
 from service.inference import Answer, infer, model_ref
 from service.predictors import ClassifyRequest
 from service.schemas import ClassifyResponse, ImageSize, Prediction
-from service.security import KeyCheckedRoute, require_api_key
+from service.security import KeyCheckedRoute, api_key_schemes
 
 router = APIRouter(
     tags=["classification"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(api_key_schemes)],
     responses=INFERENCE_ERRORS,
     route_class=KeyCheckedRoute,
 )

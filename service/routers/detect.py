@@ -12,11 +12,11 @@ from service.errors import INFERENCE_ERRORS
 from service.inference import Answer, infer, model_ref
 from service.predictors import DetectRequest
 from service.schemas import Detection, DetectResponse, ImageSize
-from service.security import KeyCheckedRoute, require_api_key
+from service.security import KeyCheckedRoute, api_key_schemes
 
 router = APIRouter(
     tags=["detection"],
-    dependencies=[Depends(require_api_key)],
+    dependencies=[Depends(api_key_schemes)],
     responses=INFERENCE_ERRORS,
     route_class=KeyCheckedRoute,
 )
