@@ -61,7 +61,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot read {path} as a PyTorch weight file: {error}") from error
+        pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if pickled:  # torch.save(model): code to unpickle, which we never run
+            raise CheckpointError(
+                f"{path} holds a whole pickled Python object ({pickled.group(1)}), not a state dict of tensors: "
+                "load it where its class is defined and save the weights with torch.save(model.state_dict(), path)"
+            ) from None
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"cannot read {path} as a PyTorch weight file: {first_line}") from error
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]  # torchvision's reference scripts save {"model": ..., "optimizer": ...}
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -1,7 +1,8 @@
 """Detector serving checkpoints in the shared format of backbone.checkpoint (kind="detector").
 
 The manifest's architecture_kwargs are the `build_detector` kwargs (detector.config); class_names
-are the foreground names for labels 1..K. Nothing is unpickled on load.
+are the foreground names for labels 1..K. Nothing is unpickled on load. `load_detector` also takes a
+torchvision Faster R-CNN .pth, converted in memory, so every command accepts either file.
 """
 
 import os
@@ -13,6 +14,7 @@ from backbone.checkpoint import load_checkpoint, make_manifest, save_checkpoint
 from backbone.torchvision_compat import CheckpointError, load_checked
 from detection.builder import build_detector
 from detection.detector import Detector
+from detection.torchvision_compat import TORCHVISION_SUFFIXES, load_torchvision_detector
 
 ARCHITECTURE = "faster_rcnn"
 
@@ -41,10 +43,25 @@ def save_detector(
     """Write weights + manifest atomically. class_names defaults to the model's own."""
     if getattr(model, "optimized", False):
         raise ValueError("cannot save a detector after optimize_for_inference (BN is folded); save it before")
+    manifest = detector_manifest(
+        model, class_names=class_names, preprocessing=preprocessing, provenance=provenance, metrics=metrics
+    )
+    return save_checkpoint(path, state_dict=model.state_dict(), manifest=manifest)
+
+
+def detector_manifest(
+    model: Detector,
+    *,
+    class_names: list[str] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest `save_detector` writes for `model` (class_names defaults to the model's own)."""
     class_names = list(model.class_names if class_names is None else class_names)
     if len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a detector with {model.num_classes} classes")
-    manifest = make_manifest(
+    return make_manifest(
         kind="detector",
         architecture=ARCHITECTURE,
         architecture_kwargs=model.config,
@@ -53,11 +70,21 @@ def save_detector(
         provenance=provenance,
         metrics=metrics,
     )
-    return save_checkpoint(path, state_dict=model.state_dict(), manifest=manifest)
 
 
-def load_detector(path: str | os.PathLike) -> tuple[Detector, dict[str, Any]]:
-    """Rebuild the detector in eval mode; errors name the file and what does not fit."""
+def load_detector(
+    path: str | os.PathLike, *, class_names: list[str] | None = None
+) -> tuple[Detector, dict[str, Any]]:
+    """Rebuild the detector in eval mode; errors name the file and what does not fit.
+
+    A .pth/.pt is read as a torchvision Faster R-CNN state dict and converted in memory; class_names
+    names its labels (COCO's for a 91-output file by default). Our checkpoints carry their own names.
+    """
+    if Path(path).suffix in TORCHVISION_SUFFIXES:
+        model, provenance = load_torchvision_detector(path, class_names=class_names)
+        return model, detector_manifest(model, provenance=provenance)
+    if class_names is not None:
+        raise ValueError(f"{path} names its classes in its manifest; class names are only given for a .pth")
     state_dict, manifest = load_checkpoint(path)
     if manifest["kind"] != "detector":
         raise CheckpointError(f"{path} holds a {manifest['kind']}, not a detector")

@@ -13,34 +13,19 @@ import argparse
 import os
 from pathlib import Path
 
-from backbone.torchvision_compat import CheckpointError, load_checked, read_state_dict
-from detection.builder import build_detector
+from backbone.torchvision_compat import CheckpointError
 from detection.checkpoint import save_detector
-from detection.torchvision_compat import (
-    COCO_CATEGORY_IDS,
-    COCO_CLASS_NAMES,
-    describe_torchvision_detector,
-    rename_torchvision_detector,
-)
+from detection.data.annotations import AnnotationError
+from detection.data.voc import read_class_names
+from detection.torchvision_compat import load_torchvision_detector
 
 
 def convert_torchvision_detector(
     src: str | os.PathLike, dst: str | os.PathLike, *, class_names: list[str] | None = None
 ) -> Path:
     """Read a torchvision Faster R-CNN state dict from `src`, write our checkpoint to `dst`."""
-    state_dict = read_state_dict(src)
-    kwargs = describe_torchvision_detector(state_dict)
-    is_coco = bool(kwargs["unused_class_ids"])
-    if class_names is None:
-        class_names = list(COCO_CLASS_NAMES) if is_coco else [f"class_{i}" for i in range(1, kwargs["num_classes"] + 1)]
-    if len(class_names) != kwargs["num_classes"]:
-        raise ValueError(f"{len(class_names)} class names given, but {src} has {kwargs['num_classes']} classes")
-    model = build_detector(**kwargs, class_names=class_names)
-    load_checked(model, rename_torchvision_detector(state_dict), source=str(src))
-    provenance = {"converted_from": Path(src).name, "source_format": "torchvision FasterRCNN state dict"}
-    if is_coco:
-        provenance["coco_category_ids"] = list(COCO_CATEGORY_IDS)  # label i is COCO category id [i - 1]
-    return save_detector(dst, model=model, class_names=class_names, provenance=provenance)
+    model, provenance = load_torchvision_detector(src, class_names=class_names)
+    return save_detector(dst, model=model, provenance=provenance)
 
 
 def main() -> None:
@@ -50,11 +35,11 @@ def main() -> None:
     parser.add_argument("--class-names", type=Path, help="text file, one foreground class name per line, label order")
     args = parser.parse_args()
     class_names = None
-    if args.class_names is not None:
-        class_names = [line.strip() for line in args.class_names.read_text().splitlines() if line.strip()]
     try:
+        if args.class_names is not None:
+            class_names = read_class_names(args.class_names)
         path = convert_torchvision_detector(args.src, args.dst, class_names=class_names)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
+    except (AnnotationError, CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     print(f"wrote {path}")
 

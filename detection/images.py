@@ -33,11 +33,25 @@ def _from_pil(image: Image.Image, *, index: int) -> torch.Tensor:
     if image.mode == "F":
         grey = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
         return torch.from_numpy(grey).expand(3, -1, -1).contiguous()
+    return _rgb_uint8(image).float().div_(255.0)
+
+
+def to_pixels(image: Image.Image) -> torch.Tensor:
+    """RGB [3, H, W] as the detector consumes it: uint8 for 8-bit images (a quarter of float's memory),
+    float in [0, 1] for 16-bit and float images, which 8 bits would truncate."""
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "F":
+        return _from_pil(image, index=0)
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"empty image ({image.width}x{image.height})")
+    return _rgb_uint8(image)
+
+
+def _rgb_uint8(image: Image.Image) -> torch.Tensor:
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
 def _from_tensor(image: torch.Tensor, *, index: int) -> torch.Tensor:

@@ -12,13 +12,17 @@ and 10 of those ids are not used by COCO (TORCHVISION_UNUSED_COCO_IDS). A conver
 COCO_CATEGORY_IDS[label - 1] is the COCO category id of a label (also in the manifest's provenance).
 """
 
+import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from backbone.torchvision_compat import CheckpointError, from_torchvision
+from backbone.torchvision_compat import CheckpointError, from_torchvision, load_checked, read_state_dict
+from detection.builder import build_detector
+from detection.detector import Detector
 
 # COCO 2017 category ids in order, and their names (instances_*.json "categories").
 COCO_CATEGORY_IDS = (
@@ -39,6 +43,8 @@ COCO_CLASS_NAMES = (
 )  # fmt: skip
 TORCHVISION_COCO_OUTPUTS = 91
 TORCHVISION_UNUSED_COCO_IDS = tuple(sorted(set(range(1, TORCHVISION_COCO_OUTPUTS)) - set(COCO_CATEGORY_IDS)))
+# File suffixes read as torchvision state dicts (converted on load); anything else is our .safetensors.
+TORCHVISION_SUFFIXES = (".pth", ".pt")
 
 # torchvision ResNet (blocks per stage, bottleneck?) -> our backbone name.
 RESNET_LAYOUTS = {
@@ -65,10 +71,26 @@ def rename_torchvision_detector(state_dict: Mapping[str, torch.Tensor]) -> dict[
 
 def describe_torchvision_detector(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """The build_detector kwargs (without class names) of a torchvision ResNet-FPN Faster R-CNN."""
+    if any(k.startswith("features.backbone.") for k in state_dict):
+        raise CheckpointError(
+            "holds this project's own detector weights (a training checkpoint such as last.pt), not torchvision's: "
+            "use the model.safetensors that training wrote beside it"
+        )
     if "roi_heads.box_predictor.cls_score.weight" not in state_dict or not any(
         k.startswith("backbone.fpn.") for k in state_dict
     ):
-        raise CheckpointError("not a torchvision ResNet-FPN Faster R-CNN state dict (no backbone.fpn / box predictor)")
+        what = "a ResNet classifier's weights" if "fc.weight" in state_dict and "conv1.weight" in state_dict else None
+        raise CheckpointError(
+            f"{what or 'not a torchvision ResNet-FPN Faster R-CNN state dict'} (no backbone.fpn / box predictor): "
+            "resdet serves ResNet-FPN Faster R-CNN detectors; a classifier goes to train_det.py --init"
+        )
+    if not any(k.startswith("backbone.body.layer1.") for k in state_dict):
+        body = sorted({".".join(k.split(".")[:3]) for k in state_dict if k.startswith("backbone.body.")})
+        raise CheckpointError(
+            f"a torchvision Faster R-CNN whose backbone is not a ResNet ({', '.join(body[:2]) or 'no backbone.body'}"
+            "; e.g. fasterrcnn_mobilenet_v3_large_fpn): resdet builds ResNet-18..152 FPN detectors only; use a "
+            "ResNet-FPN Faster R-CNN (fasterrcnn_resnet50_fpn) or train one with training/train_det.py"
+        )
     layers = tuple(
         len({k.split(".")[3] for k in state_dict if k.startswith(f"backbone.body.layer{stage}.")})
         for stage in (1, 2, 3, 4)
@@ -93,3 +115,29 @@ def describe_torchvision_detector(state_dict: Mapping[str, torch.Tensor]) -> dic
         representation_size=state_dict["roi_heads.box_predictor.cls_score.weight"].shape[1],
         unused_class_ids=list(TORCHVISION_UNUSED_COCO_IDS) if is_coco else [],
     )
+
+
+def load_torchvision_detector(
+    path: str | os.PathLike, *, class_names: list[str] | None = None
+) -> tuple[Detector, dict[str, Any]]:
+    """A torchvision Faster R-CNN weight file as our detector (eval mode) and the provenance to record.
+
+    class_names: foreground names in label order; default COCO's for a 91-output file, else class_1..K.
+    Errors (CheckpointError, ValueError) say in one line what the file is and what to use instead.
+    """
+    state_dict = read_state_dict(path)
+    try:
+        kwargs = describe_torchvision_detector(state_dict)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    is_coco = bool(kwargs["unused_class_ids"])
+    if class_names is None:
+        class_names = list(COCO_CLASS_NAMES) if is_coco else [f"class_{i}" for i in range(1, kwargs["num_classes"] + 1)]
+    if len(class_names) != kwargs["num_classes"]:
+        raise ValueError(f"{len(class_names)} class names given, but {path} has {kwargs['num_classes']} classes")
+    model = build_detector(**kwargs, class_names=class_names)
+    load_checked(model, rename_torchvision_detector(state_dict), source=str(path))
+    provenance = {"converted_from": Path(path).name, "source_format": "torchvision FasterRCNN state dict"}
+    if is_coco:
+        provenance["coco_category_ids"] = list(COCO_CATEGORY_IDS)  # label i is COCO category id [i - 1]
+    return model.eval(), provenance

@@ -6,6 +6,8 @@ exactly. Before it, targets are checked here: a clear error for malformed or inv
 zero-area boxes are dropped (they have no extent to regress to: log(0) in the box coding gives NaN).
 """
 
+import math
+
 import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
@@ -20,6 +22,14 @@ def build_transform(options: DetectorOptions) -> GeneralizedRCNNTransform:
         image_std=list(options.image_std),
         size_divisible=options.size_divisible,
     )
+
+
+def padded_input_shape(transform: GeneralizedRCNNTransform, *, height: int, width: int) -> tuple[int, int]:
+    """The network input shape of an image at test time: the transform's resize rule (the last min_size),
+    then padding to size_divisible. Images that share it can share a batch without changing any answer."""
+    min_size, max_size, step = transform.min_size[-1], transform.max_size, transform.size_divisible
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return tuple(math.ceil(math.floor(side * scale) / step) * step for side in (height, width))
 
 
 def check_images(images: list[torch.Tensor]) -> None:

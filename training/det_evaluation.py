@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions
 from training.distributed import DistributedContext, all_gather_objects, all_reduce_sum
@@ -35,7 +36,9 @@ def detect_shard(
     loss_sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=ctx.device)
     try:
-        for images, targets in loader:
+        # rank 0 shows progress (images/s and ETA, as the training bar); leave=False keeps the log to one bar
+        progress = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True, leave=False, disable=not ctx.is_main)
+        for images, targets in progress:
             images = [image.to(ctx.device, non_blocking=True) for image in images]
             device_targets = [
                 {"boxes": t["boxes"].to(ctx.device), "labels": t["labels"].to(ctx.device)} for t in targets

@@ -28,6 +28,7 @@ model.safetensors (the serving checkpoint, its manifest holding the measured met
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from detection.data import (
     VocDetection,
     aspect_ratio_group_ids,
     build_transforms,
+    read_class_names,
 )
 from detection.data import collate_fn as detection_collate
 from detection.evaluation import to_coco_results, write_json
@@ -60,6 +62,11 @@ from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
 
+# DataLoader workers: 4, or fewer where this process may use fewer cores (torch warns above that).
+DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+# Splits when --train_split / --val_split are not given: COCO 2017's names, VOC's ImageSets/Main names.
+DEFAULT_SPLITS = {"coco": (("train2017",), "val2017"), "voc": (("train",), "val")}
+
 
 @dataclass
 class DetTrainConfig:
@@ -68,19 +75,19 @@ class DetTrainConfig:
     # --- data
     dataset: str = ""  # "coco" (any COCO-format instances json) or "voc" (VOC folder layout)
     data_path: str = ""  # COCO: holds annotations/instances_<split>.json and <split>/; VOC: holds the VOC folders
-    train_split: tuple[str, ...] = ("train2017",)  # several are concatenated; VOC: "VOC2007/trainval" or "trainval"
-    val_split: str = "val2017"  # VOC: e.g. "VOC2007/test"
+    train_split: tuple[str, ...] = ()  # () = train2017 (COCO), train (VOC); several concatenate; VOC: VOC2007/trainval
+    val_split: str = ""  # "" = val2017 (COCO), val (VOC); VOC: e.g. "VOC2007/test"
     keep_empty: bool = False  # keep training images without boxes (torchvision's reference drops them)
     flip_prob: float = 0.5  # horizontal flip (paper: flip, Faster R-CNN's only augmentation)
     group_aspect_ratio: bool = True  # batches of similar aspect ratio (less padding)
-    workers: int = 4  # DataLoader workers per rank
+    workers: int = DEFAULT_WORKERS  # DataLoader workers per rank (default: 4, at most the cores this process has)
     # --- model (see detection.DetectorOptions for what each means)
     backbone: str = "resnet50"  # resnet18..152 or plain18..152
     head: str = "fpn"  # "fpn", or "c4" (the paper's appendix)
     stride_in_1x1: bool = True  # paper's bottleneck; torchvision weights need False
     base_width: int = 64
-    frozen_bn: bool = True  # paper: BN fixed when fine-tuning; training from scratch wants False
-    freeze_at: int = 2  # stem + res2 frozen (paper does not say; detectron2 and torchvision do)
+    frozen_bn: bool = True  # paper: BN fixed when fine-tuning; without --init pass false (or the run stops)
+    freeze_at: int = 2  # stem + res2 frozen (paper does not say; detectron2 and torchvision do); 0 without --init
     min_size: tuple[int, ...] = (640, 672, 704, 736, 768, 800)  # shorter side, one drawn per training image
     # paper: 600 (one scale); the last entry is the test size
     max_size: int = 1333  # paper: 1000
@@ -154,6 +161,24 @@ RECIPES = {
 RECIPES["synthetic_c4"] = dict(RECIPES["synthetic"], head="c4", max_iterations=4000)
 
 
+def resolve_splits(cfg: DetTrainConfig) -> tuple[tuple[str, ...], str]:
+    """(train splits, val split): the flags, or the dataset kind's default names where they are empty."""
+    default_train, default_val = DEFAULT_SPLITS.get(cfg.dataset, ((), ""))
+    return cfg.train_split or default_train, cfg.val_split or default_val
+
+
+def check_frozen_layers(cfg: DetTrainConfig) -> None:
+    """Frozen layers only make sense on pretrained weights: frozen random layers never learn, and a frozen
+    BN with its initial statistics is the identity (no normalisation at all)."""
+    if cfg.init or cfg.eval_only or not (cfg.frozen_bn or cfg.freeze_at > 0):
+        return
+    raise ValueError(
+        f"training from scratch (no --init) with frozen_bn={str(cfg.frozen_bn).lower()}, freeze_at={cfg.freeze_at} "
+        "would keep randomly initialised layers fixed: pass --frozen_bn false --freeze_at 0 to train every layer, "
+        "or --init with pretrained weights (a classifier or detector checkpoint)"
+    )
+
+
 def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
     """(train, val): COCO splits are <data_path>/annotations/instances_<split>.json + <data_path>/<split>/."""
     if cfg.dataset not in ("coco", "voc"):
@@ -178,16 +203,17 @@ def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
         folder, _, image_set = split.rpartition("/")
         # a custom VOC-layout dataset lists its classes in classes.txt (one per line, label order)
         names_file = root / folder / "classes.txt"
-        class_names = names_file.read_text().split() if names_file.is_file() else VOC_CLASSES
+        class_names = read_class_names(names_file) if names_file.is_file() else VOC_CLASSES
         return VocDetection(
             root / folder, image_set, class_names=class_names, keep_empty=keep_empty, transforms=transforms
         )
 
-    val = load(cfg.val_split, transforms=eval_transform, keep_empty=True)
+    train_splits, val_split = resolve_splits(cfg)
+    val = load(val_split, transforms=eval_transform, keep_empty=True)
     if eval_only:
         return None, val
     # the augmentation runs in SeededDataset (seeded per sample, for exact resume), not in the dataset
-    parts = [load(split, transforms=None, keep_empty=cfg.keep_empty) for split in cfg.train_split]
+    parts = [load(split, transforms=None, keep_empty=cfg.keep_empty) for split in train_splits]
     train = parts[0] if len(parts) == 1 else ConcatDetection(parts)
     if train.class_names != val.class_names:
         raise ValueError(f"training classes {train.class_names} differ from validation classes {val.class_names}")
@@ -205,6 +231,8 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
 
     # --- data
     train_data, val_data = build_datasets(cfg, eval_only=bool(cfg.eval_only))
+    check_frozen_layers(cfg)
+    train_splits, val_split = resolve_splits(cfg)
     eval_loader = make_loader(
         val_data, sampler=list(range(ctx.rank, len(val_data), ctx.world_size)), batch_size=cfg.eval_batch_size,
         workers=cfg.workers, device=ctx.device, collate_fn=detection_collate,
@@ -224,7 +252,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     if cfg.eval_only:
         model, manifest = load_detector(cfg.eval_only)
         if manifest["class_names"] != val_data.class_names:
-            raise CheckpointError(f"{cfg.eval_only} was trained on other classes than {cfg.val_split}")
+            raise CheckpointError(f"{cfg.eval_only} was trained on other classes than {val_split}")
         model.to(ctx.device)
         flat, full, predictions = evaluate(model, verbose=True)
         if ctx.is_main:
@@ -364,9 +392,9 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
             model=unwrap_model(train_model),
             provenance={
                 **run_provenance(cfg, iterations=cfg.max_iterations, processes=ctx.world_size),
-                "dataset": {"kind": cfg.dataset, "train": list(cfg.train_split), "val": cfg.val_split},
+                "dataset": {"kind": cfg.dataset, "train": list(train_splits), "val": val_split},
             },
-            metrics={**results, "evaluated_on": cfg.val_split, "iterations": cfg.max_iterations},
+            metrics={**results, "evaluated_on": val_split, "iterations": cfg.max_iterations},
         )
         for path in plot_detection_run(output_dir, precision_recall=full):
             print(f"wrote {path}", flush=True)

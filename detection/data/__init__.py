@@ -7,7 +7,7 @@ from detection.data.concat import ConcatDetection
 from detection.data.dataset import DetectionDataset
 from detection.data.synthetic_shapes import SHAPE_CLASSES, SyntheticLayout, generate_synthetic
 from detection.data.transforms import TRANSFORM_PRESETS, ResizePreset, build_transforms, preset_transforms
-from detection.data.voc import VOC_CLASSES, VocDetection
+from detection.data.voc import VOC_CLASSES, VocDetection, read_class_names
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -27,4 +27,5 @@ __all__ = [
     "collate_fn",
     "generate_synthetic",
     "preset_transforms",
+    "read_class_names",
 ]

@@ -1,4 +1,8 @@
-"""Pascal VOC detection data in its real layout: Annotations/*.xml, ImageSets/Main/<split>.txt, JPEGImages/."""
+"""Pascal VOC detection data in its real layout: Annotations/*.xml, ImageSets/Main/<split>.txt, JPEGImages/.
+
+A custom VOC-layout dataset names its classes in classes.txt, one name per line in label order, so a
+name may hold spaces (COCO's "dining table"); `read_class_names` reads that file wherever one is taken.
+"""
 
 import math
 import os
@@ -16,6 +20,20 @@ VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """One class name per line, label order (label 1 first); blank lines are skipped, spaces inside kept."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class names file not found: {path}")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise AnnotationError(f"{path}: no class names (one name per line, in label order)")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise AnnotationError(f"{path}: class names listed twice: {', '.join(map(repr, repeated))}")
+    return names
 
 
 class VocDetection(DetectionDataset):

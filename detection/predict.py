@@ -1,0 +1,507 @@
+"""Run a detector over images, folders, globs, path lists and videos: one JSON line per image or frame.
+
+    python -m detection.predict photos/ --checkpoint runs/mine/model.safetensors --output runs/predict
+    python -m detection.predict 'shots/*.jpg' clip.mp4 --checkpoint fasterrcnn_resnet50_fpn_coco-258fb6c6.pth \\
+        --output runs/predict --save-annotated
+    python -m detection.predict coco/val2017 --checkpoint coco.safetensors --output runs/val \\
+        --coco-results runs/val/detections.json --coco-annotations coco/annotations/instances_val2017.json
+
+SOURCE is an image, a folder (searched recursively for images and videos), a glob, a .txt file listing
+one path per line (relative to the list's folder), or a video (needs the `video` extra: PyAV).
+OUTPUT/predictions.jsonl gets one object per image or video frame: file, frame (videos), width,
+height, detections (box [x1, y1, x2, y2] in pixels of the image as displayed, score, label, name),
+the fields of the service's /detect; a file that cannot be read gets {file, error} and the run goes on.
+Running the same command again continues where it stopped: what is in the file is not redone.
+"""
+
+import argparse
+import glob
+import json
+import os
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as F
+from tqdm import tqdm
+
+from backbone.torchvision_compat import CheckpointError
+from detection.annotate import draw_detections
+from detection.checkpoint import load_detector
+from detection.data.annotations import AnnotationError
+from detection.data.voc import read_class_names
+from detection.detector import Detector
+from detection.evaluation import to_coco_results, write_json
+from detection.images import to_pixels
+from detection.transform import padded_input_shape
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+GLOB_CHARACTERS = ("*", "?", "[")
+PREDICTIONS_FILE = "predictions.jsonl"
+SETTINGS_FILE = "predict_settings.json"
+# DataLoader-style default: 4 decoding threads, or fewer where this process may use fewer cores.
+DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class PredictError(Exception):
+    """A user error (a source that is not there, a missing extra, another run's output): one line, no traceback."""
+
+
+@dataclass
+class Decoded:
+    """One image or video frame, decoded (pixels) or not (error)."""
+
+    file: str
+    frame: int | None
+    pixels: torch.Tensor | None = None  # uint8 (float for 16-bit images) [3, H, W], as displayed
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return self.file, self.frame
+
+    def record(self, detections: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The JSON line: its identity, then size and detections, or the error."""
+        record: dict[str, Any] = {"file": self.file}
+        if self.frame is not None:
+            record["frame"] = self.frame
+        if self.error is not None:
+            return {**record, "error": self.error}
+        height, width = self.pixels.shape[-2:]
+        return {**record, "width": int(width), "height": int(height), "detections": detections}
+
+
+# --- sources -------------------------------------------------------------------------------------------
+
+
+def is_video(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def expand_sources(sources: Sequence[str]) -> list[str]:
+    """Every file the SOURCE arguments name, in order, each once; PredictError for one that names nothing."""
+    files: list[str] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = [
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
+            ]
+            if not found:
+                raise PredictError(f"folder {source} holds no images or videos ({', '.join(IMAGE_SUFFIXES)} ...)")
+            files += [str(p) for p in found]
+        elif path.is_file() and path.suffix.lower() == ".txt":
+            files += _read_path_list(path)
+        elif path.is_file():
+            files.append(source)
+        elif any(character in source for character in GLOB_CHARACTERS):
+            matched = [p for p in sorted(glob.glob(source, recursive=True)) if Path(p).is_file()]
+            if not matched:
+                raise PredictError(f"no file matches {source!r}")
+            files += matched
+        else:
+            raise PredictError(f"source not found: {source} (an image, a folder, a glob, a .txt list or a video)")
+    return list(dict.fromkeys(files))
+
+
+def _read_path_list(path: Path) -> list[str]:
+    """A .txt list: one path per line, relative to the list's own folder; blank lines and # comments skipped."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [str(path.parent / line) if not os.path.isabs(line) else line for line in lines if line and line[0] != "#"]
+
+
+# --- decoding --------------------------------------------------------------------------------------------
+
+
+def decode_image(file: str) -> Decoded:
+    """The image as displayed (EXIF orientation applied, as the service does); an error record if unreadable."""
+    try:
+        with Image.open(file) as image:
+            image.seek(0)  # animated images: the first frame
+            image.load()
+            return Decoded(file=file, frame=None, pixels=to_pixels(ImageOps.exif_transpose(image)))
+    except UnidentifiedImageError:
+        return Decoded(file=file, frame=None, error="not an image in a format PIL reads")
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+        return Decoded(file=file, frame=None, error=f"cannot decode: {error}")
+
+
+def import_av():
+    """PyAV, or a PredictError saying how to get it."""
+    try:
+        import av
+    except ImportError:
+        raise PredictError("reading videos needs PyAV: pip install 'resdet[video]' (or pip install av)") from None
+    return av
+
+
+def count_frames(file: str) -> int:
+    """The frame count the container declares (0 when it does not say)."""
+    av = import_av()
+    try:
+        with av.open(file) as container:
+            return container.streams.video[0].frames if container.streams.video else 0
+    except (av.FFmpegError, OSError):
+        return 0
+
+
+def decode_video(file: str) -> Iterator[Decoded]:
+    """Every frame of the first video stream as RGB uint8; one error record if the file cannot be read."""
+    av = import_av()
+    frame_index = 0
+    try:
+        with av.open(file) as container:
+            if not container.streams.video:
+                yield Decoded(file=file, frame=None, error="holds no video stream")
+                return
+            for frame in container.decode(container.streams.video[0]):
+                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                yield Decoded(file=file, frame=frame_index, pixels=pixels)
+                frame_index += 1
+    except (av.FFmpegError, OSError) as error:
+        yield Decoded(file=file, frame=frame_index if frame_index else None, error=f"cannot decode video: {error}")
+
+
+class DecodingPipeline:
+    """Decodes ahead of the model in threads: images in a pool of `workers`, videos frame by frame in a
+    reader thread; yields in source order. The bounded queue keeps at most `prefetch` items decoded ahead."""
+
+    def __init__(self, files: Sequence[str], *, done: set, workers: int, prefetch: int) -> None:
+        self.files = files
+        self.done = done
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
+        self.queue: queue.Queue[Future | None] = queue.Queue(maxsize=max(1, prefetch))
+        self.stopped = threading.Event()
+        self.reader = threading.Thread(target=self._read, name="read-sources", daemon=True)
+
+    def __iter__(self) -> Iterator[Decoded]:
+        self.reader.start()
+        try:
+            while (future := self.queue.get()) is not None:
+                yield future.result()
+        finally:
+            self.stopped.set()
+            while not self.queue.empty():  # unblock a reader waiting on a full queue
+                self.queue.get_nowait()
+            self.reader.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _put(self, item: Future | None) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self) -> None:
+        try:
+            for file in self.files:
+                if is_video(file):
+                    for decoded in decode_video(file):
+                        if decoded.key not in self.done and not self._put(_completed(decoded)):
+                            return
+                elif (file, None) not in self.done and not self._put(self.pool.submit(decode_image, file)):
+                    return
+        except BaseException as error:  # handed to the consumer, which raises it
+            failed: Future = Future()
+            failed.set_exception(error)
+            self._put(failed)
+            return
+        self._put(None)
+
+
+def _completed(value: Decoded) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+# --- the output file -------------------------------------------------------------------------------------
+
+
+def read_done(path: Path) -> dict[tuple[str, int | None], dict[str, Any]]:
+    """The records already written, by (file, frame); a trailing partial line (a killed run) is cut off."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete))
+    records = {}
+    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise PredictError(f"{path}: line {number} is not JSON ({error}); delete the file to start over") from None
+        records[(record["file"], record.get("frame"))] = record
+    return records
+
+
+def check_settings(output: Path, settings: dict[str, Any]) -> None:
+    """A continued run must make the same predictions as the one it continues."""
+    path = output / SETTINGS_FILE
+    if (output / PREDICTIONS_FILE).exists() and path.exists():
+        previous = json.loads(path.read_text())
+        changed = {key: (previous.get(key), value) for key, value in settings.items() if previous.get(key) != value}
+        if changed:
+            shown = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            raise PredictError(
+                f"{output} holds predictions made with other settings ({shown}): pass another --output, "
+                f"or delete {output / PREDICTIONS_FILE} to start over"
+            )
+    write_json(path, settings)
+
+
+def to_records(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """One detection of `Detector.predict` per dict, as the service's /detect answers it."""
+    boxes, scores, labels = output["boxes"].float().cpu(), output["scores"].float().cpu(), output["labels"].cpu()
+    return [
+        {"box": [round(float(v), 2) for v in box], "score": float(score), "label": int(label), "name": name}
+        for box, score, label, name in zip(boxes, scores, labels, output["names"])
+    ]
+
+
+# --- annotated pictures and videos -----------------------------------------------------------------------
+
+
+def annotated_path(output: Path, file: str, *, suffix: str | None = None) -> Path:
+    """OUTPUT/annotated/<the source path> (absolute paths and .. lose their anchor, so nothing lands outside)."""
+    parts = [part for part in Path(file).parts if part not in ("..", Path(file).anchor)]
+    path = output / "annotated" / Path(*parts)
+    return path.with_suffix(suffix) if suffix else path
+
+
+def save_annotated_image(output: Path, item: Decoded, detections: list[dict[str, Any]]) -> None:
+    pixels = item.pixels
+    if pixels.dtype != torch.uint8:
+        pixels = pixels.mul(255).round().to(torch.uint8)
+    path = annotated_path(output, item.file)
+    if path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
+        path = path.with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial{path.suffix}")
+    F.to_pil_image(draw_detections(pixels, detections)).save(temporary)
+    os.replace(temporary, path)
+
+
+def save_annotated_video(output: Path, file: str, records: dict[tuple[str, int | None], dict[str, Any]]) -> None:
+    """Re-read the video and draw each frame's detections from its records; written once, atomically."""
+    av = import_av()
+    path = annotated_path(output, file, suffix=".mp4")
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.partial.mp4")
+    with av.open(file) as source, av.open(str(temporary), mode="w") as target:
+        video = source.streams.video[0]
+        stream = target.add_stream("mpeg4", rate=video.average_rate or 25)
+        stream.width, stream.height, stream.pix_fmt = video.codec_context.width, video.codec_context.height, "yuv420p"
+        for index, frame in enumerate(source.decode(video)):
+            pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+            detections = records.get((file, index), {}).get("detections", [])
+            drawn = draw_detections(pixels, detections).permute(1, 2, 0).contiguous().numpy()
+            target.mux(stream.encode(av.VideoFrame.from_ndarray(drawn, format="rgb24")))
+        target.mux(stream.encode())
+    os.replace(temporary, path)
+
+
+# --- COCO results ----------------------------------------------------------------------------------------
+
+
+def write_coco_results(
+    records: Sequence[dict[str, Any]], *, class_names: Sequence[str], annotations: Path, path: Path
+) -> str:
+    """COCO results ([x, y, w, h], category ids by class name, image ids by file name) from the annotation file."""
+    try:
+        ground_truth = json.loads(annotations.read_text())
+        images, categories = ground_truth["images"], ground_truth["categories"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PredictError(f"--coco-annotations {annotations}: not a COCO annotation file ({error})") from None
+    ids_by_name = {category["name"]: category["id"] for category in categories}
+    category_ids = [ids_by_name.get(name, -1) for name in class_names]
+    image_ids = {image["file_name"].replace("\\", "/"): image["id"] for image in images}
+    predictions, unmatched = {}, 0
+    for record in records:
+        if "detections" not in record or record.get("frame") is not None:
+            continue
+        parts = Path(record["file"]).parts
+        # the longest tail of the path that the annotation file names: "val2017/x.jpg" or "x.jpg"
+        image_id = next((image_ids[t] for k in range(len(parts)) if (t := "/".join(parts[k:])) in image_ids), None)
+        if image_id is None:
+            unmatched += 1
+            continue
+        kept = [d for d in record["detections"] if category_ids[d["label"] - 1] != -1]
+        predictions[image_id] = {
+            "boxes": torch.tensor([d["box"] for d in kept], dtype=torch.float32).reshape(-1, 4).numpy(),
+            "scores": torch.tensor([d["score"] for d in kept], dtype=torch.float32).numpy(),
+            "labels": torch.tensor([d["label"] for d in kept], dtype=torch.int64).numpy(),
+        }
+    write_json(path, to_coco_results(predictions, category_ids=[max(i, 0) for i in category_ids]))
+    missing = [name for name, category_id in zip(class_names, category_ids) if category_id == -1]
+    notes = [f"wrote {path}: {len(predictions)} images of {annotations.name}"]
+    if unmatched:
+        notes.append(f"{unmatched} images not in the annotation file left out")
+    if missing:
+        notes.append(f"classes not in its categories left out: {', '.join(missing)}")
+    return "; ".join(notes)
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(choice)
+    except RuntimeError as error:
+        raise PredictError(f"--device {choice!r} is not a torch device: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError(f"--device {choice} but torch sees no CUDA device (use --device cpu or auto)")
+    return device
+
+
+def run_batches(
+    model: Detector,
+    items: Iterator[Decoded],
+    *,
+    device: torch.device,
+    batch_size: int,
+    score_threshold: float,
+    max_detections: int,
+) -> Iterator[list[tuple[Decoded, list[dict[str, Any]] | None]]]:
+    """Detections per item, a batch at a time. Only images that pad to the same input shape share a forward
+    pass (as in the service), so an answer never depends on its neighbours; a few shapes wait at once."""
+    buckets: dict[tuple[int, int], list[Decoded]] = {}
+    waiting_limit = 4 * batch_size
+
+    def run(shape: tuple[int, int]) -> list[tuple[Decoded, list[dict[str, Any]] | None]]:
+        batch = buckets.pop(shape)
+        outputs = model.predict(
+            [item.pixels.to(device, non_blocking=True) for item in batch],
+            score_threshold=score_threshold,
+            max_detections=max_detections,
+            batch_size=len(batch),
+        )
+        return [(item, to_records(output)) for item, output in zip(batch, outputs)]
+
+    for item in items:
+        if item.error is not None:
+            yield [(item, None)]
+            continue
+        shape = padded_input_shape(model.transform, height=item.pixels.shape[-2], width=item.pixels.shape[-1])
+        buckets.setdefault(shape, []).append(item)
+        if len(buckets[shape]) == batch_size:
+            yield run(shape)
+        elif sum(len(bucket) for bucket in buckets.values()) >= waiting_limit:
+            yield run(max(buckets, key=lambda key: len(buckets[key])))
+    while buckets:
+        yield run(next(iter(buckets)))
+
+
+def predict(args: argparse.Namespace) -> str:
+    """The whole command; returns the closing summary line."""
+    files = expand_sources(args.sources)
+    videos = [file for file in files if is_video(file)]
+    if videos:
+        import_av()
+    if args.coco_results and not args.coco_annotations:
+        raise PredictError("--coco-results needs --coco-annotations (the COCO json whose image ids to use)")
+    device = resolve_device(args.device)
+    class_names = read_class_names(args.class_names) if args.class_names else None
+    model, manifest = load_detector(args.checkpoint, class_names=class_names)
+    model.to(device).optimize_for_inference(bf16=args.bf16)  # fp32 detections unchanged (docs/BENCHMARKS.md)
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    check_settings(output, {
+        "checkpoint": str(args.checkpoint), "class_names": manifest["class_names"], "bf16": args.bf16,
+        "score_threshold": args.score_threshold, "max_detections": args.max_detections,
+    })  # fmt: skip
+    predictions_path = output / PREDICTIONS_FILE
+    done = read_done(predictions_path)
+    total = sum(1 for file in files if not is_video(file)) + sum(count_frames(file) for file in videos)
+    listed = set(files)
+    already = sum(1 for file, _ in done if file in listed)
+    pipeline = DecodingPipeline(
+        files, done=set(done), workers=args.workers, prefetch=2 * args.batch_size + args.workers
+    )
+    batches = run_batches(model, iter(pipeline), device=device, batch_size=args.batch_size,
+                          score_threshold=args.score_threshold, max_detections=args.max_detections)  # fmt: skip
+    errors = 0
+    with (
+        predictions_path.open("a", encoding="utf-8") as handle,
+        tqdm(
+            total=max(total, already), initial=already, unit="img", desc="predict", dynamic_ncols=True, smoothing=0.1
+        ) as bar,
+    ):
+        for batch in batches:
+            lines = []
+            for item, detections in batch:
+                if args.save_annotated and item.error is None and item.frame is None:
+                    save_annotated_image(output, item, detections)
+                record = item.record(detections)
+                done[item.key] = record
+                errors += item.error is not None
+                lines.append(json.dumps(record) + "\n")
+            handle.write("".join(lines))  # whole lines only, flushed per batch: a killed run loses no finished line
+            handle.flush()
+            bar.update(len(batch))
+    if args.save_annotated:
+        for file in videos:
+            save_annotated_video(output, file, done)
+    summary = f"wrote {predictions_path} ({len(done)} records, {errors} unreadable this run)"
+    if args.coco_results:
+        summary += "\n" + write_coco_results(
+            list(done.values()), class_names=manifest["class_names"], annotations=Path(args.coco_annotations),
+            path=Path(args.coco_results),
+        )  # fmt: skip
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m detection.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("sources", nargs="+", metavar="SOURCE", help="image, folder, glob, .txt list of paths, video")
+    parser.add_argument(
+        "--checkpoint", required=True, help="our detector .safetensors or a torchvision Faster R-CNN .pth"
+    )
+    parser.add_argument("--output", "--output-dir", required=True, help="folder for predictions.jsonl (and pictures)")
+    parser.add_argument("--class-names", help="for a .pth: text file, one class name per line, label order")
+    parser.add_argument("--save-annotated", action="store_true", help="also write OUTPUT/annotated/ pictures, videos")
+    parser.add_argument("--coco-results", help="also write a COCO results json (needs --coco-annotations)")
+    parser.add_argument("--coco-annotations", help="COCO instances json giving image ids (by file name), category ids")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (changes numerics slightly)")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
+    parser.add_argument("--max-detections", type=int, default=100, help="at most this many detections per image")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="decoding threads")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or args.workers < 1 or not 0 <= args.score_threshold <= 1 or args.max_detections < 1:
+        raise SystemExit("error: --batch-size and --max-detections and --workers must be >= 1, --score-threshold 0..1")
+    try:
+        print(predict(args))
+    except (PredictError, CheckpointError, AnnotationError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
