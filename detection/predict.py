@@ -411,19 +411,31 @@ def run_batches(
         yield run(next(iter(buckets)))
 
 
-def predict(args: argparse.Namespace) -> str:
-    """The whole command; returns the closing summary line."""
-    files = expand_sources(args.sources)
-    videos = [file for file in files if is_video(file)]
-    if videos:
-        import_av()
-    if args.coco_results and not args.coco_annotations:
-        raise PredictError("--coco-results needs --coco-annotations (the COCO json whose image ids to use)")
+def load_model(args: argparse.Namespace) -> tuple[Detector, dict[str, Any], torch.device]:
+    """The checkpoint, on its device, optimized for inference (the fp32 detections stay the same)."""
     device = resolve_device(args.device)
     class_names = read_class_names(args.class_names) if args.class_names else None
     model, manifest = load_detector(args.checkpoint, class_names=class_names)
-    model.to(device).optimize_for_inference(bf16=args.bf16)  # fp32 detections unchanged (docs/BENCHMARKS.md)
+    model.to(device).optimize_for_inference(bf16=args.bf16)  # docs/BENCHMARKS.md: same fp32 detections
+    return model, manifest, device
 
+
+def predict(args: argparse.Namespace) -> str:
+    """The whole command; returns the closing summary line."""
+    files = expand_sources(args.sources)
+    if any(is_video(file) for file in files):
+        import_av()
+    if args.coco_results and not args.coco_annotations:
+        raise PredictError("--coco-results needs --coco-annotations (the COCO json whose image ids to use)")
+    model, manifest, device = load_model(args)
+    return predict_files(model, manifest, files, args=args, device=device)
+
+
+def predict_files(
+    model: Detector, manifest: dict[str, Any], files: Sequence[str], *, args: argparse.Namespace, device: torch.device
+) -> str:
+    """Decode, detect and write the records of `files` (the command after loading the model)."""
+    videos = [file for file in files if is_video(file)]
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     check_settings(output, {

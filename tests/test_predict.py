@@ -205,3 +205,11 @@ def test_mobilenet_faster_rcnn_is_named_not_a_resnet(tmp_path):
         main([str(image), "--checkpoint", str(tmp_path / "mobilenet.pth"), "--output", str(tmp_path / "out")])
     message = str(raised.value)
     assert "backbone is not a ResNet" in message and "mobilenet.pth" in message and "\n" not in message
+
+
+def test_bench_smoke_compares_the_pipeline_with_its_anchor(capsys):
+    from bench.predict import main as bench
+
+    ratio = bench(["--smoke", "--device", "cpu"])
+    assert ratio > 0
+    assert "pipeline / anchor throughput" in capsys.readouterr().out
