@@ -35,6 +35,7 @@ from backbone.torchvision_compat import CheckpointError
 from detection.annotate import draw_detections
 from detection.checkpoint import load_detector
 from detection.data.annotations import AnnotationError
+from detection.data.batching import DEFAULT_WORKERS
 from detection.data.voc import read_class_names
 from detection.detector import Detector
 from detection.evaluation import to_coco_results, write_json
@@ -46,8 +47,6 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 GLOB_CHARACTERS = ("*", "?", "[")
 PREDICTIONS_FILE = "predictions.jsonl"
 SETTINGS_FILE = "predict_settings.json"
-# DataLoader-style default: 4 decoding threads, or fewer where this process may use fewer cores.
-DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 class PredictError(Exception):
@@ -208,6 +207,8 @@ class DecodingPipeline:
         try:
             for file in self.files:
                 if is_video(file):
+                    if (file, None) in self.done:  # recorded as unreadable as a whole
+                        continue
                     for decoded in decode_video(file):
                         if decoded.key not in self.done and not self._put(_completed(decoded)):
                             return
@@ -308,11 +309,14 @@ def save_annotated_video(output: Path, file: str, records: dict[tuple[str, int |
         video = source.streams.video[0]
         stream = target.add_stream("mpeg4", rate=video.average_rate or 25)
         stream.width, stream.height, stream.pix_fmt = video.codec_context.width, video.codec_context.height, "yuv420p"
-        for index, frame in enumerate(source.decode(video)):
-            pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-            detections = records.get((file, index), {}).get("detections", [])
-            drawn = draw_detections(pixels, detections).permute(1, 2, 0).contiguous().numpy()
-            target.mux(stream.encode(av.VideoFrame.from_ndarray(drawn, format="rgb24")))
+        try:
+            for index, frame in enumerate(source.decode(video)):
+                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                detections = records.get((file, index), {}).get("detections", [])
+                drawn = draw_detections(pixels, detections).permute(1, 2, 0).contiguous().numpy()
+                target.mux(stream.encode(av.VideoFrame.from_ndarray(drawn, format="rgb24")))
+        except av.FFmpegError:
+            pass  # a damaged tail: the frames read before it (the records name the frame that failed)
         target.mux(stream.encode())
     os.replace(temporary, path)
 
@@ -473,7 +477,8 @@ def predict_files(
             bar.update(len(batch))
     if args.save_annotated:
         for file in videos:
-            save_annotated_video(output, file, done)
+            if (file, None) not in done:  # not a video we could read
+                save_annotated_video(output, file, done)
     summary = f"wrote {predictions_path} ({len(done)} records, {errors} unreadable this run)"
     if args.coco_results:
         summary += "\n" + write_coco_results(

@@ -135,10 +135,14 @@ def test_video_frames_and_annotated_video(shapes, tmp_path):
         for pixels in frames * 2:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         container.mux(stream.encode())
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 and then nothing")
     output = tmp_path / "out"
-    main([str(video), "--checkpoint", str(DEMO), "--output", str(output), "--save-annotated", "--score-threshold",
-          "0.3", "--batch-size", "3"])  # fmt: skip
+    main([str(video), str(broken), "--checkpoint", str(DEMO), "--output", str(output), "--save-annotated",
+          "--score-threshold", "0.3", "--batch-size", "3"])  # fmt: skip
     records = read_records(output)
+    assert [set(record) for record in records if record["file"] == str(broken)] == [{"file", "error"}]
+    records = [record for record in records if record["file"] == str(video)]
     assert sorted(record["frame"] for record in records) == list(range(8))
     assert all(record["file"] == str(video) and (record["width"], record["height"]) == (96, 96) for record in records)
     assert any(record["detections"] for record in records)

@@ -28,7 +28,6 @@ model.safetensors (the serving checkpoint, its manifest holding the measured met
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch
 from backbone.torchvision_compat import CheckpointError
 from detection import build_detector, load_detector, save_detector
 from detection.data import (
+    DEFAULT_WORKERS,
     VOC_CLASSES,
     AnnotationError,
     CocoDetection,
@@ -62,8 +62,6 @@ from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
 
-# DataLoader workers: 4, or fewer where this process may use fewer cores (torch warns above that).
-DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 # Splits when --train_split / --val_split are not given: COCO 2017's names, VOC's ImageSets/Main names.
 DEFAULT_SPLITS = {"coco": (("train2017",), "val2017"), "voc": (("train",), "val")}
 

@@ -1,7 +1,7 @@
 """Detection data: COCO and VOC datasets, box-aware transforms, aspect-ratio batching, synthetic shapes."""
 
 from detection.data.annotations import AnnotationError, ImageAnnotation
-from detection.data.batching import GroupedBatchSampler, aspect_ratio_group_ids, collate_fn
+from detection.data.batching import DEFAULT_WORKERS, GroupedBatchSampler, aspect_ratio_group_ids, collate_fn
 from detection.data.coco import CocoDetection
 from detection.data.concat import ConcatDetection
 from detection.data.dataset import DetectionDataset
@@ -10,6 +10,7 @@ from detection.data.transforms import TRANSFORM_PRESETS, ResizePreset, build_tra
 from detection.data.voc import VOC_CLASSES, VocDetection, read_class_names
 
 __all__ = [
+    "DEFAULT_WORKERS",
     "SHAPE_CLASSES",
     "TRANSFORM_PRESETS",
     "VOC_CLASSES",

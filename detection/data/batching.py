@@ -1,11 +1,17 @@
-"""Batching for detection: aspect-ratio grouped batches (less padding) and a collate for lists."""
+"""Batching for detection: aspect-ratio grouped batches (less padding), a collate for lists, and how many
+workers decode them by default."""
 
+import os
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 from torch.utils.data import Sampler
+
+# Decoding workers (DataLoader processes, predict's threads): 4, or the cores this process may use if fewer
+# (above that, torch's DataLoader warns and the workers only contend).
+DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 class SizedDetectionDataset(Protocol):
