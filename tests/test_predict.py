@@ -63,7 +63,8 @@ def test_folder_glob_and_list_sources_with_an_unreadable_image(shapes, tmp_path)
 
     output = tmp_path / "out"
     main([str(folder), str(listed), str(folder / "*.jpg"), "--checkpoint", str(DEMO), "--output", str(output),
-          "--score-threshold", "0.3", "--batch-size", "2", "--workers", "2", "--save-annotated"])  # fmt: skip
+          "--score-threshold", "0.3", "--batch-size", "2", "--workers", "2", "--save-annotated",
+          "--device", "cpu"])  # fmt: skip
 
     records = read_records(output)
     files = [record["file"] for record in records]
@@ -217,3 +218,26 @@ def test_bench_smoke_compares_the_pipeline_with_its_anchor(capsys):
     ratio = bench(["--smoke", "--device", "cpu"])
     assert ratio > 0
     assert "pipeline / anchor throughput" in capsys.readouterr().out
+
+
+def test_torchvision_pth_with_class_names_from_a_file(tmp_path):
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=3)
+    torch.save(FasterRCNN(backbone, num_classes=3).state_dict(), tmp_path / "custom.pth")
+    (tmp_path / "classes.txt").write_text("dining table\ntraffic light\n")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
+    output = tmp_path / "out"
+    main([str(image), "--checkpoint", str(tmp_path / "custom.pth"), "--class-names", str(tmp_path / "classes.txt"),
+          "--output", str(output), "--score-threshold", "0"])  # fmt: skip
+    settings = json.loads((output / "predict_settings.json").read_text())
+    assert settings["class_names"] == ["dining table", "traffic light"]
+    (record,) = read_records(output)
+    assert record["detections"] and {d["name"] for d in record["detections"]} <= {"dining table", "traffic light"}
+    with pytest.raises(SystemExit, match="3 class names given, but .*custom.pth has 2 classes"):
+        (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+        main([str(image), "--checkpoint", str(tmp_path / "custom.pth"), "--class-names",
+              str(tmp_path / "classes.txt"), "--output", str(tmp_path / "other")])  # fmt: skip
