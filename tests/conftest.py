@@ -31,3 +31,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def live_server():
+    """Start an ASGI app under a real uvicorn on 127.0.0.1 (port 0, the bound port read back) in a thread:
+    `url = live_server(app)`; every server started is shut down (through its lifespan) after the test.
+    `live_server(app, ready=False)` returns as soon as it listens, without waiting for /readyz."""
+    from bench.loopback import LoopbackServer, wait_ready
+
+    servers = []
+
+    def start(app, *, ready: bool = True) -> str:
+        server = LoopbackServer(app)
+        servers.append(server)
+        url = server.start()
+        if ready:
+            wait_ready(url)
+        return url
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
