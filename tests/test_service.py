@@ -129,22 +129,28 @@ def test_classify_batch_answers_in_order_and_equals_single_requests(client):
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
 
 
-def test_concurrent_requests_share_a_batch(classifier_path):
-    app = create_app(settings_for(classifier_path, max_batch=4, max_batch_wait_ms=300))
+def test_concurrent_requests_share_a_batch(classifier_path, batch_gate):
+    app = create_app(settings_for(classifier_path, max_batch=4, max_batch_wait_ms=0))
     with TestClient(app) as client:
         wait_ready(client)
+        # A first request holds the model; three more queue behind it and must then run as one batch.
+        gate = batch_gate(app.state.service.models["classifier"].engine)
         results = [None] * 4
 
         def send(index):
             results[index] = client.post("/classify", files=upload(image_bytes(seed=index)))
 
         threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
-        for thread in threads:
+        threads[0].start()
+        gate.wait_entered()
+        for thread in threads[1:]:
             thread.start()
+        gate.wait_queued(3)
+        gate.release()
         for thread in threads:
             thread.join()
         assert all(r.status_code == 200 for r in results)
-        assert max(r.json()["timing_ms"]["batch_size"] for r in results) >= 2
+        assert [r.json()["timing_ms"]["batch_size"] for r in results] == [1, 3, 3, 3]
         assert "resdet_batch_size_bucket" in client.get("/metrics").text
 
 
@@ -239,20 +245,12 @@ def test_too_many_files_is_413(classifier_path):
         assert response.status_code == 413 and "MAX_FILES=2" in response.json()["detail"]
 
 
-def test_full_queue_answers_503_with_retry_after(classifier_path):
+def test_full_queue_answers_503_with_retry_after(classifier_path, batch_gate):
     app = create_app(settings_for(classifier_path, max_batch=1, max_batch_wait_ms=0, max_queue=1, max_files=1,
                                   retry_after_s=7))  # fmt: skip
     with TestClient(app) as client:
         wait_ready(client)
-        engine = app.state.service.models["classifier"].engine
-        real_run, started, release = engine.run_batch, threading.Event(), threading.Event()
-
-        def held_run(items):
-            started.set()
-            release.wait(10)
-            return real_run(items)
-
-        engine.run_batch = held_run
+        gate = batch_gate(app.state.service.models["classifier"].engine)
         results = {}
 
         def send(key):
@@ -260,38 +258,29 @@ def test_full_queue_answers_503_with_retry_after(classifier_path):
 
         first = threading.Thread(target=send, args=("running",))
         first.start()
-        assert started.wait(10)
+        gate.wait_entered()
         second = threading.Thread(target=send, args=("queued",))
         second.start()
-        deadline = time.monotonic() + 10
-        while engine.queue_depth < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        gate.wait_queued(1)
         refused = client.post("/classify", files=upload(image_bytes()))
-        release.set()
+        gate.release()
         first.join()
         second.join()
         assert refused.status_code == 503 and refused.headers["retry-after"] == "7"
         assert "queue is full" in refused.json()["detail"]
         assert results["running"].status_code == 200 and results["queued"].status_code == 200
-        engine.run_batch = real_run
+        gate.restore()
         assert_still_serving(client)
 
 
-def test_a_batch_refused_in_part_is_503_and_its_queued_images_are_not_computed(classifier_path):
+def test_a_batch_refused_in_part_is_503_and_its_queued_images_are_not_computed(classifier_path, batch_gate):
     app = create_app(settings_for(classifier_path, max_batch=1, max_batch_wait_ms=0, max_queue=2, max_files=2))
     with TestClient(app) as client:
         wait_ready(client)
         engine = app.state.service.models["classifier"].engine
-        real_run, started, release, computed = engine.run_batch, threading.Event(), threading.Event(), []
-
-        def held_run(items):
-            started.set()
-            release.wait(10)
-            computed.extend(items)
-            return real_run(items)
-
-        engine.run_batch = held_run
+        real_run, computed = engine.run_batch, []
+        engine.run_batch = lambda items: computed.extend(items) or real_run(items)
+        gate = batch_gate(engine)
         results = {}
 
         def send(key):
@@ -299,18 +288,14 @@ def test_a_batch_refused_in_part_is_503_and_its_queued_images_are_not_computed(c
 
         threads = [threading.Thread(target=send, args=(key,)) for key in ("running", "queued")]
         threads[0].start()
-        assert started.wait(10)
+        gate.wait_entered()
         threads[1].start()
-        deadline = time.monotonic() + 10
-        while engine.queue_depth < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        gate.wait_queued(1)
         files = [("files", (f"{i}.png", image_bytes(), "image/png")) for i in range(2)]
         refused = client.post("/classify/batch", files=files)  # one fits in the queue, the other does not
-        release.set()
+        gate.release()
         for thread in threads:
             thread.join()
-        engine.run_batch = real_run
         assert refused.status_code == 503 and "retry-after" in refused.headers
         assert results["running"].status_code == 200 and results["queued"].status_code == 200
         assert len(computed) == 2  # the batch's queued image was skipped, not computed
