@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         help="pixels of the huge legal PNGs (a square and a 1-px strip); under MAX_IMAGE_PIXELS",
     )
     parser.add_argument("--max-upload-bytes", type=int, default=20 * 1024 * 1024, help="the server's limit")
+    parser.add_argument("--settle", type=float, default=5.0, help="idle seconds before the last memory sample")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -433,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                 spent, index = spent + seconds, index + 1
             if pid:
                 # Memory after the load: the spike must come back down while the server idles.
-                time.sleep(5)
+                time.sleep(args.settle)
         missed = report(tally, sampler.samples, rss_after_warmup=rss_after_warmup)
     finally:
         if server is not None:
