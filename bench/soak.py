@@ -6,18 +6,20 @@
 
 Goal (issue 10): no 5xx but deliberate 503s (queue full, with Retry-After); the good requests' p99 with
 the hostile traffic within 1.5x of their p99 without it, in the same run; the server's resident memory
-flat (back near its post-warm-up level at the end, and no upward trend).
+flat (at the end, after `--settle` idle seconds, within 10% or 100 MB of its level after warm-up).
 
-The run alternates segments of `--segment` seconds until `--duration` is spent: "clean" (only the
-`--good-clients` clients, each posting a real photo to /detect or /classify back to back) and "mixed"
-(the same good clients plus `--hostile-clients` clients sending hostile traffic: extreme aspect ratios,
-huge legal PNGs, decompression bombs, garbage and truncated bytes, wrong content types, oversized
-bodies, uploads abandoned half way, random HTTP methods and paths, floods of small requests). Alternating
-puts a busy neighbour on the machine into both. It prints requests/s and p50/p99 of the good requests
-per kind of segment and their ratio, statuses by class for good and for each hostile kind, and the
-server's VmRSS (from /proc/PID/status) sampled every second. Everything stays on 127.0.0.1; the run is
-bounded by `--duration` (plus the server's start) and every request by a timeout. Exit status 1 when a
-goal is missed.
+The run alternates segments of `--segment` seconds until `--duration` is spent, all at concurrency
+`--good-clients` + `--hostile-clients` (8 + 8). In "clean" segments every client is a good one,
+posting a real photo to /detect or /classify back to back; in "mixed" ones the hostile clients send,
+beside the good ones, extreme aspect ratios, huge legal PNGs, a decompression-bomb header, garbage and
+truncated bytes, wrong content types, bodies over the upload limit, uploads abandoned half way, random
+HTTP methods and paths, floods of 32 small requests and 4-photo batches. Comparing the good p99 of the
+two kinds of segment tells what hostile requests cost the good ones against as many good requests in
+their places; alternating puts a busy neighbour on the machine into both. It prints requests/s and
+p50/p99 of the good requests per kind of segment and their ratio, statuses by class for the good
+requests and for each hostile kind, and the server's VmRSS (/proc/PID/status) sampled every second.
+Everything stays on 127.0.0.1; the run is bounded by `--duration` (plus the server's start and a
+warm-up) and every request by a timeout. Exit status 1 when a goal is missed.
 """
 
 import argparse
@@ -83,10 +85,11 @@ class Hostile:
     max_upload_bytes: int
     rng: random.Random
     files: dict[str, bytes] = field(default_factory=dict)
+    photo: bytes = b""
 
     def __post_init__(self) -> None:
         side = int(self.huge_pixels**0.5)
-        photo = good_photo()[1]
+        photo = self.photo = good_photo()[1]
         self.files = {
             "ratio 4000x8": png((4000, 8)),
             "ratio 129x1": png((129, 1)),
@@ -201,10 +204,9 @@ async def hostile_request(
                     answer.status_code if isinstance(answer, httpx.Response) else type(answer).__name__,
                 )
             status = answers[0].status_code if isinstance(answers[0], httpx.Response) else type(answers[0]).__name__
-        else:  # a batch of MAX_FILES-ish good images: a big share of the queue at once
-            photo = good_photo()[1]
+        else:  # a batch form: four photos in one request, a bigger share of the queue at once
             batch_path = rng.choice(["/detect/batch", "/classify/batch"])
-            response = await client.post(batch_path, files=[("files", ("p.jpg", photo, "image/jpeg"))] * 16)
+            response = await client.post(batch_path, files=[("files", ("p.jpg", hostile.photo, "image/jpeg"))] * 4)
             status = response.status_code
     except (httpx.HTTPError, OSError, asyncio.TimeoutError) as error:
         status = type(error).__name__
@@ -230,12 +232,16 @@ async def run_segment(
     url: str, *, segment: str, seconds: float, good_clients: int, hostile_clients: int,
     photo: tuple[str, bytes], hostile: Hostile, tally: Tally, seed: int,
 ) -> None:  # fmt: skip
-    """Good clients (their own connection pool) and, in mixed segments, hostile ones (another pool)."""
+    """Mixed: good and hostile clients (each kind its own connection pool). Otherwise good clients take
+    the hostile ones' places too: the same concurrency, so the good p99s compare what the hostile
+    requests cost against as many good ones."""
+    if segment != "mixed":
+        good_clients, hostile_clients = good_clients + hostile_clients, 0
     async with _client(url, good_clients) as good, _client(url, max(1, hostile_clients) * 32) as bad:
         started = time.perf_counter()
         deadline = started + seconds
         tasks = [good_client(good, photo, tally, segment, deadline, seed + i) for i in range(good_clients)]
-        if segment == "mixed":
+        if hostile_clients:
             tasks += [
                 hostile_client(bad, url, hostile, tally, deadline, seed + 1000 + i) for i in range(hostile_clients)
             ]
@@ -395,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 segment="warm-up",
                 seconds=min(10.0, args.segment),
                 good_clients=args.good_clients,
-                hostile_clients=0,
+                hostile_clients=args.hostile_clients,
                 photo=photo,
                 hostile=hostile,
                 tally=Tally(),
@@ -403,13 +409,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         rss_after_warmup = rss_mb(pid) if pid else None
-        print(
-            f"{url}: {args.good_clients} good + {args.hostile_clients} hostile clients, {args.duration:g} s in "
-            f"{args.segment:g} s segments, good image {photo[0]}, {os.cpu_count()} CPUs",
-            flush=True,
-        )
         # At least one clean and one mixed segment, whatever the duration.
         segment_s = min(args.segment, args.duration / 2)
+        print(
+            f"{url}: concurrency {args.good_clients + args.hostile_clients}: clean segments all good, mixed "
+            f"{args.good_clients} good + {args.hostile_clients} hostile; {args.duration:g} s in "
+            f"{segment_s:g} s segments, good image {photo[0]}, {os.cpu_count()} CPUs",
+            flush=True,
+        )
         with MemorySampler(pid) as sampler:
             spent, index = 0.0, 0
             while spent < args.duration or index % 2:
