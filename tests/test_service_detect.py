@@ -117,8 +117,9 @@ def test_parameter_bounds(client, params, status):
         assert next(iter(params)) in response.json()["detail"]
 
 
-def test_requests_sharing_a_batch_each_get_their_own_thresholds(detector_path, reference):
-    with TestClient(create_app(settings_for(detector_path, max_batch=3, max_batch_wait_ms=500))) as client:
+def test_requests_sharing_a_batch_each_get_their_own_thresholds(detector_path, reference, batch_gate):
+    app = create_app(settings_for(detector_path, max_batch=3, max_batch_wait_ms=0))
+    with TestClient(app) as client:
         wait_ready(client)
         # Two images of one input shape (they share a forward pass) and one of another shape.
         asks = [
@@ -133,12 +134,19 @@ def test_requests_sharing_a_batch_each_get_their_own_thresholds(detector_path, r
             params = {"score_threshold": threshold, "max_detections": cap}
             answers[index] = client.post("/detect", files=upload(data), params=params).json()
 
+        # A first request holds the model while the three asks queue; released, they run as one batch.
+        gate = batch_gate(app.state.service.models["detector"].engine)
+        blocker = threading.Thread(target=client.post, args=("/detect",), kwargs={"files": upload(image_bytes())})
+        blocker.start()
+        gate.wait_entered()
         threads = [threading.Thread(target=send, args=(i,)) for i in range(len(asks))]
         for thread in threads:
             thread.start()
-        for thread in threads:
+        gate.wait_queued(len(asks))
+        gate.release()
+        for thread in [blocker, *threads]:
             thread.join()
-    assert max(answer["timing_ms"]["batch_size"] for answer in answers) >= 2
+    assert [answer["timing_ms"]["batch_size"] for answer in answers] == [3, 3, 3]
     for (threshold, cap, data), answer in zip(asks, answers):
         assert_same_detections(answer, direct(reference, data, score_threshold=threshold, max_detections=cap))
 
