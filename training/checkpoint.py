@@ -72,7 +72,9 @@ def capture_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This rank's own device only: every visible GPU's state could not be restored where fewer are
+        # visible (issue 17), and the other GPUs' streams belong to the other ranks.
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -92,7 +94,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        device = torch.cuda.current_device()
+        cuda_state = state["cuda"]
+        if isinstance(cuda_state, (list, tuple)):  # checkpoints before issue 17: every visible GPU's state
+            cuda_state = cuda_state[device] if device < len(cuda_state) else cuda_state[0]
+        torch.cuda.set_rng_state(cuda_state, device)
 
 
 def resume_training(
