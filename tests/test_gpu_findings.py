@@ -6,6 +6,7 @@ without a GPU), RNG restore across GPU counts with a simulated torch.cuda, bf16 
 
 import pytest
 import torch
+import torchvision
 
 from detection import build_detector
 
@@ -78,3 +79,95 @@ def test_rng_state_of_an_old_checkpoint_with_every_gpu_restores_on_one(monkeypat
     resumed = FakeCuda(monkeypatch, count=1, current=0)
     restore_rng_state(state)
     assert torch.equal(resumed.states[0], torch.full((16,), 3, dtype=torch.uint8))
+
+
+def test_anchors_under_bf16_autocast_equal_float32_anchors_at_800x1344():
+    from torchvision.models.detection.image_list import ImageList
+
+    model = build_detector(backbone="resnet18", head="fpn", num_classes=3, **TINY).eval()
+    rpn = model.rpn
+    anchors = {}
+    rpn.anchor_generator.register_forward_hook(lambda module, args, output: anchors.__setitem__("last", output))
+    images = ImageList(torch.zeros(1, 3, 800, 1344), [(800, 1344)])
+    torch.manual_seed(0)
+    features = {
+        str(level): torch.randn(1, 16, -(-800 // 2**level), -(-1344 // 2**level)) for level in range(2, 7)
+    }  # P2..P6 of an FPN
+    with torch.no_grad():
+        rpn(images, features)
+        reference = anchors["last"][0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rpn(images, {name: feature.bfloat16() for name, feature in features.items()})
+    assert anchors["last"][0].dtype == torch.float32
+    assert torch.equal(anchors["last"][0], reference)
+
+
+def test_frozen_batchnorm_keeps_the_bf16_input_dtype_and_fp32_values():
+    from backbone.resnet import NORM_LAYERS
+
+    torch.manual_seed(0)
+    norm = NORM_LAYERS["frozen_bn"](8)
+    norm.weight.uniform_(0.5, 2.0)
+    norm.bias.uniform_(-1, 1)
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 8, 5, 5).bfloat16()
+    reference = norm(x.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reduced = norm(x)
+    assert reduced.dtype == torch.bfloat16
+    # two bf16 roundings (product, sum): a few units of bf16's 8-bit mantissa at these magnitudes
+    assert torch.allclose(reduced.float(), reference, rtol=2**-7, atol=2**-5)
+    # fp32 stays torchvision's computation bit for bit (its COCO weights give its detections in our model)
+    assert torch.equal(reference, torchvision.ops.FrozenBatchNorm2d.forward(norm, x.float()))
+
+
+def resume_parts(*, fp16_scaler: bool) -> dict:
+    """What resume_training restores into: a one-layer model and its optimizer, schedule, scaler, window."""
+    from training.meters import MetricWindow
+    from training.schedule import LRSchedule
+
+    model = torch.nn.Linear(2, 1)
+    return dict(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        schedule=LRSchedule(base_lr=0.1),
+        scaler=torch.amp.GradScaler("cpu", enabled=fp16_scaler),
+        window=MetricWindow(),
+    )
+
+
+def test_resuming_a_bf16_checkpoint_with_fp16_names_both_settings(tmp_path):
+    from backbone.torchvision_compat import CheckpointError
+    from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
+    from training.distributed import DistributedContext
+
+    cpu = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    parts = resume_parts(fp16_scaler=False)  # bf16: no loss scaling, an empty scaler state
+    state = {name: part.state_dict() for name, part in parts.items()}
+    state.update(iteration=5, rng=[capture_rng_state()], config={"amp": "bf16"})
+    save_training_checkpoint(tmp_path / "last.pt", state)
+    with pytest.raises(CheckpointError, match=r"last.pt was saved without fp16 loss scaling \(--amp bf16\)"):
+        resume_training("auto", output_dir=tmp_path, config={"amp": "fp16"}, ctx=cpu, **resume_parts(fp16_scaler=True))
+
+
+def test_a_checkpoint_on_rank_0_only_is_an_error_naming_the_path_and_the_ranks(tmp_path, monkeypatch):
+    """Multi-node resume without a shared filesystem: last.pt on node 0's disk, rank 1 on node 1."""
+    import training.checkpoint
+    from training.checkpoint import resume_training
+    from training.distributed import DistributedContext
+
+    rank1 = DistributedContext(rank=1, world_size=2, local_rank=0, device=torch.device("cpu"))
+    answers = {"rank 0": (True, "node0")}  # what rank 0 reports; rank 1's own answer comes from its disk
+    monkeypatch.setattr(
+        training.checkpoint, "all_gather_objects", lambda value, ctx: [answers["rank 0"], value], raising=False
+    )
+    with pytest.raises(FileNotFoundError, match=r"last.pt is missing on rank\(s\) \[1\] \(host\(s\) \S+\) of 2"):
+        resume_training("auto", output_dir=tmp_path, config={}, ctx=rank1, **resume_parts(fp16_scaler=False))
+
+    answers["rank 0"] = (False, "node0")  # nowhere: a fresh start, everywhere
+    assert resume_training("auto", output_dir=tmp_path, config={}, ctx=rank1, **resume_parts(fp16_scaler=False)) is None
+    with pytest.raises(FileNotFoundError, match="missing on rank"):  # an explicit --resume must exist everywhere
+        resume_training(
+            str(tmp_path / "last.pt"), output_dir=tmp_path, config={}, ctx=rank1, **resume_parts(fp16_scaler=False)
+        )
