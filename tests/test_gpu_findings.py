@@ -4,6 +4,8 @@ Device bugs are caught on the `meta` device (a module left on the CPU next to me
 without a GPU), RNG restore across GPU counts with a simulated torch.cuda, bf16 numerics on the CPU.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -171,3 +173,54 @@ def test_a_checkpoint_on_rank_0_only_is_an_error_naming_the_path_and_the_ranks(t
         resume_training(
             str(tmp_path / "last.pt"), output_dir=tmp_path, config={}, ctx=rank1, **resume_parts(fp16_scaler=False)
         )
+
+
+def tiny_class_archive(tmp_path: Path) -> Path:
+    import tarfile
+
+    from PIL import Image
+
+    source = tmp_path / "source" / "tiny"
+    for split in ("train", "val"):
+        for name, colour in (("a", (120, 60, 30)), ("b", (0, 200, 0))):
+            (source / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), colour).save(source / split / name / "0.jpg")
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="tiny")
+    return archive
+
+
+class ProcessGroupStarted(Exception):
+    """Raised by a stand-in start_process: the test ends where the process group would form."""
+
+
+def test_pretraining_extracts_its_archive_before_the_process_group_forms(tmp_path, monkeypatch):
+    """NCCL's timeout cannot run out during an ImageNet extraction that ends before init_process_group."""
+    import training.pretrain
+    from training.config import make_config
+
+    archive, cache = tiny_class_archive(tmp_path), tmp_path / "cache"
+    seen = {}
+
+    def start_process(**kwargs):
+        seen["extracted"] = (cache / "tiny" / "tiny" / "val" / "b" / "0.jpg").is_file()
+        raise ProcessGroupStarted
+
+    monkeypatch.setattr(training.pretrain, "start_process", start_process)
+    config = make_config(training.pretrain.PretrainConfig, {"data_path": str(archive), "cache_dir": str(cache)})
+    with pytest.raises(ProcessGroupStarted):
+        training.pretrain.main(config)
+    assert seen == {"extracted": True}
+
+
+def test_every_process_of_a_node_may_extract_the_same_archive_at_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from training.classification_data import extract_once
+
+    archive, cache = tiny_class_archive(tmp_path), tmp_path / "cache"
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        targets = list(pool.map(lambda _: extract_once(archive, cache), range(4)))
+    assert targets == [cache / "tiny"] * 4
+    assert sorted(path.name for path in cache.iterdir() if not path.name.endswith(".lock")) == ["tiny"]
