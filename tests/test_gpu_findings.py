@@ -224,3 +224,82 @@ def test_every_process_of_a_node_may_extract_the_same_archive_at_once(tmp_path):
         targets = list(pool.map(lambda _: extract_once(archive, cache), range(4)))
     assert targets == [cache / "tiny"] * 4
     assert sorted(path.name for path in cache.iterdir() if not path.name.endswith(".lock")) == ["tiny"]
+
+
+# --- slow on a GPU: what the training loop does per step ---------------------------------------------------
+
+
+def uint8_batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8, generator=generator) for _ in range(2)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 4.0, 30.0, 40.0], [5.0, 5.0, 5.0, 9.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.tensor([[10.0, 2.0, 60.0, 30.0]]), "labels": torch.tensor([3])},
+    ]
+    return images, targets
+
+
+def test_batch_to_device_checks_targets_before_the_copy_and_makes_floats_there():
+    from torchvision.transforms import v2
+
+    from detection.transform import batch_to_device
+
+    images, targets = uint8_batch()
+    # On `meta` a data-dependent check (.any(), a boolean mask) cannot run: it would be a GPU sync.
+    on_meta, meta_targets = batch_to_device(images, targets, device=torch.device("meta"), num_classes=3)
+    assert all(image.device.type == "meta" and image.dtype == torch.float32 for image in on_meta)
+    assert [tuple(t["boxes"].shape) for t in meta_targets] == [(1, 4), (1, 4)]  # the zero-width box dropped
+    floats, _ = batch_to_device(images, targets, device=torch.device("cpu"), num_classes=3)
+    for image, converted in zip(images, floats):
+        assert torch.equal(converted, v2.ToDtype(torch.float32, scale=True)(image))
+    targets[1]["labels"] = torch.tensor([4])
+    with pytest.raises(ValueError, match=r"target 1: label 4 outside 1..3"):
+        batch_to_device(images, targets, device=torch.device("meta"), num_classes=3)
+
+
+def test_prepared_targets_give_the_losses_of_checked_ones():
+    from detection.transform import batch_to_device
+
+    torch.manual_seed(0)
+    model = build_detector(backbone="resnet18", head="fpn", num_classes=3, **TINY).train()
+    images, targets = uint8_batch()
+    floats, prepared = batch_to_device(images, targets, device=torch.device("cpu"), num_classes=3)
+    torch.manual_seed(1)
+    checked, _ = model(floats, targets)
+    torch.manual_seed(1)
+    skipped, _ = model(floats, prepared, targets_prepared=True)
+    assert checked.keys() == skipped.keys() and all(torch.equal(checked[k], skipped[k]) for k in checked)
+
+
+def test_ddp_broadcasts_buffers_only_where_training_changes_them():
+    from training.engine import buffers_change_in_training
+
+    assert not buffers_change_in_training(build_detector(backbone="resnet18", head="fpn", num_classes=3, **TINY))
+    trained_bn = build_detector(backbone="resnet18", head="fpn", num_classes=3, frozen_bn=False, freeze_at=0, **TINY)
+    assert buffers_change_in_training(trained_bn)
+
+
+def test_every_rank_draws_its_own_multi_scale_sizes():
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    from training.distributed import DistributedContext
+    from training.engine import seed_per_rank
+
+    def sizes(rank: int) -> list[int]:
+        seed_per_rank(0, DistributedContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu")))
+        transform = GeneralizedRCNNTransform(tuple(range(640, 801, 32)), 1333, [0.0] * 3, [1.0] * 3)
+        return [transform.torch_choice(transform.min_size) for _ in range(20)]
+
+    assert sizes(0) == sizes(0)  # reproducible per rank
+    assert sizes(0) != sizes(1)
+
+
+def test_channels_last_default_follows_the_device_measurements():
+    from training.train_det import detection_channels_last
+
+    assert detection_channels_last("auto", torch.device("cpu")) is True
+    assert detection_channels_last("auto", torch.device("cuda", 0)) is False
+    assert detection_channels_last("true", torch.device("cuda", 0)) is True
+    assert detection_channels_last("false", torch.device("cpu")) is False
+    with pytest.raises(ValueError, match="--channels_last must be auto, true or false, got 'sometimes'"):
+        detection_channels_last("sometimes", torch.device("cpu"))
