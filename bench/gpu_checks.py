@@ -4,7 +4,7 @@
     PYTHONPATH=. python -m bench.gpu_checks runs/gpu_checks_smoke --smoke   # CPU, tiny sizes (the test suite)
 
 Each check is recorded as ok or failed (with its error) and the others still run:
-- service: `create_app` with the default OPTIMIZE=true on DEVICE=cuda, /readyz, then 20 POST /detect of
+- service: uvicorn serving `create_app` with the default OPTIMIZE=true on DEVICE=cuda, /readyz, then 20 POST /detect of
   ../shared/data/demo-images/bus.jpg (a generated image where absent), latency per request;
 - train_bf16: training/train_det.py's main on generated shapes with --amp bf16, uninterrupted vs stopped
   half way and resumed from last.pt (the loss difference after resume: 0 where kernels are deterministic);
@@ -23,8 +23,11 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,9 +57,19 @@ GPU = Sizes(device="cuda", requests=20, iterations=40, train_images=64, image_si
 SMOKE = Sizes(device="cpu", requests=3, iterations=4, train_images=8, image_size=64, workers=0)
 
 
+def http(url: str, *, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """(status, body) of a GET, or of a POST when `body` is given; an HTTP error status is an answer too."""
+    request = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
 def check_service(sizes: Sizes, work: Path) -> dict[str, Any]:
-    """The default OPTIMIZE=true on the device: ready, and /detect answers."""
-    from fastapi.testclient import TestClient
+    """The default OPTIMIZE=true on the device, served by uvicorn as in production: ready, and /detect answers."""
+    import uvicorn
 
     from service import Settings, create_app
 
@@ -68,23 +81,43 @@ def check_service(sizes: Sizes, work: Path) -> dict[str, Any]:
         buffer = io.BytesIO()
         Image.fromarray(pixels.numpy()).save(buffer, format="JPEG")
         image, source = buffer.getvalue(), "generated 640x480 JPEG"
+    boundary = "resdet-gpu-checks"
+    upload = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="bus.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     settings = Settings(device=sizes.device)  # every other setting at its default: optimize=True, demo models
     started = time.perf_counter()
-    with TestClient(create_app(settings)) as client:
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.perf_counter() - started > READY_TIMEOUT_S:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
         # Ready = models loaded and warmed up; the crash of issue 17 kept it at 503 for ever.
-        while (ready := client.get("/readyz")).status_code != 200:
-            if "warm-up failed" in ready.text or time.perf_counter() - started > READY_TIMEOUT_S:
-                raise RuntimeError(f"/readyz answered {ready.status_code}: {ready.text[:500]}")
+        while (ready := http(f"{base}/readyz"))[0] != 200:
+            if b"warm-up failed" in ready[1] or time.perf_counter() - started > READY_TIMEOUT_S:
+                raise RuntimeError(f"/readyz answered {ready[0]}: {ready[1][:500].decode(errors='replace')}")
             time.sleep(0.05)
         ready_s = time.perf_counter() - started
         latencies, detections = [], 0
         for _ in range(sizes.requests):
             sent = time.perf_counter()
-            answer = client.post("/detect", files={"file": ("bus.jpg", image, "image/jpeg")})
+            status, answer = http(
+                f"{base}/detect", body=upload, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+            )
             latencies.append((time.perf_counter() - sent) * 1000)
-            if answer.status_code != 200:
-                raise RuntimeError(f"/detect answered {answer.status_code}: {answer.text[:500]}")
-            detections = len(answer.json()["detections"])
+            if status != 200:
+                raise RuntimeError(f"/detect answered {status}: {answer[:500].decode(errors='replace')}")
+            detections = len(json.loads(answer)["detections"])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
     return {
         "optimize": settings.optimize,
         "image": source,
