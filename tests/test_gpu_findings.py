@@ -303,3 +303,33 @@ def test_channels_last_default_follows_the_device_measurements():
     assert detection_channels_last("false", torch.device("cpu")) is False
     with pytest.raises(ValueError, match="--channels_last must be auto, true or false, got 'sometimes'"):
         detection_channels_last("sometimes", torch.device("cpu"))
+
+
+# --- containers -------------------------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_gives_gpus_to_docker_and_podman_and_trains_with_real_flags():
+    yaml = pytest.importorskip("yaml")
+    import re
+    from dataclasses import fields
+
+    from training.train_det import DetTrainConfig
+
+    compose_text = (REPO_ROOT / "docker-compose.yml").read_text()
+    services = yaml.safe_load(compose_text)["services"]
+    for name in ("api-gpu", "train"):
+        assert "nvidia.com/gpu=all" in services[name]["devices"], f"{name}: no CDI device (podman)"
+        assert services[name]["deploy"]["resources"]["reservations"]["devices"], f"{name}: no Docker reservation"
+    train = services["train"]
+    assert "torchrun --standalone --nproc_per_node=gpu training/train_det.py" in train["command"]
+    assert train["user"] and train["build"]["target"] == "train"
+    dockerfile = (REPO_ROOT / "docker" / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+) AS (\S+)$", dockerfile, flags=re.MULTILINE)
+    assert ("runtime", "train") in stages and "gcc" in dockerfile.split("AS train", 1)[1]
+    assert stages[-1] == ("runtime", "api")  # a build without --target still gives the API image
+    examples = [line for line in compose_text.splitlines() if "TRAIN_ARGS=" in line]
+    examples += [line for line in (REPO_ROOT / "README.md").read_text().splitlines() if "TRAIN_ARGS=" in line]
+    flags = {flag for line in examples for flag in re.findall(r"--(\w+)", line)}
+    assert flags and flags <= {field.name for field in fields(DetTrainConfig)}, flags
