@@ -61,19 +61,22 @@ class Detector(nn.Module):
         *,
         score_threshold: float | None = None,
         max_detections: int | None = None,
+        targets_prepared: bool = False,
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Return (losses, detections) for a list of RGB float images [3, H, W] in [0, 1].
 
         Training mode: targets required, detections is empty. Eval mode: detections per image
         (boxes x1, y1, x2, y2 in original pixels, scores, labels 1..K), plus the same losses when
         targets are given (a validation loss). score_threshold and max_detections override the
-        built-in box_score_thresh and box_detections_per_img for this call.
+        built-in box_score_thresh and box_detections_per_img for this call. targets_prepared: the targets
+        come from `detection.transform.batch_to_device`, checked on the CPU (checks here would sync a GPU).
         """
         check_images(images)
-        if targets is not None:
+        if targets is None:
+            if self.training:
+                raise ValueError("training mode needs targets (call model.eval() to detect without them)")
+        elif not targets_prepared:
             targets = prepare_targets(targets, num_images=len(images), num_classes=self.num_classes)
-        elif self.training:
-            raise ValueError("training mode needs targets (call model.eval() to detect without them)")
         if self.training and self.optimized:
             raise RuntimeError("this detector was optimized for inference (BN folded); it cannot be trained")
         original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]

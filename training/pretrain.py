@@ -160,22 +160,21 @@ RECIPES = {
 
 
 def main(cfg: PretrainConfig) -> dict[str, float]:
-    ctx = start_process(device=cfg.device, seed=cfg.seed)
-    output_dir = Path(cfg.output_dir)
-    if ctx.is_main:
-        print(format_config(cfg), flush=True)
-        print(f"processes: {ctx.world_size}, device: {ctx.device}", flush=True)
-
     # --- data: folders (or an archive of them) or the CIFAR-10 python batches
     if not cfg.data_path:
         raise DatasetError("no dataset given: pass --data_path (a folder with train/ and val/, or an archive)")
     data_root = Path(cfg.data_path)
     if data_root.is_file():
+        # Before the process group forms: extracting ImageNet takes longer than NCCL's 10-minute timeout,
+        # which aborted the ranks waiting at a barrier. One process per node extracts (a file lock).
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else REPO_ROOT / "data_cache"
-        if ctx.local_rank == 0:
-            extract_once(data_root, cache_dir)
-        barrier(ctx)
         data_root = find_split_root(extract_once(data_root, cache_dir), cfg.val_split)
+
+    ctx = start_process(device=cfg.device, seed=cfg.seed)
+    output_dir = Path(cfg.output_dir)
+    if ctx.is_main:
+        print(format_config(cfg), flush=True)
+        print(f"processes: {ctx.world_size}, device: {ctx.device}", flush=True)
     val_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.val_split, decoder=cfg.decoder)
     class_names = list(val_base.classes)
     precision = Precision(amp=cfg.amp, device=ctx.device)
@@ -413,4 +412,9 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(parse_config(PretrainConfig, description=__doc__, recipes=RECIPES))
+    config = parse_config(PretrainConfig, description=__doc__, recipes=RECIPES)
+    try:
+        main(config)
+    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as error:
+        # a user's input is wrong (e.g. a last.pt on some nodes only): say what, without a traceback
+        raise SystemExit(f"error: {error}") from error
