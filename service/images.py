@@ -57,7 +57,7 @@ def decode_image(data: bytes, *, max_pixels: int, label: str) -> Image.Image:
     try:
         image.seek(0)  # animated images: the first frame
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no second full-size copy
         return to_rgb(image)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
         raise ImageRejected(400, f"{label} is not a decodable image (truncated or corrupt?): {error}") from error
@@ -76,4 +76,4 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")

@@ -45,8 +45,10 @@ async def infer(
     settings: Settings,
     make_request: Callable[[Any], Any],
     batch_form: bool,
+    keep_images: bool = False,
 ) -> list[Answer]:
-    """Results in upload order; any bad file fails the whole request with an error naming it."""
+    """Results in upload order; any bad file fails the whole request with an error naming it.
+    `keep_images` keeps each decoded image on its answer (for drawing on it)."""
     if batch_form and len(uploads) > settings.max_files:
         raise ImageRejected(413, f"{len(uploads)} files in one request, over MAX_FILES={settings.max_files}")
     decoded = await asyncio.gather(
@@ -56,6 +58,7 @@ async def infer(
                 label=upload_label(upload, index if batch_form else None),
                 max_pixels=settings.max_image_pixels,
                 prepare=served.predictor.prepare,
+                keep_image=keep_images,
             )
             for index, upload in enumerate(uploads)
         )

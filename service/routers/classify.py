@@ -23,7 +23,7 @@ TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to retu
 
 
 def _response(served, answer: Answer, started: float) -> ClassifyResponse:
-    width, height = answer.upload.image.size
+    width, height = answer.upload.size
     return ClassifyResponse(
         model=model_ref(served),
         image=ImageSize(width=width, height=height),

@@ -27,7 +27,7 @@ ImageFile = Annotated[UploadFile, File(description="The image (JPEG, PNG, WebP, 
 
 
 def _response(served, answer: Answer, started: float) -> DetectResponse:
-    width, height = answer.upload.image.size
+    width, height = answer.upload.size
     return DetectResponse(
         model=model_ref(served),
         image=ImageSize(width=width, height=height),
@@ -88,7 +88,7 @@ async def detect_annotated(
 ) -> Response:
     (answer,) = await infer(
         detector, [file], settings=settings, make_request=_request_maker(score_threshold, max_detections),
-        batch_form=False,
+        batch_form=False, keep_images=True,
     )  # fmt: skip
     content, media_type = await run_in_threadpool(
         render_annotated, answer.upload.image, answer.result, image_format=format

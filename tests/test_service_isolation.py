@@ -1,0 +1,145 @@
+"""One request's image or failure never reaches another's answer; any image the limits admit is served."""
+
+import asyncio
+import io
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from test_service import save_tiny_classifier
+from test_service_detect import CLASS_NAMES, TINY, image_bytes, wait_ready
+
+from detection import build_detector, save_detector
+from service import Settings, create_app
+from service.engine import BatchingEngine
+
+
+@pytest.fixture(scope="module")
+def model_paths(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    detector = folder / "tiny_detector.safetensors"
+    save_detector(detector, model=build_detector(class_names=CLASS_NAMES, **TINY))
+    classifier = folder / "tiny_classifier.safetensors"
+    save_tiny_classifier(classifier)
+    return detector, classifier
+
+
+def make_app(model_paths, **overrides):
+    detector, classifier = model_paths
+    options = {"optimize": False, "max_batch": 4, "max_batch_wait_ms": 2} | overrides
+    return create_app(Settings(detector_checkpoint=detector, classifier_checkpoint=classifier, **options))
+
+
+@pytest.fixture(scope="module")
+def client(model_paths):
+    with TestClient(make_app(model_paths), raise_server_exceptions=False) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 140, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def rotated_jpeg(stored_width: int, stored_height: int) -> bytes:
+    """Stored stored_width x stored_height, displayed rotated 90 degrees (EXIF Orientation 6)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (stored_width, stored_height), (200, 90, 40)).save(buffer, format="JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------ the engine alone
+
+
+def test_a_failing_item_fails_only_its_own_request_in_a_shared_batch():
+    batches = []
+
+    def fragile(items):
+        batches.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [item.upper() for item in items]
+
+    async def scenario():
+        engine = BatchingEngine(name="test", run_batch=fragile, max_batch=8, max_wait_s=60, max_queue=16)
+        await engine.start()
+        try:
+            items = ["a", "b", "c", "bad", "d", "e", "f", "g"]
+            return await asyncio.gather(*(engine.submit(item) for item in items), return_exceptions=True)
+        finally:
+            await engine.stop()
+
+    outcomes = asyncio.run(scenario())
+    assert batches[0] == ["a", "b", "c", "bad", "d", "e", "f", "g"]  # they did share one batch
+    assert isinstance(outcomes[3], ValueError) and "bad item" in str(outcomes[3])
+    assert [result for result, _ in outcomes[:3] + outcomes[4:]] == ["A", "B", "C", "D", "E", "F", "G"]
+
+
+# --------------------------------------------------------------------------------- through the API
+
+
+EXTREME = {
+    "4000x8 png": (png(4000, 8), (4000, 8)),
+    "129x1 png": (png(129, 1), (129, 1)),
+    "1x129 png": (png(1, 129), (1, 129)),
+    "8x4000 as displayed (EXIF-rotated 4000x8 jpeg)": (rotated_jpeg(4000, 8), (8, 4000)),
+}
+
+
+@pytest.mark.parametrize("name", list(EXTREME))
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+def test_extreme_aspect_ratios_are_served(client, route, name):
+    data, (width, height) = EXTREME[name]
+    response = client.post(route, files={"file": ("x", data, "image/png")}, params={"score_threshold": 0.0})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["image"] == {"width": width, "height": height}
+    for detection in body.get("detections", []):
+        x1, y1, x2, y2 = detection["box"]
+        assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+
+
+POISON = 0.123  # the score threshold that makes the patched model raise
+
+
+def test_a_request_that_fails_in_a_shared_batch_fails_alone(model_paths):
+    """Seven ordinary requests and one whose computation raises share one batch: only that one fails."""
+    app = make_app(model_paths, max_batch=8)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        engine = app.state.service.models["detector"].engine
+        engine.max_wait_s = 600  # the batch closes when all eight are in, not on a timer
+        real_run, batch_sizes = engine.run_batch, []
+
+        def fragile(batch):
+            batch_sizes.append(len(batch))
+            if any(request.score_threshold == POISON for request in batch):
+                raise RuntimeError("kernel failed on this input")
+            return real_run(batch)
+
+        engine.run_batch = fragile
+        thresholds = [0.0] * 7 + [POISON]
+        answers = [None] * len(thresholds)
+
+        def send(index):
+            files = {"file": (f"{index}.png", image_bytes(seed=index), "image/png")}
+            answers[index] = client.post("/detect", files=files, params={"score_threshold": thresholds[index]})
+
+        threads = [threading.Thread(target=send, args=(index,)) for index in range(len(thresholds))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        engine.run_batch = real_run
+    assert batch_sizes[0] == 8  # all eight were computed together first
+    assert [answer.status_code for answer in answers] == [200] * 7 + [500]
+    assert "kernel failed" not in answers[7].text  # the client gets no internals
+    assert all(answer.json()["timing_ms"]["batch_size"] == 8 for answer in answers[:7])
