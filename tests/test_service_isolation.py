@@ -143,3 +143,62 @@ def test_a_request_that_fails_in_a_shared_batch_fails_alone(model_paths):
     assert [answer.status_code for answer in answers] == [200] * 7 + [500]
     assert "kernel failed" not in answers[7].text  # the client gets no internals
     assert all(answer.json()["timing_ms"]["batch_size"] == 8 for answer in answers[:7])
+
+
+# -------------------------------------------------------------------------------- bounded memory
+
+
+def peak_growth_mb(action) -> float:
+    """How far the resident memory peaks above its level before `action()` (Linux: resets VmHWM)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("peak resident memory is read from /proc/self (Linux)")
+
+    def field(name: str) -> int:
+        return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith(name))
+
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = field("VmRSS:")
+    action()
+    return (field("VmHWM:") - before) / 1024
+
+
+@pytest.mark.parametrize(("width", "height"), [(1_000_000, 1), (1, 1_000_000)])
+def test_classifier_preprocessing_caps_both_sides(width, height):
+    """A legal 1 x 1,000,000 PNG (3 KB) once cost gigabytes: the shorter side went to 32 px and the longer with it."""
+    from backbone import create_model
+    from service.images import decode_image
+    from service.predictors import ClassifierPredictor
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, format="PNG")
+    image = decode_image(buffer.getvalue(), max_pixels=40_000_000, label="long")
+    predictor = ClassifierPredictor(
+        create_model("cifar_resnet20", base_width=4), class_names=[str(i) for i in range(10)],
+        preprocessing={"size": 32}, device=torch.device("cpu"), optimize=False, bf16=False,
+    )  # fmt: skip
+    prepared = []
+    growth = peak_growth_mb(lambda: prepared.append(predictor.prepare(image)))
+    assert tuple(prepared[0].shape) == (3, 32, 32)
+    assert growth < 50, f"preparing a {width}x{height} image raised the peak by {growth:.0f} MB"
+
+
+def test_queued_detect_requests_hold_model_sized_images(model_paths):
+    app = make_app(model_paths)
+    with TestClient(app) as client:
+        wait_ready(client)
+        served = app.state.service.models["detector"]
+        real_submit, queued = served.engine.submit, []
+
+        async def recording_submit(request):
+            queued.append(request)
+            return await real_submit(request)
+
+        served.engine.submit = recording_submit
+        response = client.post("/detect", files={"file": ("big.png", png(3000, 2000), "image/png")})
+        served.engine.submit = real_submit
+    assert response.status_code == 200 and response.json()["image"] == {"width": 3000, "height": 2000}
+    (request,) = queued
+    assert request.image.pixels.dtype == torch.uint8  # 8-bit until the model converts it
+    assert tuple(request.image.pixels.shape) == (3, *served.predictor.model.input_size(2000, 3000))
+    assert max(request.image.pixels.shape) <= TINY["max_size"]
