@@ -1,13 +1,23 @@
-"""Error statuses as JSON `{"detail": "..."}`: handlers for our exceptions and their OpenAPI entries."""
+"""Every error the app shapes is JSON `{"detail": "...", "request_id": "..."}`: handlers and OpenAPI entries.
+
+That includes Starlette's own 404 and 405 and any unexpected exception: a 500 whose traceback goes to
+the log under the request id, never to the client.
+"""
+
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.engine import EngineBusy
 from service.images import ImageRejected
+from service.request_id import HEADER, request_id_of
 from service.schemas import ErrorResponse
 from service.settings import resolve_settings
+
+log = logging.getLogger("service")
 
 
 class ServiceUnavailable(Exception):
@@ -42,23 +52,43 @@ def _validation_detail(error: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def error_response(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape; also carries X-Request-ID itself (a 500 is sent outside our middleware)."""
+    request_id = request_id_of(request.scope)
+    return JSONResponse(
+        status_code=status,
+        content={"detail": detail, "request_id": request_id},
+        headers={**(headers or {}), HEADER: request_id},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     def retry_after(request: Request) -> dict[str, str]:
         return {"Retry-After": str(resolve_settings(request.app).retry_after_s)}
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": _validation_detail(error)})
+        return error_response(request, 422, _validation_detail(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # 404, 405 (with Allow), 401 (with WWW-Authenticate), ...: Starlette's status and headers, our shape.
+        return error_response(request, error.status_code, str(error.detail), headers=error.headers)
 
     @app.exception_handler(ImageRejected)
     async def rejected_image(request: Request, error: ImageRejected) -> JSONResponse:
-        return JSONResponse(status_code=error.status, content={"detail": error.detail})
+        return error_response(request, error.status, error.detail)
 
     @app.exception_handler(EngineBusy)
     async def busy(request: Request, error: EngineBusy) -> JSONResponse:
-        return JSONResponse(status_code=503, content={"detail": str(error)}, headers=retry_after(request))
+        return error_response(request, 503, str(error), headers=retry_after(request))
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(request: Request, error: ServiceUnavailable) -> JSONResponse:
-        headers = retry_after(request) if error.retry else None
-        return JSONResponse(status_code=503, content={"detail": error.detail}, headers=headers)
+        return error_response(request, 503, error.detail, headers=retry_after(request) if error.retry else None)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        request_id = request_id_of(request.scope)
+        log.error("request %s %s %s failed", request_id, request.method, request.url.path, exc_info=error)
+        return error_response(request, 500, f"internal error; quote request id {request_id} when reporting it")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import UploadFile
+from fastapi import HTTPException, Request, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +23,15 @@ class DecodedUpload:
     prepared: Any  # what the predictor's `prepare` made of it
     decode_ms: float
     image: Image.Image | None = None  # RGB as displayed, kept only for a route that draws on it
+
+
+async def one_file_part(request: Request) -> None:
+    """422 for two or more `file` parts in a single-image route (FastAPI would silently keep the last)."""
+    parts = len((await request.form()).getlist("file"))  # the form FastAPI already parsed (cached)
+    if parts > 1:
+        raise HTTPException(
+            422, f"file: {parts} parts named 'file'; send one, or several as `files` to the batch route"
+        )
 
 
 def upload_label(upload: UploadFile, index: int | None = None) -> str:

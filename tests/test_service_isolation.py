@@ -202,3 +202,75 @@ def test_queued_detect_requests_hold_model_sized_images(model_paths):
     assert request.image.pixels.dtype == torch.uint8  # 8-bit until the model converts it
     assert tuple(request.image.pixels.shape) == (3, *served.predictor.model.input_size(2000, 3000))
     assert max(request.image.pixels.shape) <= TINY["max_size"]
+
+
+# ---------------------------------------------------------------------------------- error contract
+
+
+def assert_error_shape(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"detail", "request_id"} and isinstance(body["detail"], str) and body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+def test_every_error_is_json_with_the_request_id(client):
+    assert_error_shape(client.get("/nope"), 404)
+    not_allowed = client.delete("/detect")
+    assert_error_shape(not_allowed, 405)
+    assert "POST" in not_allowed.headers["allow"]
+    assert_error_shape(client.post("/classify", files={"file": ("x.png", b"", "image/png")}), 400)
+    assert_error_shape(client.post("/classify", files={"file": ("x.txt", b"hi", "text/plain")}), 415)
+    assert_error_shape(
+        client.post("/classify", files={"file": ("x.png", png(4, 4), "image/png")}, params={"top_k": 0}), 422
+    )
+
+
+def test_every_response_carries_a_request_id_and_a_sane_client_id_is_kept(client):
+    for response in (
+        client.get("/healthz"),
+        client.get("/metrics"),
+        client.post("/classify", files={"file": ("x.png", png(9, 9), "image/png")}),
+    ):
+        assert len(response.headers["x-request-id"]) >= 8
+    assert client.get("/healthz", headers={"X-Request-ID": "trace-42.a_b"}).headers["x-request-id"] == "trace-42.a_b"
+    for insane in ("x" * 65, "two words", "evil\tlog", ""):
+        answered = client.get("/nope", headers={"X-Request-ID": insane})
+        assert answered.headers["x-request-id"] != insane and answered.json()["request_id"] != insane
+
+
+def test_an_unexpected_exception_is_a_json_500_and_the_traceback_goes_to_the_log(client, caplog):
+    engine = client.app.state.service.models["classifier"].engine
+    real_run = engine.run_batch
+
+    def broken(batch):
+        raise RuntimeError("secret internal state 0xdeadbeef")
+
+    engine.run_batch = broken
+    try:
+        with caplog.at_level("ERROR", logger="service"):
+            response = client.post(
+                "/classify", files={"file": ("x.png", png(9, 9), "image/png")}, headers={"X-Request-ID": "abc123"}
+            )
+    finally:
+        engine.run_batch = real_run
+    body = assert_error_shape(response, 500)
+    assert body["request_id"] == "abc123" and "abc123" in body["detail"]
+    assert "0xdeadbeef" not in response.text and "Traceback" not in response.text
+    logged = [record for record in caplog.records if "abc123" in record.getMessage()]
+    assert logged and logged[0].exc_info is not None and "0xdeadbeef" in str(logged[0].exc_info[1])
+
+
+def test_the_body_limit_413_has_the_request_id(model_paths):
+    with TestClient(make_app(model_paths, max_upload_bytes=1000)) as client:
+        response = client.post("/classify", files={"file": ("x.png", b"\0" * 5000, "image/png")})
+    assert_error_shape(response, 413)
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify", "/detect/annotated"])
+def test_two_file_parts_in_a_single_image_route_is_422_naming_the_field(client, route):
+    files = [("file", ("a.png", png(9, 9), "image/png")), ("file", ("b.png", png(5, 5), "image/png"))]
+    body = assert_error_shape(client.post(route, files=files), 422)
+    assert body["detail"].startswith("file:") and "2 parts" in body["detail"]
