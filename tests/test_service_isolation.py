@@ -274,3 +274,28 @@ def test_two_file_parts_in_a_single_image_route_is_422_naming_the_field(client, 
     files = [("file", ("a.png", png(9, 9), "image/png")), ("file", ("b.png", png(5, 5), "image/png"))]
     body = assert_error_shape(client.post(route, files=files), 422)
     assert body["detail"].startswith("file:") and "2 parts" in body["detail"]
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def test_random_methods_and_paths_do_not_grow_metrics(client):
+    import secrets
+
+    for _ in range(3):  # every label combination the loop below can reach exists before measuring
+        client.request("NOTAMETHOD", "/healthz")
+        client.get("/no/such/path")
+    before = len(client.get("/metrics").text)
+    for _ in range(200):
+        method = secrets.token_hex(600).upper()  # a 1200-character method name, new every time
+        assert client.request(method, "/healthz").status_code == 405
+        assert client.get(f"/no/such/{secrets.token_hex(8)}").status_code == 404
+    text = client.get("/metrics").text
+    assert len(text) - before < 2_000, f"/metrics grew by {len(text) - before} bytes"
+    assert 'method="other"' in text and 'route="unmatched"' in text
+
+
+def test_metrics_report_the_process_memory(client):
+    text = client.get("/metrics").text
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
+        assert f"\n{name} " in text, name
