@@ -299,3 +299,31 @@ def test_metrics_report_the_process_memory(client):
     text = client.get("/metrics").text
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
         assert f"\n{name} " in text, name
+
+
+# ------------------------------------------------------------------------------ configuration mistakes
+
+
+@pytest.mark.parametrize(("name", "value"), [("API_KEY", ""), ("API_KEY", "   "), ("API_KEY", " key "),
+                                             ("MAX_UPLOAD_BYTES", "0"), ("MAX_IMAGE_PIXELS", "-1"),
+                                             ("MAX_QUEUE", "0"), ("MAX_FILES", "0")])  # fmt: skip
+def test_a_setting_that_would_disable_a_protection_stops_the_start(monkeypatch, capsys, name, value):
+    from service import get_settings
+    from service.__main__ import main as service_main
+
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr("service.__main__.uvicorn.run", lambda *args, **kwargs: pytest.fail(f"started with {name}"))
+    get_settings.cache_clear()
+    try:
+        assert service_main() == 2
+    finally:
+        get_settings.cache_clear()
+    assert f"{name}:" in capsys.readouterr().err  # names the setting
+
+
+def test_an_empty_api_key_is_not_read_as_unset(model_paths):
+    with pytest.raises(ValueError, match="API_KEY is set but empty"):
+        Settings(api_key="")
+    with pytest.raises(ValueError, match="API_KEY"):
+        with TestClient(make_app(model_paths, api_key="")):
+            pass
