@@ -37,10 +37,11 @@ def status_mb(pid: int, name: str) -> float:
     raise RuntimeError(f"no {name} for pid {pid}")
 
 
-def big_png(side: int) -> bytes:
-    """A side x side RGB PNG with smooth content: it compresses to well under MAX_UPLOAD_BYTES."""
+def big_png(side: int, mode: str) -> bytes:
+    """A side x side PNG with smooth content: it compresses to well under MAX_UPLOAD_BYTES."""
     gradient = Image.linear_gradient("L").resize((side, side))
-    image = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_90), gradient))
+    bands = (gradient, gradient.transpose(Image.Transpose.ROTATE_90), gradient, gradient)
+    image = Image.merge(mode, bands[: len(mode)])
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -49,6 +50,7 @@ def big_png(side: int) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", type=int, default=6324, help="image side in pixels (6324^2 = 40 M = the limit)")
+    parser.add_argument("--mode", default="RGB", choices=("RGB", "RGBA", "L"), help="the PNG's colour mode")
     parser.add_argument("--settle-s", type=float, default=3.0, help="wait before reading the resident size after")
     args = parser.parse_args()
 
@@ -68,9 +70,9 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise SystemExit("the server did not become ready")
                 time.sleep(0.2)
-            data = big_png(args.side)
+            data = big_png(args.side, args.mode)
             idle = status_mb(server.pid, "VmRSS")
-            print(f"image {args.side}x{args.side} PNG, {len(data) / 1e6:.2f} MB; idle server {idle:.0f} MB")
+            print(f"image {args.side}x{args.side} {args.mode} PNG, {len(data) / 1e6:.2f} MB; idle server {idle:.0f} MB")
             print(f"{'request':<28} {'status':>6} {'peak MB':>8} {'peak-idle':>9} {'after MB':>8}")
             one = [("file", ("big.png", data, "image/png"))]
             three = [("files", (f"{i}.png", data, "image/png")) for i in range(3)]

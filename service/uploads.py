@@ -24,6 +24,12 @@ class DecodedUpload:
     decode_ms: float
     image: Image.Image | None = None  # RGB as displayed, kept only for a route that draws on it
 
+    def release_image(self) -> None:
+        """Drop the kept image; after a large one, hand the freed heap back (call off the event loop)."""
+        self.image = None
+        if self.size[0] * self.size[1] >= LARGE_IMAGE_PIXELS:
+            release_free_memory()
+
 
 async def one_file_part(request: Request) -> None:
     """422 for two or more `file` parts in a single-image route (FastAPI would silently keep the last)."""

@@ -100,4 +100,5 @@ async def detect_annotated(
     content, media_type = await run_in_threadpool(
         render_annotated, answer.upload.image, answer.result, image_format=format
     )
+    await run_in_threadpool(answer.upload.release_image)
     return Response(content=content, media_type=media_type, headers={"X-Detections": str(len(answer.result))})
