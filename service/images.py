@@ -62,7 +62,10 @@ def decode_image(data: bytes, *, max_pixels: int, label: str) -> Image.Image:
         ImageOps.exif_transpose(image, in_place=True)  # in place: no second full-size copy
     except Exception as error:
         raise ImageRejected(400, f"{label} has corrupt EXIF metadata ({type(error).__name__}: {error})") from error
-    return to_rgb(image)
+    try:
+        return to_rgb(image)
+    except Exception as error:  # a mode Pillow decodes but cannot convert
+        raise decoder_failure(error, label=label) from error
 
 
 def decoder_failure(error: Exception, *, label: str) -> ImageRejected:
