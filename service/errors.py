@@ -34,11 +34,13 @@ def _error(status: int, description: str) -> dict:
 
 
 INFERENCE_ERRORS = {
-    **_error(400, "A file is not a decodable image (empty, truncated, text, HTML, ...)."),
+    **_error(400, "A file is not a decodable image (empty, truncated, text, HTML, corrupt EXIF, ...)."),
     **_error(401, "API_KEY is set and the request has no valid `Authorization: Bearer` or `X-API-Key`."),
     **_error(413, "The body is over MAX_UPLOAD_BYTES, an image is over MAX_IMAGE_PIXELS, or too many files."),
-    **_error(415, "A file is declared with a content type that is not an image."),
-    **_error(422, "A parameter is missing or out of range."),
+    **_error(
+        415, "A file is declared with a content type that is not an image, or uses a format variant we cannot decode."
+    ),
+    **_error(422, "A parameter is missing or out of range, or a single-image route got two `file` parts."),
     **_error(503, "Queue full or models not ready (with Retry-After), or the model is not configured."),
 }
 NOT_READY_ERROR = _error(503, "Models are not loaded and warmed up yet (with Retry-After).")

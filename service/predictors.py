@@ -104,9 +104,10 @@ class ClassifierPredictor:
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The region of the image that resize-shorter-side-then-centre-crop keeps, in its own pixels.
 
-        Resizing only that region straight to size x size gives the same pixels (the filter still reads
-        the neighbours outside it) while the longer side never grows: a 1 x 1,000,000 image costs a
-        crop, not a 32 x 32,000,000 intermediate. Sizes and offsets are torchvision's Resize and CenterCrop.
+        Resizing only that region straight to size x size gives the same pixels within one 8-bit level
+        (the filter still reads the neighbours outside it) while the longer side never grows: a
+        1 x 1,000,000 image costs a crop, not a 32 x 32,000,000 intermediate. Sizes and offsets are
+        torchvision's Resize and CenterCrop.
         """
         shorter, longer = min(width, height), max(width, height)
         resized_longer = int(self.resize * longer / shorter)

@@ -183,6 +183,34 @@ def test_classifier_preprocessing_caps_both_sides(width, height):
     assert growth < 50, f"preparing a {width}x{height} image raised the peak by {growth:.0f} MB"
 
 
+@pytest.mark.parametrize(
+    ("size", "preprocessing"),
+    [((80, 50), {"size": 32}), ((300, 200), {"size": 224, "resize": 256}), ((97, 500), {"size": 32, "resize": 40})],
+)
+def test_classifier_crop_is_torchvisions_resize_and_centre_crop(size, preprocessing):
+    """Cropping the source region first changes no pixel by more than one 8-bit level."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    from backbone import create_model
+    from service.predictors import ClassifierPredictor
+
+    generator = torch.Generator().manual_seed(0)
+    image = Image.fromarray(
+        torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8).numpy()
+    )
+    predictor = ClassifierPredictor(
+        create_model("cifar_resnet20", base_width=4), class_names=[str(i) for i in range(10)],
+        preprocessing={**preprocessing, "mean": [0, 0, 0], "std": [1, 1, 1]}, device=torch.device("cpu"),
+        optimize=False, bf16=False,
+    )  # fmt: skip
+    resize, crop = preprocessing.get("resize", preprocessing["size"]), preprocessing["size"]
+    expected = v2.CenterCrop(crop)(v2.Resize(resize, antialias=True)(pil_to_tensor(image))).float() / 255
+    ours = predictor.prepare(image)
+    assert ours.shape == expected.shape == (3, crop, crop)
+    assert float((ours - expected).abs().max()) * 255 <= 1.01
+
+
 def test_queued_detect_requests_hold_model_sized_images(model_paths):
     app = make_app(model_paths)
     with TestClient(app) as client:
