@@ -44,6 +44,7 @@ def prepare_model(
     ctx: DistributedContext,
     channels_last: bool = True,
     compile_model: bool = False,
+    compile_mode: str = "default",
     sync_bn: bool = False,
 ) -> nn.Module:
     """Move to the device and wrap; returns the module to call in training (keep `model` for saving)."""
@@ -60,7 +61,7 @@ def prepare_model(
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model, device_ids=device_ids)
     if compile_model:
-        wrapped = torch.compile(wrapped)
+        wrapped = torch.compile(wrapped, mode=compile_mode)
     return wrapped
 
 
