@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from training_scripts import kill_9_once_written, run_script, train_losses
 
-from training.classification_data import DatasetError
+from training.classification_data import DatasetError, extract_once, find_split_root
 from training.config import make_config
 from training.device_data import (
     DeviceImages,
@@ -104,14 +104,23 @@ def test_batches_follow_the_sampler_and_resume_mid_epoch(cifar_tarball, tmp_path
     assert not torch.equal(next(iter(batches))[0], whole_epoch[0][0])  # a new epoch, new order and crops
 
 
+def test_a_tarball_with_mismatched_splits_is_named(tmp_path):
+    tarball = write_cifar_tarball(tmp_path / "odd.tar.gz", per_split={"train": 1, "val": 1})
+    with pytest.raises(DatasetError, match="'test' has classes \\[\\], expected those of 'train'"):
+        load_cifar_arrays(tarball)
+
+
 def test_pack_round_trip_and_errors(cifar_tarball, tmp_path, capsys):
     packed = tmp_path / "cifar_uint8.pt"
     assert device_data_main(["pack", str(cifar_tarball), "-o", str(packed), "--cache_dir", str(tmp_path / "c")]) == 0
     assert "48 training and 24 test images" in capsys.readouterr().out
-    decoded, loaded = load_cifar_arrays(cifar_tarball, cache_dir=tmp_path / "c"), load_cifar_arrays(packed)
-    assert torch.equal(decoded.train_images, loaded.train_images) and loaded.classes == sorted(COLOURS)
+    # The tarball is decoded without extraction; the extracted folders (the per-sample path's) must agree.
+    extracted = load_cifar_arrays(find_split_root(extract_once(cifar_tarball, tmp_path / "c"), "test"))
+    loaded = load_cifar_arrays(packed)
+    assert torch.equal(extracted.train_images, loaded.train_images) and loaded.classes == sorted(COLOURS)
+    assert torch.equal(extracted.test_images, loaded.test_images)
+    assert torch.equal(extracted.train_labels, loaded.train_labels)
     assert loaded.train_images.shape == (48, 32, 32, 3) and loaded.train_images.dtype == torch.uint8
-    assert torch.equal(decoded.test_labels, loaded.test_labels)
     with pytest.raises(ValueError, match="must end with .pt"):
         pack(loaded, tmp_path / "cifar.npz")
     (tmp_path / "foreign.pt").write_bytes(b"not a torch file")

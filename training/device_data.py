@@ -14,8 +14,10 @@ train on identical pixels.
 """
 
 import argparse
+import io
 import os
 import sys
+import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from training.classification_data import DatasetError, build_dataset, extract_once, find_split_root
 from training.sampler import ResumableBatchSampler
@@ -102,6 +105,46 @@ def _split_arrays(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
 
 
+def _arrays_from_tarball(path: Path, *, train_split: str, test_split: str) -> CifarArrays:
+    """Decode `[<wrapper>/]<split>/<class>/<image>` members straight from the archive (no extraction:
+    60000 small files are slower to write than to decode), in ImageFolder's order: sorted classes,
+    sorted file names within each."""
+    members: dict[str, dict[str, list[tuple[str, bytes]]]] = {train_split: {}, test_split: {}}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if not member.isfile() or len(parts) < 3 or parts[-3] not in members:
+                    continue
+                if parts[-1].lower().endswith(IMG_EXTENSIONS):
+                    members[parts[-3]].setdefault(parts[-2], []).append((parts[-1], tar.extractfile(member).read()))
+    except (tarfile.TarError, OSError) as error:
+        raise DatasetError(f"cannot read {path}: {error}") from error
+    classes = sorted(members[train_split])
+    for split, by_class in members.items():
+        if sorted(by_class) != classes or not classes:
+            raise DatasetError(
+                f"{path}: '{split}' has classes {sorted(by_class)}, expected those of '{train_split}' {classes} "
+                f"(layout: [<folder>/]{train_split}|{test_split}/<class>/<image files>)"
+            )
+    arrays = []
+    for split in (train_split, test_split):
+        samples = [
+            (name, data, label) for label, cls in enumerate(classes) for name, data in sorted(members[split][cls])
+        ]
+        images = []
+        for name, data, _ in samples:
+            try:
+                with Image.open(io.BytesIO(data)) as image:
+                    images.append(np.asarray(image.convert("RGB")))
+            except (OSError, ValueError) as error:
+                raise DatasetError(f"cannot read image {name} in {path}: {error}") from error
+        if any(image.shape != (32, 32, 3) for image in images):
+            raise DatasetError(f"{path}: the {split} images are not all 32x32 RGB")
+        arrays += [torch.from_numpy(np.stack(images)), torch.tensor([s[2] for s in samples], dtype=torch.int64)]
+    return CifarArrays(*arrays, classes)
+
+
 def is_packed(path: str | os.PathLike) -> bool:
     return Path(path).is_file() and Path(path).name.endswith(PACKED_SUFFIX)
 
@@ -115,7 +158,7 @@ def load_cifar_arrays(
     cache_dir: str | os.PathLike = "data_cache",
 ) -> CifarArrays:
     """From a packed .pt, a .tar(.gz) or folder of class folders (decoded with PIL, as the per-sample
-    path), or the python batches (`kind="cifar10"`)."""
+    path, in ImageFolder's order), or the python batches (`kind="cifar10"`)."""
     path = Path(path)
     if is_packed(path):
         try:
@@ -127,6 +170,8 @@ def load_cifar_arrays(
         return CifarArrays(**{key: packed[key] for key in CifarArrays.__dataclass_fields__})
     if not path.exists():
         raise DatasetError(f"CIFAR data not found: {path}")
+    if path.is_file() and kind == "folder" and tarfile.is_tarfile(path):
+        return _arrays_from_tarball(path, train_split=train_split, test_split=test_split)
     if path.is_file():
         path = find_split_root(extract_once(path, cache_dir), test_split)
     train = build_dataset(kind=kind, root=path, split=train_split)
