@@ -1,12 +1,11 @@
 """CIFAR-10 on the training device (training.device_data): the same crops, flips and losses as the per-sample
 path, exact resume after kill -9, packing, and clear errors; on a generated CIFAR-like tarball."""
 
-import tarfile
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from cifar_data import COLOURS, write_cifar_tarball
 from training_scripts import kill_9_once_written, run_script, train_losses
 
 from training.classification_data import DatasetError, extract_once, find_split_root
@@ -29,25 +28,7 @@ from training.sampler import ResumableBatchSampler, SeededDataset
 from training.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar_train_transform
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-COLOURS = {"bird": (200, 40, 40), "cat": (40, 180, 60), "ship": (50, 60, 210)}
 CPU = torch.device("cpu")
-
-
-def write_cifar_tarball(path: Path, *, per_split: dict[str, int], seed: int = 0) -> Path:
-    """A .tar.gz laid out as ../shared/data/cifar10-jpeg.tar.gz: cifar10/<split>/<class>/<i>.jpg, 32x32,
-    noisy images whose class is their dominant colour (with a bright corner, so flips and crops show)."""
-    generator = torch.Generator().manual_seed(seed)
-    folder = path.parent / "cifar10"
-    for split, count in per_split.items():
-        for name, rgb in COLOURS.items():
-            (folder / split / name).mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                pixels = (torch.tensor(rgb) + torch.randint(-60, 61, (32, 32, 3), generator=generator)).clamp(0, 255)
-                pixels[:6, :6] = 255
-                Image.fromarray(pixels.to(torch.uint8).numpy()).save(folder / split / name / f"{index:04d}.jpg")
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(folder, arcname="cifar10")
-    return path
 
 
 @pytest.fixture(scope="module")
