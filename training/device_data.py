@@ -271,7 +271,7 @@ class DeviceTrainBatches:
         if not batches:
             return
         device = self.split.padded.device
-        keys = torch.tensor(batches, dtype=torch.int64).to(device)  # (steps, batch, 2): (index, seed)
+        keys = torch.from_numpy(np.array(batches, dtype=np.int64)).to(device)  # (steps, batch, 2): index, seed
         indices = keys[..., 0]
         # One pass for the epoch's crop parameters (on the device: a few thousand small kernels).
         top, left, flip = (
