@@ -9,15 +9,17 @@
    bf16 channels_last torch.compile (CUDA graphs on CUDA), and of every other net eager. A compiled
    net's step time is estimated as its eager time times ResNet-20's compiled/eager ratio, and its
    compile time as ResNet-20's scaled by depth.
-3. Plan: the nets run as concurrent processes on the one GPU. A CUDA-graphed step is GPU time, so
-   the estimated wall time of a set is the larger of the slowest process alone (startup + its
-   steps) and the sum of all processes' GPU time. If the whole set fits the budget with the paper's
-   64k iterations, all run; else the largest prefix of PRIORITY that fits the full schedule; else
-   (or with --prefer all_models) every net with the same shortened schedule (milestones at the
-   same 1/2 and 3/4 of it), and the output says the fraction.
+3. Plan: the nets run as concurrent processes on the one GPU, each compiled where that shortens its
+   own run. A CUDA-graphed step is GPU time, so the estimated wall time of a set is the larger of
+   the slowest process alone (startup + compile + its steps) and the sum of all processes' GPU time.
+   If the whole set fits the budget with the paper's 64k iterations, all run; else the largest
+   prefix of PRIORITY that fits the full schedule; else (or with --prefer all_models) every net
+   with the same shortened schedule (milestones at the same 1/2 and 3/4 of it), and the output
+   says the fraction.
 4. Train (training/pretrain.py's main, --data_on_device true), stopping everything at the budget.
 5. Report into OUTDIR: table6.md (ours beside the paper's and akamaster's), results.json,
-   fig6_plain.png / fig6_resnet.png (Fig. 6), fig7.png (Fig. 7), runs/<net>/ (logs, checkpoints).
+   fig6_plain.png / fig6_resnet.png (Fig. 6), fig7.png (Fig. 7), runs/<net>/ (train.log,
+   metrics.jsonl, model.safetensors; the resumable last.pt/best.pt are deleted at the end).
 """
 
 import argparse
@@ -163,54 +165,65 @@ def measure(*, models: list[str], data: Path, device: torch.device, smoke: bool,
 class Plan:
     models: list[str]
     iterations: int
-    compiled: bool
+    compiled: dict[str, bool]  # per net: torch.compile (CUDA graphs) or eager
     estimated_s: float
     reason: str
 
 
-def estimated_wall(models: list[str], iterations: int, m: Measurement, *, compiled: bool) -> float:
-    """max(slowest process alone, sum of GPU time): see the module docstring."""
+def estimated_wall(models: list[str], iterations: int, m: Measurement) -> tuple[float, float, dict[str, bool]]:
+    """(seconds of the slowest process alone, seconds of GPU time in all, compiled per net); the wall time
+    is the larger of the two, see the module docstring.
+
+    Each net compiles when that makes its own process shorter: compiling costs ResNet-20's compile
+    time scaled by depth, and saves (1 - compiled/eager ratio) of every step.
+    """
     eager20 = m.step_s["cifar_resnet20/bf16_cl_eager"]
-    ratio = m.step_s["cifar_resnet20/bf16_cl_compiled"] / eager20 if compiled else 1.0
-    compile20 = m.first_step_s["cifar_resnet20/bf16_cl_compiled"] if compiled else 0.0
+    compiled_key = "cifar_resnet20/bf16_cl_compiled"
+    ratio = m.step_s[compiled_key] / eager20 if compiled_key in m.step_s else 1.0
+    compile20 = m.first_step_s.get(compiled_key, 0.0)
     evaluations = 16 * 0.5  # 16 evaluations of 10000 images, ~0.5 s each, per process
-    alone, gpu = [], 0.0
+    alone, gpu, compiled = [], 0.0, {}
     for model in models:
-        step = m.step_s[f"{model}/bf16_cl_eager"] * ratio
-        startup = 8.0 + m.data_load_s + compile20 * depth(model) / 20
-        alone.append(startup + iterations * step + evaluations)
+        eager = m.step_s[f"{model}/bf16_cl_eager"]
+        startup = 8.0 + m.data_load_s + evaluations
+        eager_s = startup + iterations * eager
+        compiled_s = startup + compile20 * depth(model) / 20 + iterations * eager * ratio
+        compiled[model] = ratio < 0.8 and compiled_s < eager_s
+        alone.append(compiled_s if compiled[model] else eager_s)
         # An eager step's GPU share is at most its compiled step (the rest is Python launching kernels).
-        gpu += iterations * m.step_s[f"{model}/bf16_cl_eager"] * min(ratio, 1.0)
-    return max(max(alone), gpu)
+        gpu += iterations * eager * min(ratio, 1.0)
+    return max(alone) if alone else 0.0, gpu, compiled
 
 
 def make_plan(models: list[str], m: Measurement, *, available_s: float, prefer: str) -> Plan:
-    compiled_key = "cifar_resnet20/bf16_cl_compiled"
-    compiled = compiled_key in m.step_s and m.step_s[compiled_key] < 0.8 * m.step_s["cifar_resnet20/bf16_cl_eager"]
     models = [model for model in PRIORITY if model in models] + [model for model in models if model not in PRIORITY]
     models = [model for model in models if f"{model}/bf16_cl_eager" in m.step_s]
 
     def wall(subset: list[str], iterations: int) -> float:
-        return estimated_wall(subset, iterations, m, compiled=compiled)
+        alone, gpu, _ = estimated_wall(subset, iterations, m)
+        return max(alone, gpu)
+
+    def plan(subset: list[str], iterations: int, reason: str) -> Plan:
+        compiled = estimated_wall(subset, iterations, m)[2]
+        return Plan(subset, iterations, compiled, wall(subset, iterations), reason)
 
     full = wall(models, PAPER_ITERATIONS)
     if full <= available_s:
-        return Plan(models, PAPER_ITERATIONS, compiled, full, f"all {len(models)} nets fit the full 64k schedule")
+        return plan(models, PAPER_ITERATIONS, f"all {len(models)} nets fit the full 64k schedule")
     if prefer == "full_schedule":
         fitting = [n for n in range(len(models), 0, -1) if wall(models[:n], PAPER_ITERATIONS) <= available_s]
         if fitting:
-            subset = models[: fitting[0]]
-            left_out = models[fitting[0]]
-            return Plan(subset, PAPER_ITERATIONS, compiled, wall(subset, PAPER_ITERATIONS),
+            subset, left_out = models[: fitting[0]], models[fitting[0]]
+            return plan(subset, PAPER_ITERATIONS,
                         f"the full 64k schedule fits for {', '.join(map(paper_name, subset))} only: adding "
                         f"{paper_name(left_out)} would take ~{wall(subset + [left_out], PAPER_ITERATIONS):.0f} s "
                         f"of the {available_s:.0f} s left")  # fmt: skip
-    low, high = 0, PAPER_ITERATIONS  # the longest common schedule that fits (the estimate is monotonic)
+    low, high = 0, PAPER_ITERATIONS  # the longest common schedule that fits (the estimate grows with it)
     while high - low > 100:
         middle = (low + high) // 2
         low, high = (middle, high) if wall(models, middle) <= available_s else (low, middle)
     iterations = max(low // 100 * 100, 100)
-    return Plan(models, iterations, compiled, wall(models, iterations),
+    return plan(models, iterations,
                 f"the full 64k schedule does not fit ({full:.0f} s estimated for all, {available_s:.0f} s left): "
                 f"every net runs {iterations} iterations, {100 * iterations / PAPER_ITERATIONS:.1f}% of the "
                 f"schedule, lr /10 at the same 1/2 and 3/4 of it")  # fmt: skip
@@ -304,7 +317,8 @@ def write_report(out: Path, *, models: list[str], plan: Plan, status: dict[str, 
     text = (
         f"# CIFAR-10, the paper's Table 6\n\nTest error (single 32x32 view, the whole test set). Schedule: "
         f"{plan.iterations} iterations ({100 * plan.iterations / PAPER_ITERATIONS:.1f}% of the paper's 64k), "
-        f"{'torch.compile with CUDA graphs' if plan.compiled else 'eager'}, bf16 autocast, channels_last, "
+        f"compiled with CUDA graphs: {', '.join(paper_name(k) for k, v in plan.compiled.items() if v) or 'none'}; "
+        f"bf16 autocast, channels_last, "
         f"data on the device. Plan: {plan.reason}. Device: {device}. Wall time {wall_s:.0f} s.\n\n{table}\n"
     )
     (out / "table6.md").write_text(text)
@@ -331,17 +345,19 @@ def write_figures(out: Path, *, models: list[str], data: Path, device: torch.dev
     return written
 
 
-def resolve_data(data: str, out: Path) -> Path:
-    """A packed file as given, or packed from a tarball/folder into OUTDIR once."""
+def resolve_data(data: str, pack_dir: Path) -> Path:
+    """A packed file as given, else `pack_dir/<source>_uint8.pt`, packed from the tarball/folder once."""
     candidates = [Path(data)] if data else [REPO_ROOT / path for path in DEFAULT_DATA]
     found = [path for path in candidates if path.exists()]
     if not found:
         raise DatasetError(f"no CIFAR-10 data: tried {', '.join(map(str, candidates))} (pass --data)")
     if is_packed(found[0]):
         return found[0]
-    packed = out / "cifar10_uint8.pt"
+    packed = pack_dir / f"{found[0].name.split('.')[0]}_uint8.pt"
+    if packed.exists():
+        return packed
     started = time.perf_counter()
-    pack(load_cifar_arrays(found[0], cache_dir=out / "cache"), packed)
+    pack(load_cifar_arrays(found[0], cache_dir=pack_dir / "cache"), packed)
     print(f"packed {found[0].name} into {packed.name} in {time.perf_counter() - started:.1f} s", flush=True)
     return packed
 
@@ -366,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     try:
-        data = resolve_data(args.data, out)
+        # The smoke run's tiny set stays in OUTDIR; the real one is packed once into data_cache/ (176 MiB,
+        # kept out of OUTDIR so that OUTDIR holds only the report).
+        data = resolve_data(args.data, out if args.smoke else REPO_ROOT / "data_cache")
     except (DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -376,14 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     (out / "measurement.json").write_text(json.dumps(vars(m), indent=1))
     available = args.budget - (time.monotonic() - started) - REPORT_RESERVE_S
     if args.smoke:
-        plan = Plan(models, SMOKE_ITERATIONS, False, 0.0, "smoke: a few iterations on the CPU")
+        plan = Plan(models, SMOKE_ITERATIONS, dict.fromkeys(models, False), 0.0, "smoke: a few iterations on the CPU")
     else:
         plan = make_plan(models, m, available_s=available, prefer=args.prefer)
     print(f"plan: {', '.join(map(paper_name, plan.models))}, {plan.iterations} iterations, "
-          f"{'compiled' if plan.compiled else 'eager'}, ~{plan.estimated_s:.0f} s of {available:.0f} s: "
+          f"compiled: {[paper_name(k) for k, v in plan.compiled.items() if v]}, ~{plan.estimated_s:.0f} s of "
+          f"{available:.0f} s: "
           f"{plan.reason}", flush=True)  # fmt: skip
     configs = {model: run_config(model, data=data, output_dir=out / "runs" / model, iterations=plan.iterations,
-                                 compiled=plan.compiled, smoke=args.smoke, device=device.type)
+                                 compiled=plan.compiled[model], smoke=args.smoke, device=device.type)
                for model in plan.models}  # fmt: skip
     threads = max(1, (os.cpu_count() or 1) // max(len(configs), 1)) if not args.smoke else 1
     training_started = time.monotonic()
@@ -393,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}", flush=True)
     write_report(out, models=plan.models, plan=plan, status=status, m=m, data=data, device=device,
                  wall_s=time.monotonic() - started)  # fmt: skip
+    for model in plan.models:  # the resumable checkpoints are 3x the model; model.safetensors stays
+        for name in ("last.pt", "best.pt"):
+            (out / "runs" / model / name).unlink(missing_ok=True)
     failed = [model for model, state in status.items() if state.startswith("failed")]
     return 1 if failed else 0
 
