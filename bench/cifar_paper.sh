@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python}" -m bench.cifar_paper "$@"
+exec "${PYTHON:-$(command -v python || command -v python3)}" -m bench.cifar_paper "$@"
