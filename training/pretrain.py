@@ -44,7 +44,6 @@ from training.device_data import (
     DeviceImages,
     DeviceTrainBatches,
     Normalizer,
-    is_packed,
     load_cifar_arrays,
 )
 from training.distributed import all_gather_objects, barrier, shutdown_distributed
@@ -183,7 +182,7 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         raise DatasetError("no dataset given: pass --data_path (a folder with train/ and val/, or an archive)")
     data_root = Path(cfg.data_path)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else REPO_ROOT / "data_cache"
-    if data_root.is_file() and not is_packed(data_root):
+    if data_root.is_file() and not cfg.data_on_device:  # on the device, archives are decoded without extracting
         if ctx.local_rank == 0:
             extract_once(data_root, cache_dir)
         barrier(ctx)
