@@ -30,6 +30,7 @@ from training.device_data import DeviceEvalBatches, DeviceImages, Normalizer, lo
 
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def response_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -95,6 +96,7 @@ def plot_layer_responses(stds: dict[str, list[float]], output_path: str | os.Pat
     top.set(xlabel="layer index (original)", ylabel="std")
     bottom.set(xlabel="layer index (sorted by magnitude)", ylabel="std")
     for axis in (top, bottom):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
