@@ -65,7 +65,7 @@ def test_shortened_runs_keep_the_recipe_proportions(tmp_path):
     config = run_config("cifar_resnet110", data=tmp_path / "d.pt", output_dir=tmp_path, iterations=6400,
                         compiled=True, smoke=False, device="cuda")  # fmt: skip
     assert config.lr_milestones == (3200, 4800) and config.max_iterations == 6400
-    assert config.warmup_factor == 0.1 and config.warmup_until_error == 0.8 and config.warmup_iterations == 200
+    assert config.warmup_factor == 0.1 and config.warmup_until_error == 0.8 and config.warmup_iterations == 400
     assert config.batch_size == 128 and config.lr == 0.1 and config.weight_decay == 1e-4 and config.momentum == 0.9
     assert config.data_on_device and config.compile and config.compile_mode == "reduce-overhead"
     full = run_config("cifar_resnet20", data=tmp_path / "d.pt", output_dir=tmp_path, iterations=PAPER_ITERATIONS,
