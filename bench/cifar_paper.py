@@ -1,7 +1,9 @@
 """The paper's CIFAR-10 study in one bounded run: Table 6, Fig. 6 and Fig. 7, on one GPU.
 
-    bench/cifar_paper.sh OUTDIR --budget 270          # on the GPU machine (data: see --data)
-    bench/cifar_paper.sh OUTDIR --smoke --data tiny.tar.gz   # CPU, seconds (the test suite runs this)
+    # on the GPU machine, the JPEG tarball beside it as data_cache/cifar10-jpeg.tar.gz (18.8 MiB; the
+    # packed uint8 set, 176 MiB, is made there in seconds and kept in data_cache/, outside OUTDIR)
+    bench/cifar_paper.sh OUTDIR --budget 270
+    bench/cifar_paper.sh OUTDIR --smoke --data tiny.tar.gz   # CPU, a minute (the test suite runs this)
 
 1. Data: the JPEG tarball is decoded once into a packed uint8 file (training.device_data), which
    every training process loads onto the GPU in a second.
