@@ -1,15 +1,23 @@
-"""Typed dependencies the routers declare: settings, service state, and each served model when ready."""
+"""Typed dependencies the routers declare: settings, service state, and the served model a request picked."""
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Query, Request
 
 from service.errors import ServiceUnavailable
 from service.loading import ServedModel
-from service.settings import Settings, get_settings
+from service.registry import UnknownModel
+from service.settings import Settings, resolve_settings
 from service.state import ServiceState
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+def get_request_settings(request: Request) -> Settings:
+    """The settings of the app serving this request (kept on `app.state` by `create_app`)."""
+    return resolve_settings(request.app)
+
+
+SettingsDep = Annotated[Settings, Depends(get_request_settings)]
 
 
 def get_state(request: Request) -> ServiceState:
@@ -21,23 +29,39 @@ def get_state(request: Request) -> ServiceState:
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
+ModelChoice = Annotated[
+    str | None,
+    Query(description="Name of the model to use (GET /models lists them); absent: the default of this kind."),
+]
 
-def _ready_model(state: ServiceState, role: str, setting: str) -> ServedModel:
-    if role not in state.models:
-        raise ServiceUnavailable(f"no {role} is configured on this server (set {setting})", retry=False)
+
+def _ready_model(state: ServiceState, role: str, name: str | None) -> ServedModel:
+    if state.registry.default(role) is None:
+        raise ServiceUnavailable(
+            f"no {role} is configured on this server (set {role.upper()}_CHECKPOINT or MODELS_DIR)", retry=False
+        )
     if state.warmup_error is not None:
         raise ServiceUnavailable(state.warmup_error, retry=False)
     if not state.ready:
         raise ServiceUnavailable("models are warming up", retry=True)
-    return state.models[role]
+    try:
+        return state.registry.select(role=role, name=name)
+    except UnknownModel as error:
+        raise HTTPException(status_code=404, detail=str(error)) from None
 
 
-def get_detector(state: StateDep) -> ServedModel:
-    return _ready_model(state, "detector", "DETECTOR_CHECKPOINT")
+# The model is held until the answer is made: a reload that swaps it meanwhile stops its engine only afterwards.
+# Picking and holding happen with no await in between, so a swap cannot fall between them.
 
 
-def get_classifier(state: StateDep) -> ServedModel:
-    return _ready_model(state, "classifier", "CLASSIFIER_CHECKPOINT")
+async def get_detector(state: StateDep, model: ModelChoice = None) -> AsyncIterator[ServedModel]:
+    async with _ready_model(state, "detector", model).in_use() as served:
+        yield served
+
+
+async def get_classifier(state: StateDep, model: ModelChoice = None) -> AsyncIterator[ServedModel]:
+    async with _ready_model(state, "classifier", model).in_use() as served:
+        yield served
 
 
 DetectorDep = Annotated[ServedModel, Depends(get_detector)]

@@ -74,6 +74,11 @@ class BatchingEngine(Generic[Item, Result]):
         self._executor: ThreadPoolExecutor | None = None
 
     @property
+    def running(self) -> bool:
+        """Started and not yet stopped."""
+        return self._worker is not None
+
+    @property
     def queue_depth(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 

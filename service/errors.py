@@ -36,6 +36,7 @@ def _error(status: int, description: str) -> dict:
 INFERENCE_ERRORS = {
     **_error(400, "A file is not a decodable image (empty, truncated, text, HTML, corrupt EXIF, ...)."),
     **_error(401, "API_KEY is set and the request has no valid `Authorization: Bearer` or `X-API-Key`."),
+    **_error(404, "?model= names no served model of this kind; the detail lists the ones there are."),
     **_error(413, "The body is over MAX_UPLOAD_BYTES, an image is over MAX_IMAGE_PIXELS, or too many files."),
     **_error(
         415, "A file is declared with a content type that is not an image, or uses a format variant we cannot decode."
@@ -44,6 +45,11 @@ INFERENCE_ERRORS = {
     **_error(503, "Queue full or models not ready (with Retry-After), or the model is not configured."),
 }
 NOT_READY_ERROR = _error(503, "Models are not loaded and warmed up yet (with Retry-After).")
+UNKNOWN_MODEL_ERROR = _error(404, "No served model has that name; the detail lists the ones there are.")
+RELOAD_ERRORS = {
+    **_error(401, "API_KEY is set and the request has no valid `Authorization: Bearer` or `X-API-Key`."),
+    **_error(422, "The model's file no longer loads or warms up; the old version still serves (detail says why)."),
+}
 
 
 def _validation_detail(error: RequestValidationError) -> str:

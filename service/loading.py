@@ -1,17 +1,20 @@
-"""Load the configured checkpoints into served models, all or nothing, with errors that name the file."""
+"""Turn the configured checkpoints into served models, with errors that name the file and the setting."""
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import stat
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from backbone.checkpoint import load_classifier
+from backbone.checkpoint import load_classifier, read_manifest
 from backbone.torchvision_compat import CheckpointError
 from service.engine import BatchingEngine
 from service.predictors import ClassifierPredictor, DetectorPredictor
@@ -37,7 +40,27 @@ class ServedModel:
     path: Path
     manifest: dict[str, Any]
     predictor: ClassifierPredictor | DetectorPredictor
+    precision: str = "float32"  # "bfloat16" under BF16=true autocast
     engine: BatchingEngine | None = field(default=None)
+    # Requests holding this version: a reload retires it (stops its engine) only once none is left.
+    _in_flight: int = field(default=0, init=False, repr=False)
+    _idle: asyncio.Condition = field(default_factory=asyncio.Condition, init=False, repr=False)
+
+    @contextlib.asynccontextmanager
+    async def in_use(self) -> AsyncIterator["ServedModel"]:
+        """Hold this version for one request; counted before the first await, so a swap cannot slip in between."""
+        self._in_flight += 1
+        try:
+            yield self
+        finally:
+            self._in_flight -= 1
+            async with self._idle:
+                self._idle.notify_all()
+
+    async def wait_idle(self) -> None:
+        """Return once no request holds this version."""
+        async with self._idle:
+            await self._idle.wait_for(lambda: self._in_flight == 0)
 
     @property
     def is_demo(self) -> bool:
@@ -50,6 +73,7 @@ class ServedModel:
             "role": self.role,
             "name": self.name,
             "version": self.version,
+            "precision": self.precision,
             "file": self.path.name,
             "demo": self.is_demo,
             "note": self._note(),
@@ -107,16 +131,63 @@ def file_version(path: Path) -> str:
     return f"sha256:{digest.hexdigest()[:12]}"
 
 
-def load_served_models(settings: Settings, device: torch.device) -> dict[str, ServedModel]:
-    """Every configured model, or ModelLoadError: the service never starts with half of them."""
-    models = {}
+@dataclass(frozen=True)
+class ModelSource:
+    """A checkpoint to serve and the setting that named it; `role` None means the manifest's kind decides."""
+
+    path: Path
+    setting: str
+    role: str | None = None
+    default: bool = False  # the model of its role that requests without ?model= get
+
+
+def configured_sources(settings: Settings) -> list[ModelSource]:
+    """Every checkpoint the settings name, each file once, the single-model settings first (the defaults)."""
+    sources = []
     if settings.classifier_checkpoint is not None:
-        models["classifier"] = _load_classifier(settings.classifier_checkpoint, settings=settings, device=device)
+        sources.append(ModelSource(settings.classifier_checkpoint, "CLASSIFIER_CHECKPOINT", "classifier", True))
     if settings.detector_checkpoint is not None:
-        models["detector"] = _load_detector(settings.detector_checkpoint, settings=settings, device=device)
-    if not models:
-        raise ModelLoadError("no model configured: set DETECTOR_CHECKPOINT and/or CLASSIFIER_CHECKPOINT")
-    return models
+        sources.append(ModelSource(settings.detector_checkpoint, "DETECTOR_CHECKPOINT", "detector", True))
+    sources += [ModelSource(path, "MODEL_CHECKPOINTS") for path in settings.model_checkpoints]
+    if settings.models_dir is not None:
+        if not settings.models_dir.is_dir():
+            raise ModelLoadError(f"MODELS_DIR: not a folder: {settings.models_dir}")
+        checkpoints = sorted(settings.models_dir.glob("*.safetensors"))
+        # dot files are writers' temporaries (save_checkpoint writes `.NAME.xxxx` and renames it into place)
+        sources += [ModelSource(path, "MODELS_DIR") for path in checkpoints if not path.name.startswith(".")]
+    if not sources:
+        raise ModelLoadError(
+            "no model configured: set DETECTOR_CHECKPOINT, CLASSIFIER_CHECKPOINT, MODEL_CHECKPOINTS or MODELS_DIR"
+        )
+    unique: dict[Path, ModelSource] = {}
+    for source in sources:  # a default checkpoint that also sits in MODELS_DIR is served once, as the default
+        unique.setdefault(source.path.resolve(), source)
+    return list(unique.values())
+
+
+def load_model(source: ModelSource, *, settings: Settings, device: torch.device) -> ServedModel:
+    """One checkpoint as a served model (no engine yet), or ModelLoadError naming the file and the setting."""
+    _check_exists(source.path, source.setting)
+    role = source.role or _manifest_kind(source)
+    loader = _load_detector if role == "detector" else _load_classifier
+    return loader(source.path, setting=source.setting, settings=settings, device=device)
+
+
+def _manifest_kind(source: ModelSource) -> str:
+    if source.path.suffix in TORCHVISION_SUFFIXES:  # torchvision's files carry no manifest: detectors
+        return "detector"
+    try:
+        return read_manifest(source.path)["kind"]
+    except (CheckpointError, OSError) as error:
+        raise ModelLoadError(f"{source.setting}: cannot load {source.path}: {error}") from error
+
+
+def _model_name(manifest: dict[str, Any], path: Path) -> str:
+    return str(manifest.get("name") or path.stem)
+
+
+def _precision(settings: Settings) -> str:
+    return "bfloat16" if settings.bf16 else "float32"
 
 
 def _check_exists(path: Path, setting: str) -> None:
@@ -127,12 +198,11 @@ def _check_exists(path: Path, setting: str) -> None:
         raise ModelLoadError(f"{setting}: checkpoint {path} ({mode}) is not readable by this user (uid {os.getuid()})")
 
 
-def _load_classifier(path: Path, *, settings: Settings, device: torch.device) -> ServedModel:
-    _check_exists(path, "CLASSIFIER_CHECKPOINT")
+def _load_classifier(path: Path, *, setting: str, settings: Settings, device: torch.device) -> ServedModel:
     try:
         model, manifest = load_classifier(path)
     except (CheckpointError, OSError, ValueError, RuntimeError) as error:
-        raise ModelLoadError(f"CLASSIFIER_CHECKPOINT: cannot load {path}: {error}") from error
+        raise ModelLoadError(f"{setting}: cannot load {path}: {error}") from error
     predictor = ClassifierPredictor(
         model,
         class_names=manifest["class_names"],
@@ -141,13 +211,13 @@ def _load_classifier(path: Path, *, settings: Settings, device: torch.device) ->
         optimize=settings.optimize,
         bf16=settings.bf16,
     )
-    log.info("classifier %s (%s) loaded from %s on %s", path.stem, manifest["architecture"], path, device)
-    return ServedModel(role="classifier", name=path.stem, version=file_version(path), path=path, manifest=manifest,
-                       predictor=predictor)  # fmt: skip
+    name = _model_name(manifest, path)
+    log.info("classifier %s (%s) loaded from %s on %s", name, manifest["architecture"], path, device)
+    return ServedModel(role="classifier", name=name, version=file_version(path), path=path, manifest=manifest,
+                       predictor=predictor, precision=_precision(settings))  # fmt: skip
 
 
-def _load_detector(path: Path, *, settings: Settings, device: torch.device) -> ServedModel:
-    _check_exists(path, "DETECTOR_CHECKPOINT")
+def _load_detector(path: Path, *, setting: str, settings: Settings, device: torch.device) -> ServedModel:
     # Imported only when a detector is configured: a classifier-only server does not load the detection package.
     from detection import convert_torchvision_detector, load_detector
 
@@ -160,11 +230,12 @@ def _load_detector(path: Path, *, settings: Settings, device: torch.device) -> S
         else:
             model, manifest = load_detector(path)
     except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as error:
-        raise ModelLoadError(f"DETECTOR_CHECKPOINT: cannot load {path}: {error}") from error
+        raise ModelLoadError(f"{setting}: cannot load {path}: {error}") from error
     model = model.to(device)
     if settings.optimize or settings.bf16:
         model.optimize_for_inference(fold_bn=settings.optimize, channels_last=settings.optimize, bf16=settings.bf16)
-    log.info("detector %s (%s, %s) loaded from %s on %s", path.stem, manifest["architecture"],
+    name = _model_name(manifest, path)
+    log.info("detector %s (%s, %s) loaded from %s on %s", name, manifest["architecture"],
              manifest["architecture_kwargs"].get("backbone"), path, device)  # fmt: skip
-    return ServedModel(role="detector", name=path.stem, version=file_version(path), path=path, manifest=manifest,
-                       predictor=DetectorPredictor(model, device=device))  # fmt: skip
+    return ServedModel(role="detector", name=name, version=file_version(path), path=path, manifest=manifest,
+                       predictor=DetectorPredictor(model, device=device), precision=_precision(settings))  # fmt: skip

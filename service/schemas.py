@@ -13,7 +13,10 @@ class ErrorResponse(BaseModel):
 
 
 class ModelRef(BaseModel):
-    name: str = Field(description="Checkpoint file name without extension, e.g. 'demo_detector'.")
+    name: str = Field(
+        description="The manifest's 'name', else the checkpoint file name without extension, e.g. 'demo_detector'; "
+        "what ?model= takes."
+    )
     version: str = Field(description="'sha256:' and the first 12 hex digits of the checkpoint file.")
 
 
@@ -64,8 +67,13 @@ class ClassifyResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     role: Literal["detector", "classifier"] = Field(description="Which routes serve it.")
-    name: str = Field(description="Checkpoint file name without extension.")
+    name: str = Field(description="The manifest's 'name', else the checkpoint file name without extension.")
     version: str = Field(description="'sha256:' and the first 12 hex digits of the checkpoint file.")
+    default: bool = Field(description="True for the model of its role that requests without ?model= get.")
+    precision: Literal["float32", "bfloat16"] = Field(description="Inference precision (BF16 autocast or not).")
+    last_reload_error: str | None = Field(
+        description="Why the last reload of this model failed (the version above still serves), else null."
+    )
     file: str = Field(description="Checkpoint file name.")
     demo: bool = Field(description="True for the small demo models shipped with the repository.")
     note: str = Field(description="Plain words on what the model is and what it scored.")
@@ -76,6 +84,12 @@ class ModelInfo(BaseModel):
     preprocessing: dict[str, Any] = Field(description="Input size and normalisation the model was trained with.")
     provenance: dict[str, Any] = Field(description="How it was trained: data, command, commit, date.")
     metrics: dict[str, Any] = Field(description="Measured scores from the manifest (e.g. mAP, top-1 error).")
+
+
+class ReloadResponse(BaseModel):
+    name: str = Field(description="The model reloaded.")
+    version: str = Field(description="The version serving now ('sha256:' and 12 hex digits of the file).")
+    previous_version: str = Field(description="The version it replaced; equal to `version` when the file was the same.")
 
 
 class ServingInfo(BaseModel):
@@ -96,4 +110,4 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready"] = Field(description="'ready' once every model is loaded and warmed up.")
-    models: list[str] = Field(description="Roles of the models loaded and warmed up.")
+    models: list[str] = Field(description="Roles (detector, classifier) of the models loaded and warmed up.")

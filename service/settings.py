@@ -1,11 +1,13 @@
-"""Service settings from environment variables (pydantic-settings), read once through `get_settings()`."""
+"""Service settings from environment variables (pydantic-settings), or given to `create_app(settings=...)`."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
 
@@ -26,6 +28,24 @@ class Settings(BaseSettings):
     classifier_checkpoint: Path | None = Field(
         DEMO_MODEL_DIR / "demo_classifier.safetensors",
         description="Classifier in the resdet checkpoint format. Empty disables /classify.",
+    )
+
+    # Several models and hot reload (service/registry.py). The two settings above stay each kind's default.
+    models_dir: Path | None = Field(
+        None,
+        description="A folder of checkpoints: every *.safetensors in it is served, named by its manifest's 'name' "
+        "(else the file name without extension), its kind read from the manifest. Requests pick one with ?model=.",
+    )
+    model_checkpoints: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="More checkpoints to serve, named and typed as in MODELS_DIR: paths separated by commas, or a "
+        "JSON list.",
+    )
+    reload_poll_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds between checks of every served checkpoint file (inode, size, mtime; then its hash): a "
+        "replaced file is loaded beside the old model, warmed up and swapped in. 0 turns watching off.",
     )
 
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
@@ -68,6 +88,18 @@ class Settings(BaseSettings):
             )
         return key
 
+    @field_validator("model_checkpoints", mode="before")
+    @classmethod
+    def _path_list(cls, value: object) -> object:
+        if value is None:  # MODEL_CHECKPOINTS= (empty): none
+            return []
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
     @model_validator(mode="after")
     def _batch_fits_queue(self) -> "Settings":
         if self.max_files > self.max_queue:
@@ -77,10 +109,11 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings; override in tests with `app.dependency_overrides[get_settings]`."""
+    """The process-wide settings from the environment, for an app built without explicit settings."""
     return Settings()
 
 
 def resolve_settings(app: FastAPI) -> Settings:
-    """The settings this app runs with, honouring a dependency override (used outside request handlers)."""
-    return app.dependency_overrides.get(get_settings, get_settings)()
+    """The settings this app runs with: those given to `create_app` (kept on `app.state`), else the environment's."""
+    settings = getattr(app.state, "settings", None)
+    return settings if settings is not None else get_settings()

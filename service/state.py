@@ -1,10 +1,10 @@
-"""What the lifespan handler builds and the routes read: the loaded models and their readiness."""
+"""What the lifespan handler builds and the routes read: the model registry and its readiness."""
 
 from dataclasses import dataclass
 
 import torch
 
-from service.loading import ServedModel
+from service.registry import ModelRegistry
 from service.settings import Settings
 
 
@@ -14,6 +14,6 @@ class ServiceState:
 
     settings: Settings
     device: torch.device
-    models: dict[str, ServedModel]
+    registry: ModelRegistry
     ready: bool = False
     warmup_error: str | None = None

@@ -134,7 +134,7 @@ def test_concurrent_requests_share_a_batch(classifier_path, batch_gate):
     with TestClient(app) as client:
         wait_ready(client)
         # A first request holds the model; three more queue behind it and must then run as one batch.
-        gate = batch_gate(app.state.service.models["classifier"].engine)
+        gate = batch_gate(app.state.service.registry.default("classifier").engine)
         results = [None] * 4
 
         def send(index):
@@ -250,7 +250,7 @@ def test_full_queue_answers_503_with_retry_after(classifier_path, batch_gate):
                                   retry_after_s=7))  # fmt: skip
     with TestClient(app) as client:
         wait_ready(client)
-        gate = batch_gate(app.state.service.models["classifier"].engine)
+        gate = batch_gate(app.state.service.registry.default("classifier").engine)
         results = {}
 
         def send(key):
@@ -277,7 +277,7 @@ def test_a_batch_refused_in_part_is_503_and_its_queued_images_are_not_computed(c
     app = create_app(settings_for(classifier_path, max_batch=1, max_batch_wait_ms=0, max_queue=2, max_files=2))
     with TestClient(app) as client:
         wait_ready(client)
-        engine = app.state.service.models["classifier"].engine
+        engine = app.state.service.registry.default("classifier").engine
         real_run, computed = engine.run_batch, []
         engine.run_batch = lambda items: computed.extend(items) or real_run(items)
         gate = batch_gate(engine)
@@ -367,8 +367,8 @@ def test_metrics_count_requests_by_route_and_status(client):
     text = client.get("/metrics").text
     assert 'resdet_http_requests_total{method="POST",route="/classify",status="400"}' in text
     assert 'resdet_http_requests_total{method="POST",route="/classify",status="200"}' in text
-    assert "resdet_http_request_duration_seconds_bucket" in text and 'resdet_queue_depth{model="classifier"}' in text
-    assert 'resdet_inference_duration_seconds_count{model="classifier"}' in text
+    assert "resdet_http_request_duration_seconds_bucket" in text and 'resdet_queue_depth{model="tiny_classifier"}' in text
+    assert 'resdet_inference_duration_seconds_count{model="tiny_classifier"}' in text  # labelled by model name
 
 
 def test_unknown_route_is_json_404(client):
@@ -498,7 +498,7 @@ def test_startup_fails_naming_a_missing_or_corrupt_checkpoint(tmp_path, classifi
             pass
 
 
-def test_settings_come_from_the_environment_and_dependency_overrides(monkeypatch, tmp_path, classifier_path):
+def test_settings_come_from_the_environment_or_from_create_app(monkeypatch, tmp_path, classifier_path):
     monkeypatch.setenv("MAX_BATCH", "3")
     monkeypatch.setenv("PORT", "9123")
     monkeypatch.setenv("HOST", "0.0.0.0")
@@ -509,12 +509,13 @@ def test_settings_come_from_the_environment_and_dependency_overrides(monkeypatch
         settings = get_settings()
         assert (settings.max_batch, settings.port, settings.host) == (3, 9123, "0.0.0.0")
         assert settings.detector_checkpoint is None and settings.classifier_checkpoint == classifier_path
-        app = create_app()  # no explicit settings: the environment's
-        with TestClient(app) as client:
+        with TestClient(create_app()) as client:  # no explicit settings: the environment's
             assert client.get("/models").json()["serving"]["max_batch"] == 3
-        app.dependency_overrides[get_settings] = lambda: settings_for(classifier_path, max_batch=5)
+        app = create_app(settings_for(classifier_path, max_batch=5, api_key="k"))  # given settings win, everywhere
+        assert not app.dependency_overrides  # kept on app.state, not in the test hook
         with TestClient(app) as client:
             assert client.get("/models").json()["serving"]["max_batch"] == 5
+            assert client.post("/classify", files=upload(image_bytes())).status_code == 401
     finally:
         get_settings.cache_clear()
     with pytest.raises(ValueError, match="MAX_FILES"):
@@ -613,7 +614,7 @@ def test_device_selection_and_thread_setting(classifier_path):
     app = create_app(settings_for(classifier_path, torch_threads=1))
     with TestClient(app) as client:
         wait_ready(client)
-        engine = app.state.service.models["classifier"].engine
+        engine = app.state.service.registry.default("classifier").engine
         real_run, seen = engine.run_batch, []
         engine.run_batch = lambda items: seen.append(torch.get_num_threads()) or real_run(items)
         assert client.post("/classify", files=upload(image_bytes())).status_code == 200

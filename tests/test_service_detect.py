@@ -140,7 +140,7 @@ def test_requests_sharing_a_batch_each_get_their_own_thresholds(detector_path, r
             answers[index] = client.post("/detect", files=upload(data), params=params).json()
 
         # A first request holds the model while the three asks queue; released, they run as one batch.
-        gate = batch_gate(app.state.service.models["detector"].engine)
+        gate = batch_gate(app.state.service.registry.default("detector").engine)
         blocker = threading.Thread(target=client.post, args=("/detect",), kwargs={"files": upload(image_bytes())})
         blocker.start()
         gate.wait_entered()

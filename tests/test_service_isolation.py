@@ -115,7 +115,7 @@ def test_a_request_that_fails_in_a_shared_batch_fails_alone(model_paths):
     app = make_app(model_paths, max_batch=8)
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_ready(client)
-        engine = app.state.service.models["detector"].engine
+        engine = app.state.service.registry.default("detector").engine
         engine.max_wait_s = 600  # the batch closes when all eight are in, not on a timer
         real_run, batch_sizes = engine.run_batch, []
 
@@ -215,7 +215,7 @@ def test_queued_detect_requests_hold_model_sized_images(model_paths):
     app = make_app(model_paths)
     with TestClient(app) as client:
         wait_ready(client)
-        served = app.state.service.models["detector"]
+        served = app.state.service.registry.default("detector")
         real_submit, queued = served.engine.submit, []
 
         async def recording_submit(request):
@@ -270,7 +270,7 @@ def test_every_response_carries_a_request_id_and_a_sane_client_id_is_kept(client
 
 
 def test_an_unexpected_exception_is_a_json_500_and_the_traceback_goes_to_the_log(client, caplog):
-    engine = client.app.state.service.models["classifier"].engine
+    engine = client.app.state.service.registry.default("classifier").engine
     real_run = engine.run_batch
 
     def broken(batch):

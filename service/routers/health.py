@@ -20,4 +20,4 @@ async def readyz(state: StateDep) -> Readiness:
         raise ServiceUnavailable(state.warmup_error, retry=False)
     if not state.ready:
         raise ServiceUnavailable("models are warming up", retry=True)
-    return Readiness(status="ready", models=sorted(state.models))
+    return Readiness(status="ready", models=state.registry.roles())
