@@ -98,8 +98,8 @@ class BatchingEngine(Generic[Item, Result]):
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(EngineBusy(f"{self.name} engine stopped"))
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        if self._executor is not None:  # waits for a batch still running, off the event loop
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
         self._worker = self._executor = None
 
     async def submit(self, item: Item) -> tuple[Result, BatchTiming]:
@@ -126,6 +126,11 @@ class BatchingEngine(Generic[Item, Result]):
             started = time.perf_counter()
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._run_isolated, [p.item for p in batch])
+            except asyncio.CancelledError:  # stopped mid-batch: its requests get a 503 instead of waiting for ever
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(EngineBusy(f"{self.name} engine stopped"))
+                raise
             except Exception as error:  # only a broken engine (e.g. its executor shut down) gets here
                 outcomes = [_Failed(error)] * len(batch)
             finished = time.perf_counter()

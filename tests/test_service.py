@@ -367,8 +367,9 @@ def test_metrics_count_requests_by_route_and_status(client):
     text = client.get("/metrics").text
     assert 'resdet_http_requests_total{method="POST",route="/classify",status="400"}' in text
     assert 'resdet_http_requests_total{method="POST",route="/classify",status="200"}' in text
-    assert "resdet_http_request_duration_seconds_bucket" in text and 'resdet_queue_depth{model="tiny_classifier"}' in text
-    assert 'resdet_inference_duration_seconds_count{model="tiny_classifier"}' in text  # labelled by model name
+    assert "resdet_http_request_duration_seconds_bucket" in text
+    assert 'resdet_queue_depth{model="tiny_classifier"}' in text  # labelled by model name
+    assert 'resdet_inference_duration_seconds_count{model="tiny_classifier"}' in text
 
 
 def test_unknown_route_is_json_404(client):
