@@ -171,8 +171,10 @@ class ModelRegistry:
                 new = await self._load_replacement(slot)
             except Exception as error:  # any failure of the new file must leave the old model serving
                 slot.stamp = stamp
-                slot.last_reload_error = str(error) if isinstance(error, ModelLoadError) else repr(error)
-                log.error("reload of %s failed, still serving %s: %s", name, old.version, slot.last_reload_error)
+                reason = str(error) if isinstance(error, ModelLoadError) else repr(error)
+                log.error("reload of %s failed, still serving %s: %s", name, old.version, reason)
+                # Clients (the reload answer, the open /models) see the file's name, not where the server keeps it.
+                slot.last_reload_error = reason.replace(str(slot.source.path), slot.source.path.name)
                 raise ReloadFailed(
                     f"reload of {name!r} failed, still serving {old.version}: {slot.last_reload_error}"
                 ) from error
@@ -216,7 +218,10 @@ class ModelRegistry:
         """Every `interval_s`, reload each model whose file was replaced (runs until cancelled)."""
         while True:
             await asyncio.sleep(interval_s)
-            await self.check_files()
+            try:
+                await self.check_files()
+            except Exception:  # the watcher outlives any one surprise; the models keep serving either way
+                log.exception("checking the checkpoint files failed; checking again in %s s", interval_s)
 
     async def check_files(self) -> None:
         """Reload every model whose file changed since it was loaded; a touched but identical file is skipped."""

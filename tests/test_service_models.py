@@ -4,6 +4,7 @@ import logging
 import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ from test_service_detect import CLASS_NAMES, TINY, image_bytes, wait_ready
 from backbone.checkpoint import load_checkpoint, save_checkpoint
 from detection import build_detector, save_detector
 from service import Settings, create_app
-from service.loading import ModelLoadError
+from service.loading import ModelLoadError, file_version, load_model
 
 GUARD_S = 120  # a deadlock guard for waits on conditions, never a speed goal
 
@@ -234,6 +235,7 @@ def test_a_broken_file_keeps_the_old_version_serving_and_reports_why(models_dir,
         assert refused.status_code == 422
         assert refused.json()["detail"].startswith(f"reload of 'det' failed, still serving {before}: MODELS_DIR: ")
         assert "det.safetensors" in refused.json()["detail"] and refused.json()["request_id"]
+        assert str(models_dir) not in refused.text  # the file's name, not where the server keeps it
         info = client.get("/models/det").json()
         assert info["version"] == before and "corrupt or truncated" in info["last_reload_error"]
         assert "reload of det failed" in caplog.text
@@ -264,6 +266,31 @@ def test_replacing_the_file_reloads_it_when_watching(models_dir, versions):
         assert client.get("/models/det").json()["last_reload_error"] is None
         answer = client.post("/detect", files=upload(image_bytes())).json()
         assert answer["model"]["version"] == version_of(client, "det")
+
+
+def test_a_poll_reloads_only_a_changed_file_and_tries_a_broken_one_once(models_dir, versions, monkeypatch):
+    with TestClient(create_app(settings_for(models_dir))) as client:  # RELOAD_POLL_S=0: polls run by hand here
+        wait_ready(client)
+        registry = client.app.state.service.registry
+        poll = partial(client.portal.call, registry.check_files)
+        serving = registry.slots["det"].served
+        os.utime(models_dir / "det.safetensors", ns=(1, 1))  # touched, same bytes: not reloaded
+        poll()
+        assert registry.slots["det"].served is serving
+
+        loads = []
+        monkeypatch.setattr("service.registry.load_model", lambda *args, **kwargs: loads.append(1) or load_model(
+            *args, **kwargs))  # fmt: skip
+        replace_file(versions["broken"], models_dir / "det.safetensors")
+        poll()
+        poll()
+        assert len(loads) == 1 and registry.slots["det"].served is serving  # tried once, old one kept
+        assert "det.safetensors" in registry.slots["det"].last_reload_error
+
+        replace_file(versions["new"], models_dir / "det.safetensors")
+        poll()
+        assert len(loads) == 2 and registry.slots["det"].served.version == file_version(versions["new"])
+        assert registry.slots["det"].last_reload_error is None
 
 
 def test_reload_needs_the_api_key_when_one_is_set(models_dir):
