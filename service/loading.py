@@ -144,17 +144,16 @@ class ModelSource:
 def configured_sources(settings: Settings) -> list[ModelSource]:
     """Every checkpoint the settings name, each file once, the single-model settings first (the defaults)."""
     sources = []
-    if settings.classifier_checkpoint is not None:
-        sources.append(ModelSource(settings.classifier_checkpoint, "CLASSIFIER_CHECKPOINT", "classifier", True))
-    if settings.detector_checkpoint is not None:
-        sources.append(ModelSource(settings.detector_checkpoint, "DETECTOR_CHECKPOINT", "detector", True))
-    sources += [ModelSource(path, "MODEL_CHECKPOINTS") for path in settings.model_checkpoints]
+    for role, path in (("classifier", settings.classifier_checkpoint), ("detector", settings.detector_checkpoint)):
+        if path is not None:
+            sources.append(ModelSource(path, setting=f"{role.upper()}_CHECKPOINT", role=role, default=True))
+    sources += [ModelSource(path, setting="MODEL_CHECKPOINTS") for path in settings.model_checkpoints]
     if settings.models_dir is not None:
         if not settings.models_dir.is_dir():
             raise ModelLoadError(f"MODELS_DIR: not a folder: {settings.models_dir}")
         checkpoints = sorted(settings.models_dir.glob("*.safetensors"))
         # dot files are writers' temporaries (save_checkpoint writes `.NAME.xxxx` and renames it into place)
-        sources += [ModelSource(path, "MODELS_DIR") for path in checkpoints if not path.name.startswith(".")]
+        sources += [ModelSource(path, setting="MODELS_DIR") for path in checkpoints if not path.name.startswith(".")]
     if not sources:
         raise ModelLoadError(
             "no model configured: set DETECTOR_CHECKPOINT, CLASSIFIER_CHECKPOINT, MODEL_CHECKPOINTS or MODELS_DIR"
