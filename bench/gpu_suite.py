@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     suite.run("torchrun --nproc_per_node=1, both trainers", lambda: torchrun(
         device=device, smoke=small, timeout=600))  # fmt: skip
     suite.run("service under load", lambda: service_under_load(
-        device=device, smoke=small, concurrency=2 if small else 16, duration=1 if small else 6))  # fmt: skip
+        device=device, smoke=small, concurrency=2 if small else 16, duration=1 if small else 4))  # fmt: skip
     # torch.compile of a ResNet-50 training step takes about a minute: last, and only inside the budget
     if not args.no_compile and not small and suite.elapsed() < args.budget_s - 70:
         suite.run("ResNet-50 classification training, compiled", lambda: classification(
