@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
             data_path = generate_synthetic(args.out / "shapes", num_train=8, num_val=4, image_size=64, seed=0).root
             data_path, iterations = data_path / "coco", 2
         elif not (data_path / "annotations" / "instances_train2017.json").is_file():
-            raise SystemExit(f"coco-mini not found at {data_path} (pass --data-path)")
+            raise SystemExit("coco-mini not found: no annotations/instances_train2017.json under --data-path "
+                             "(default ../shared/data/coco-mini)")
         started = time.perf_counter()
         runs = train_both(data_path=data_path, out=args.out, device=device, iterations=iterations,
                           workers=0 if args.smoke else args.workers, smoke=args.smoke)  # fmt: skip
