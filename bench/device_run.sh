@@ -52,7 +52,7 @@ SMOKE_FLAG=${SMOKE:+--smoke}
 PARTS=${PARTS:-gpu_checks service_tests gpu_suite bf16_accuracy cifar}
 for name in $PARTS; do
     case $name in
-    gpu_checks) part gpu_checks 150 $PY -m bench.gpu_checks "$OUTDIR/gpu_checks" $SMOKE_FLAG ;;
+    gpu_checks) part gpu_checks 120 $PY -m bench.gpu_checks "$OUTDIR/gpu_checks" $SMOKE_FLAG ;;
     service_tests)  # the service's contract tests; the settings' DEVICE=auto puts the models on CUDA there
         part service_tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_service_isolation.py \
             tests/test_service_transport.py tests/test_service_detect.py ${SMOKE:+-k request_id} ;;
