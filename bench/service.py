@@ -93,14 +93,15 @@ class Server:
         raise TimeoutError(f"{self.name} not ready after {timeout} s")
 
     def batch_stats(self) -> tuple[float, float]:
-        """(sum, count) of the detector's batch sizes so far, from /metrics; (0, 0) for the naive server."""
+        """(sum, count) of the batch sizes so far, from /metrics; (0, 0) for the naive server. Summed over the
+        `model` label (model names): these servers serve the detector alone."""
         response = httpx.get(f"{self.url}/metrics", timeout=10)
         text = response.text if response.status_code == 200 else ""
-        values = {}
+        values: dict[str, float] = {}
         for line in text.splitlines():
             for key in ("resdet_batch_size_sum", "resdet_batch_size_count"):
-                if line.startswith(key + '{model="detector"}'):
-                    values[key] = float(line.rsplit(" ", 1)[1])
+                if line.startswith(key + "{"):
+                    values[key] = values.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
         return values.get("resdet_batch_size_sum", 0.0), values.get("resdet_batch_size_count", 0.0)
 
     def stop(self) -> None:
