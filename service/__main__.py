@@ -33,9 +33,12 @@ def main() -> int:
         "DETECTOR_CHECKPOINT": settings.detector_checkpoint,
         "CLASSIFIER_CHECKPOINT": settings.classifier_checkpoint,
     }
+    configured |= {f"MODEL_CHECKPOINTS[{index}]": path for index, path in enumerate(settings.model_checkpoints)}
     missing = [
         f"{name}: checkpoint not found: {path}" for name, path in configured.items() if path and not path.is_file()
     ]
+    if settings.models_dir is not None and not settings.models_dir.is_dir():
+        missing.append(f"MODELS_DIR: not a folder: {settings.models_dir}")
     if missing:
         print("resdet service cannot start:", *missing, sep="\n  ", file=sys.stderr)
         if any(path and path.parent == DEMO_MODEL_DIR for path in configured.values()):
