@@ -173,7 +173,7 @@ def load_model(source: ModelSource, *, settings: Settings, device: torch.device)
 
 
 def _manifest_kind(source: ModelSource) -> str:
-    if source.path.suffix in TORCHVISION_SUFFIXES:  # torchvision's files carry no manifest: detectors
+    if source.path.suffix != ".safetensors":  # no manifest to read: a torchvision .pth, which holds a detector
         return "detector"
     try:
         return read_manifest(source.path)["kind"]
