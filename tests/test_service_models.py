@@ -270,6 +270,26 @@ def test_a_broken_file_keeps_the_old_version_serving_and_reports_why(models_dir,
         assert client.post("/models/nope/reload").status_code == 404
 
 
+def test_a_new_version_that_fails_its_warm_up_is_not_swapped_in(models_dir, versions, monkeypatch):
+    from service.predictors import DetectorPredictor
+
+    with TestClient(create_app(settings_for(models_dir))) as client:
+        wait_ready(client)
+        old = client.app.state.service.registry.slots["det"].served
+        replace_file(versions["new"], models_dir / "det.safetensors")
+
+        def failing_run(self, batch):
+            raise RuntimeError("kernel missing on this device")
+
+        # only the new version's predictor fails (the old one keeps its bound run), as a new file could
+        monkeypatch.setattr(DetectorPredictor, "run", failing_run)
+        refused = client.post("/models/det/reload")
+        assert refused.status_code == 422 and "kernel missing on this device" in refused.json()["detail"]
+        assert client.app.state.service.registry.slots["det"].served is old and old.engine.running
+        answer = client.post("/detect", files=upload(image_bytes()))
+        assert answer.status_code == 200 and answer.json()["model"]["version"] == old.version
+
+
 def test_replacing_the_file_reloads_it_when_watching(models_dir, versions):
     with TestClient(create_app(settings_for(models_dir, reload_poll_s=0.05))) as client:
         wait_ready(client)
