@@ -14,6 +14,7 @@ from functools import partial
 
 import torch
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.body_limit import BodySizeLimitMiddleware
 from service.engine import BatchingEngine
@@ -21,6 +22,7 @@ from service.errors import install_error_handlers
 from service.loading import ModelLoadError, load_served_models, select_device
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.routers import classify, detect, health, metrics, models
+from service.routers.page import install_page
 from service.settings import Settings, get_settings, resolve_settings
 from service.state import ServiceState
 
@@ -87,13 +89,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; `settings` (else `get_settings()`, from the environment) is read when it starts."""
-    app = FastAPI(title="resdet", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the package's copy, not from a CDN,
+    # so they work in an air-gapped deployment.
+    app = FastAPIOffline(title="resdet", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
     app.state.metrics = ServiceMetrics()
     install_error_handlers(app)
     for router in (health.router, models.router, detect.router, classify.router, metrics.router):
         app.include_router(router)
+    install_page(app)
     # Added last = outermost: metrics also count the 413s the body limit answers.
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
