@@ -13,14 +13,13 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from backbone.torchvision_compat import load_checked
 from detection.images import to_float_image
 from detection.inference import optimize_detector
 from detection.postprocess import to_original_coordinates
 from detection.roi_heads import RoIHeads
-from detection.transform import check_images, prepare_targets
+from detection.transform import DetectorTransform, check_images, prepare_targets
 
 
 class Detector(nn.Module):
@@ -29,7 +28,7 @@ class Detector(nn.Module):
     def __init__(
         self,
         *,
-        transform: GeneralizedRCNNTransform,
+        transform: DetectorTransform,
         features: nn.Module,
         rpn: nn.Module,
         roi_heads: RoIHeads,
@@ -53,6 +52,13 @@ class Detector(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.roi_heads.num_classes
+
+    def input_size(self, height: int, width: int, *, padded: bool = False) -> tuple[int, int]:
+        """The (height, width) to resize an image of this size to before `predict`, so the network takes
+        it without resizing again (within 1 px of what it would make of the original); `padded`: the
+        input shape it then runs at (images share a forward pass only when this matches)."""
+        size = self.transform.stable_size(height, width)
+        return self.transform.padded_size(*size) if padded else size
 
     def forward(
         self,

@@ -8,6 +8,7 @@ import logging
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import DEMO_MODEL_DIR, get_settings
@@ -20,7 +21,14 @@ DEMO_HINT = (
 
 
 def main() -> int:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as error:  # a setting that would silently weaken the service: refuse to start
+        problems = [
+            f"{'.'.join(map(str, item['loc'])).upper() or 'settings'}: {item['msg']}" for item in error.errors()
+        ]
+        print("resdet service cannot start:", *problems, sep="\n  ", file=sys.stderr)
+        return 2
     configured = {
         "DETECTOR_CHECKPOINT": settings.detector_checkpoint,
         "CLASSIFIER_CHECKPOINT": settings.classifier_checkpoint,

@@ -373,7 +373,8 @@ def test_metrics_count_requests_by_route_and_status(client):
 
 def test_unknown_route_is_json_404(client):
     response = client.get("/nope")
-    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
+    assert response.status_code == 404 and response.json()["detail"] == "Not Found"
+    assert response.json()["request_id"] == response.headers["x-request-id"]
 
 
 # ------------------------------------------------------------------------------------ api key

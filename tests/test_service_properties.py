@@ -29,13 +29,6 @@ PROPERTY_SETTINGS = settings(
     max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )  # fmt: skip
-# Findings of issue 10 that today's main still has (a 500 text/plain for an aspect ratio over ~128:1 on
-# /detect; every SPIDER file refused by `seek(0)`, as PSD is); the service-hardening branch fixes them.
-# strict=True: once the fix is merged these XPASS, which fails, so the marker cannot outlive the bug.
-ISSUE_10 = pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 on main: aspect ratios over ~128:1 answer 500 text/plain on /detect; seek(0) refuses SPIDER (400)",
-)
 
 MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
          "I", "I;16", "I;16B", "I;16L", "F")  # fmt: skip
@@ -158,7 +151,7 @@ def with_known_cases(test):
     return test
 
 
-@pytest.mark.parametrize("path", [pytest.param("/detect", marks=ISSUE_10), "/classify"])
+@pytest.mark.parametrize("path", ["/detect", "/classify"])
 @PROPERTY_SETTINGS
 @with_known_cases
 @given(upload=uploads())
@@ -167,7 +160,7 @@ def test_any_upload_gets_a_documented_json_answer_and_the_server_lives(client, p
     assert_documented_answer(client, path, description, data)
 
 
-@pytest.mark.parametrize("path", [pytest.param("/detect", marks=ISSUE_10), pytest.param("/classify", marks=ISSUE_10)])
+@pytest.mark.parametrize("path", ["/detect", "/classify"])
 @PROPERTY_SETTINGS
 @with_known_cases
 @given(upload=uploads(damaged=False))

@@ -44,6 +44,7 @@ def prepare_model(
     ctx: DistributedContext,
     channels_last: bool = True,
     compile_model: bool = False,
+    compile_mode: str = "default",
     sync_bn: bool = False,
 ) -> nn.Module:
     """Move to the device and wrap; returns the module to call in training (keep `model` for saving)."""
@@ -64,7 +65,7 @@ def prepare_model(
             model, device_ids=device_ids, broadcast_buffers=buffers_change_in_training(model)
         )
     if compile_model:
-        wrapped = torch.compile(wrapped)
+        wrapped = torch.compile(wrapped, mode=compile_mode)
     return wrapped
 
 

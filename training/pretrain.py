@@ -39,6 +39,13 @@ from backbone.torchvision_compat import CheckpointError
 from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
 from training.classification_data import DatasetError, build_dataset, extract_once, find_split_root
 from training.config import config_to_dict, format_config, parse_config
+from training.device_data import (
+    DeviceEvalBatches,
+    DeviceImages,
+    DeviceTrainBatches,
+    Normalizer,
+    load_cifar_arrays,
+)
 from training.distributed import all_gather_objects, barrier, shutdown_distributed
 from training.engine import iterate_batches, make_loader, prepare_model, start_process, train_step
 from training.evaluation import PAPER_TEST_SCALES, collate_list, evaluate
@@ -76,6 +83,9 @@ class PretrainConfig:
     cache_dir: str = ""  # where archives are extracted; "" = data_cache/ in the repository (gitignored)
     decoder: str = "pil"  # "pil" or "torchvision" (torchvision.io.decode_image)
     workers: int = 4  # DataLoader worker processes (per rank)
+    # CIFAR only: the whole set as uint8 on the training device, cropped and flipped there in batches
+    # (training.device_data): the same pixels as the per-sample path, without a DataLoader.
+    data_on_device: bool = False
     # --- model
     model: str = "resnet50"  # any name of backbone.list_models(); the classifier gets one output per class
     norm: str = "bn"
@@ -117,6 +127,7 @@ class PretrainConfig:
     amp: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "none", "bf16", "fp16"
     channels_last: bool = True
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (small nets on CUDA)
     sync_bn: bool = False  # paper: BN statistics per GPU; True = over the global batch (CUDA only)
     seed: int = 0
     log_every: int = 20  # iterations between metrics.jsonl records (and DDP metric reductions)
@@ -164,10 +175,10 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     if not cfg.data_path:
         raise DatasetError("no dataset given: pass --data_path (a folder with train/ and val/, or an archive)")
     data_root = Path(cfg.data_path)
-    if data_root.is_file():
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else REPO_ROOT / "data_cache"
+    if data_root.is_file() and not cfg.data_on_device:  # on the device, archives are decoded without extracting
         # Before the process group forms: extracting ImageNet takes longer than NCCL's 10-minute timeout,
         # which aborted the ranks waiting at a barrier. One process per node extracts (a file lock).
-        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else REPO_ROOT / "data_cache"
         data_root = find_split_root(extract_once(data_root, cache_dir), cfg.val_split)
 
     ctx = start_process(device=cfg.device, seed=cfg.seed)
@@ -175,7 +186,18 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     if ctx.is_main:
         print(format_config(cfg), flush=True)
         print(f"processes: {ctx.world_size}, device: {ctx.device}", flush=True)
-    val_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.val_split, decoder=cfg.decoder)
+    if cfg.data_on_device:
+        if cfg.augmentation != "cifar":
+            raise ValueError("--data_on_device true holds CIFAR-sized sets only: use it with --augmentation cifar")
+        arrays = load_cifar_arrays(
+            data_root, kind=cfg.dataset, train_split=cfg.train_split, test_split=cfg.val_split, cache_dir=cache_dir
+        )
+        on_device = dict(classes=arrays.classes, padding=cfg.padding, device=ctx.device)
+        train_base = DeviceImages(arrays.train_images, arrays.train_labels, **on_device)
+        val_base = DeviceImages(arrays.test_images, arrays.test_labels, **on_device)
+        normalizer = Normalizer(mean=cfg.mean, std=cfg.std, device=ctx.device)
+    else:
+        val_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.val_split, decoder=cfg.decoder)
     class_names = list(val_base.classes)
     precision = Precision(amp=cfg.amp, device=ctx.device)
     per_rank_batch = cfg.batch_size // ctx.world_size
@@ -187,6 +209,10 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     def eval_loader(mode: str):
         """Built on first use and kept (its worker processes persist between evaluations)."""
         if mode in eval_loaders:
+            return eval_loaders[mode]
+        if cfg.data_on_device and mode == "center":
+            eval_loaders[mode] = DeviceEvalBatches(val_base, indices=eval_shard, batch_size=eval_batch,
+                                                   normalizer=normalizer)  # fmt: skip
             return eval_loaders[mode]
         views = {
             "center": center_crop_transform(
@@ -238,7 +264,8 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         shutdown_distributed()
         return results
 
-    train_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.train_split, decoder=cfg.decoder)
+    if not cfg.data_on_device:
+        train_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.train_split, decoder=cfg.decoder)
     if list(train_base.classes) != class_names:
         raise DatasetError(
             f"classes of {data_root / cfg.train_split} and {data_root / cfg.val_split} differ: "
@@ -265,9 +292,12 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         world_size=ctx.world_size,
         seed=cfg.seed,
     )
-    train_loader = make_loader(
-        SeededDataset(train_base, train_transform), batch_sampler=sampler, workers=cfg.workers, device=ctx.device
-    )
+    if cfg.data_on_device:
+        train_loader = DeviceTrainBatches(train_base, sampler=sampler, crop_size=cfg.crop_size, normalizer=normalizer)
+    else:
+        train_loader = make_loader(
+            SeededDataset(train_base, train_transform), batch_sampler=sampler, workers=cfg.workers, device=ctx.device
+        )
     steps_per_epoch = sampler.steps_per_epoch
     max_iterations = cfg.max_iterations or cfg.epochs * steps_per_epoch
     unit = {"epochs": steps_per_epoch, "iterations": 1}[cfg.schedule_unit]
@@ -279,8 +309,10 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         cfg.model, num_classes=len(class_names), norm=cfg.norm, zero_init_residual=cfg.zero_init_residual
     )
     train_model = prepare_model(
-        model, ctx=ctx, channels_last=cfg.channels_last, compile_model=cfg.compile, sync_bn=cfg.sync_bn
-    )
+        model, ctx=ctx, channels_last=cfg.channels_last, compile_model=cfg.compile, compile_mode=cfg.compile_mode,
+        sync_bn=cfg.sync_bn,
+    )  # fmt: skip
+    cuda_graphs = cfg.compile and cfg.compile_mode == "reduce-overhead" and ctx.device.type == "cuda"
     # Weight decay on every parameter, BN's included, as the paper's Torch code (fb.resnet.torch).
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     schedule = LRSchedule(
@@ -329,6 +361,8 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         train_loader, sampler, start_iteration=start_iteration, max_iterations=max_iterations
     ):
         lr = schedule.apply(optimizer, iteration)
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are consumed
         window.update(
             train_step(
                 model=train_model, batch=batch, compute_loss=compute_loss, optimizer=optimizer, precision=precision
