@@ -33,12 +33,12 @@ def _text_colour(hex_colour: str) -> str:
 
 
 def draw_on_image(image: Image.Image, detections: Sequence[dict[str, Any]]) -> Image.Image:
-    """A copy of the RGB `image` with each detection's box and label drawn; boxes are in pixels of `image`."""
-    drawn = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    """Draw each detection's box and label on the RGB `image` itself (no copy of a large image) and return it;
+    boxes are in pixels of `image`."""
     if not detections:
-        return drawn
-    width, height = drawn.size
-    draw = ImageDraw.Draw(drawn)
+        return image
+    width, height = image.size
+    draw = ImageDraw.Draw(image)
     line = max(2, round(min(width, height) / 250))
     font = ImageFont.load_default(size=label_font_size(width, height))
     for detection in detections:
@@ -57,12 +57,12 @@ def draw_on_image(image: Image.Image, detections: Sequence[dict[str, Any]]) -> I
         x = max(0, min(x1, width - label_width))
         draw.rectangle([x, y, x + label_width, y + label_height], fill=colour)
         draw.text((x + pad - left, y + pad - top), text, font=font, fill=_text_colour(colour))
-    return drawn
+    return image
 
 
 def draw_detections(pixels: torch.Tensor, detections: Sequence[dict[str, Any]]) -> torch.Tensor:
     """uint8 [3, H, W] with each detection drawn as `draw_on_image` does; boxes are in pixels of `pixels`."""
     if not detections:
         return pixels
-    image = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+    image = Image.fromarray(pixels.permute(1, 2, 0).numpy().copy())  # a copy: `pixels` is left as it was
     return torch.from_numpy(np.asarray(draw_on_image(image, detections)).copy()).permute(2, 0, 1)

@@ -17,10 +17,12 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service.body_limit import BodySizeLimitMiddleware
+from service.cors import SettingsCORSMiddleware
 from service.engine import BatchingEngine
 from service.errors import install_error_handlers
 from service.loading import ModelLoadError, load_served_models, select_device
 from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.openapi import install_openapi
 from service.request_id import RequestIdMiddleware
 from service.routers import classify, detect, health, metrics, models
 from service.routers.page import install_page
@@ -31,7 +33,10 @@ log = logging.getLogger("service")
 
 DESCRIPTION = """Object detection (Faster R-CNN on ResNet) and image classification (ResNet, He et al. 2015).
 
-Upload images as multipart field `file` (or `files` for the batch forms). Every error answers
+Upload images as multipart field `file` (or `files` for the batch forms), or send one image as the raw
+request body with its Content-Type (`curl --data-binary @bus.jpg -H 'Content-Type: image/jpeg'`). The
+detection routes take `score_threshold`, `max_detections`, `iou_threshold`, `classes`, `box_format` and
+`normalized`; a query parameter a route does not take is a 422 naming it. Every error answers
 `{"detail": "...", "request_id": "..."}`; every response carries `X-Request-ID` (yours, when sane).
 With `API_KEY` set, the inference routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`;
 health, readiness, models and metrics stay open.
@@ -101,10 +106,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, models.router, detect.router, classify.router, metrics.router):
         app.include_router(router)
     install_page(app)
+    install_openapi(app)
     # Added last = outermost: metrics also count the 413s the body limit answers.
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response it passes carries the id
+    # Outermost, so errors (413 from the body limit, 401, 503) carry the CORS headers too and a page on
+    # another origin can read their detail.
+    app.add_middleware(SettingsCORSMiddleware)
     return app
 
 

@@ -2,10 +2,11 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
 
@@ -48,6 +49,25 @@ class Settings(BaseSettings):
         description="When set, inference routes need `Authorization: Bearer` or X-API-Key. Unset runs without "
         "authentication; set but empty (or with surrounding spaces) refuses to start.",
     )
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose browser pages may call the API (CORS), comma-separated, e.g. "
+        "`https://app.example.com,http://localhost:3000`; `*` for any. Default: none (same origin only).",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: str | list[str] | None) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = value.split(",")
+        origins = [origin.strip().rstrip("/") for origin in value if origin.strip()]
+        for origin in origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com (or *)")
+        return origins
 
     @model_validator(mode="before")
     @classmethod

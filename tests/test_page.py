@@ -140,7 +140,6 @@ def test_page_uploads_an_image_and_draws_the_boxes_of_the_json(live_server, page
         page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
-@pytest.mark.xfail(strict=True, reason="the `classes` filter of /detect is not there yet")
 def test_page_sends_the_threshold_and_classes_and_draws_only_those(live_server, page, photo):
     url = live_server(create_app(demo_settings(classifier_checkpoint=None)))
     page.goto(url)
