@@ -15,6 +15,7 @@ from functools import partial
 import torch
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.body_limit import BodySizeLimitMiddleware
 from service.cors import SettingsCORSMiddleware
@@ -65,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         served_models = await asyncio.to_thread(load_served_models, settings, device)
     except ModelLoadError as error:
         log.error("startup failed: %s", error)
+        app.state.startup_error = str(error)  # logged in one line: QuietStartupFailure drops the traceback
         raise
     service_metrics: ServiceMetrics = app.state.metrics
     for role, served in served_models.items():
@@ -94,6 +96,26 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         del app.state.service
 
 
+class QuietStartupFailure:
+    """A model that cannot be served is a user error, already logged in one line by the lifespan: Starlette
+    would also hand uvicorn the whole traceback to print, for a file in the wrong format."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_traceback(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and getattr(scope["app"].state, "startup_error", None):
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, send_without_traceback)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; `settings` (else `get_settings()`, from the environment) is read when it starts."""
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the package's copy, not from a CDN,
@@ -114,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost, so errors (413 from the body limit, 401, 503) carry the CORS headers too and a page on
     # another origin can read their detail.
     app.add_middleware(SettingsCORSMiddleware)
+    app.add_middleware(QuietStartupFailure)
     return app
 
 
