@@ -44,8 +44,9 @@ def draw_on_image(image: Image.Image, detections: Sequence[dict[str, Any]]) -> I
     for detection in detections:
         draw.rectangle([round(value) for value in detection["box"]], outline=class_colour(detection["label"]),
                        width=line)  # fmt: skip
-    # Labels after every box, so no box is drawn across another's label.
-    for detection in detections:
+    # Labels after every box, so no box is drawn across another's label; lowest score first, so where labels
+    # overlap the higher-scoring one is on top (detections come highest first).
+    for detection in reversed(detections):
         colour = class_colour(detection["label"])
         text = f"{detection['name']} {detection['score']:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), text, font=font)

@@ -61,3 +61,13 @@ def test_draw_detections_takes_and_gives_uint8_chw_tensors():
     assert tuple(drawn[:, 35, 10].tolist()) == ImageColor.getrgb(class_colour(0))
     assert bool((pixels == 128).all())  # not drawn in place
     assert draw_detections(pixels, []) is pixels
+
+
+def test_where_labels_overlap_the_higher_score_is_on_top():
+    image = Image.new("RGB", (300, 300), GREY)
+    detections = [  # highest first, as the detector answers
+        {"box": [100, 100, 200, 200], "score": 0.9, "label": 1, "name": "high"},
+        {"box": [100, 100, 180, 180], "score": 0.3, "label": 2, "name": "low"},
+    ]
+    drawn = draw_on_image(image, detections)
+    assert drawn.getpixel((101, 98)) == ImageColor.getrgb(class_colour(1))

@@ -124,8 +124,8 @@ def test_page_uploads_an_image_and_draws_the_boxes_of_the_json(live_server, page
         # Where it lands on screen, over the image: within 2 screen pixels of the box.
         assert drawn["onScreen"] == pytest.approx(detection["box"], abs=2 * drawn["pixelsPerScreenPx"])
 
-    labels = page.locator("#boxes text").all_text_contents()
-    assert labels == [f"{d['name']} {d['score']:.2f}" for d in answer["detections"]]
+    labels = page.locator("#boxes text").all_text_contents()  # drawn lowest score first: the highest on top
+    assert labels == [f"{d['name']} {d['score']:.2f}" for d in reversed(answer["detections"])]
     assert page.locator("#detections li").count() == len(answer["detections"])
     assert page.locator("#top5 li").count() == 5
     raw = json.loads(page.locator("#raw").text_content())

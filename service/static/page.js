@@ -119,28 +119,35 @@ function drawBoxes(detections, width, height) {
   // The SVG's user units are the image's pixels (the JSON's), so each rect is the box as answered.
   const svg = $("boxes");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.replaceChildren();
+  const boxes = document.createElementNS(SVG_NS, "g");
+  const labels = document.createElementNS(SVG_NS, "g");
+  svg.replaceChildren(boxes, labels); // every label above every box
   const unitsPerPx = width / Math.max(1, svg.getBoundingClientRect().width);
   const fontSize = LABEL_PX * unitsPerPx;
   detections.forEach((detection, index) => {
     const [x1, y1, x2, y2] = detection.box;
-    const colour = PALETTE[detection.label % PALETTE.length];
-    const group = document.createElementNS(SVG_NS, "g");
     const rect = document.createElementNS(SVG_NS, "rect");
     Object.entries({
-      class: "box", x: x1, y: y1, width: x2 - x1, height: y2 - y1, stroke: colour,
+      class: "box", x: x1, y: y1, width: x2 - x1, height: y2 - y1, stroke: PALETTE[detection.label % PALETTE.length],
       "data-index": index, "data-name": detection.name, "data-label": detection.label,
       "data-score": detection.score, "data-box": JSON.stringify(detection.box),
     }).forEach(([name, value]) => rect.setAttribute(name, value));
+    boxes.append(rect);
+  });
+  // Lowest score first, so where labels overlap the higher-scoring one is on top (as detection/annotate.py).
+  [...detections].reverse().forEach((detection) => {
+    const [x1, y1] = detection.box;
+    const colour = PALETTE[detection.label % PALETTE.length];
+    const group = document.createElementNS(SVG_NS, "g");
+    const background = document.createElementNS(SVG_NS, "rect");
     const text = document.createElementNS(SVG_NS, "text");
     text.textContent = `${detection.name} ${detection.score.toFixed(2)}`;
     text.setAttribute("font-size", fontSize);
     text.setAttribute("fill", textColour(colour));
-    const background = document.createElementNS(SVG_NS, "rect");
     background.setAttribute("fill", colour);
-    group.append(rect, background, text);
-    svg.append(group);
-    // Above the box when there is room, else inside its top edge.
+    group.append(background, text);
+    labels.append(group);
+    // Above the box when there is room, else inside its top edge; never past the right edge.
     const textWidth = text.getComputedTextLength();
     const pad = fontSize * 0.25;
     const labelHeight = fontSize + 2 * pad;
