@@ -148,3 +148,15 @@ def test_model_dir_resolves_relative_paths_only(tmp_path):
     assert settings.detector_checkpoint == tmp_path / "d.safetensors"
     assert settings.classifier_checkpoint == DEMO_DETECTOR
     assert Settings(detector_checkpoint="d.safetensors").detector_checkpoint == Path("d.safetensors")
+
+
+def test_python_m_service_help_lists_every_setting_and_starts_nothing(monkeypatch, capsys):
+    from service.__main__ import main
+
+    monkeypatch.setattr("sys.argv", ["service", "--help"])
+    assert main() == 0
+    printed = capsys.readouterr().out
+    for name in Settings.model_fields:
+        assert f"  {name.upper()} (default: " in printed
+    assert "MODEL_DIR" in printed and "Empty disables /classify" in printed
+    assert str(REPO_ROOT) not in printed  # defaults inside the repository are shown relative to it
