@@ -4,6 +4,7 @@ import json
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from training.checkpoint import (
     capture_rng_state,
     load_training_checkpoint,
     restore_rng_state,
+    resume_training,
     save_training_checkpoint,
 )
 from training.config import config_to_dict, format_config, make_config, parse_config
@@ -202,6 +204,52 @@ def test_training_checkpoint_round_trip_and_rng_restore(tmp_path):
     expected = (random.random(), torch.rand(2))
     restore_rng_state(load_training_checkpoint(save_training_checkpoint(tmp_path / "rng.pt", {"rng": rng}))["rng"])
     assert random.random() == expected[0] and torch.equal(torch.rand(2), expected[1])
+
+
+def _draws() -> tuple:
+    """One draw from each stream a checkpoint carries; numpy's first normal is the cached second half of
+    the last Box-Muller pair, so the gauss cache is read back too."""
+    return random.random(), float(np.random.standard_normal()), int(np.random.randint(1 << 30)), torch.rand(3)
+
+
+def test_resume_restores_this_ranks_rng_streams_numpy_included(tmp_path, capsys):
+    rng, expected = [], []
+    for rank in (0, 1):  # what each rank of a 2-process run saved, and what it drew next
+        random.seed(100 + rank)
+        np.random.seed(100 + rank)
+        torch.manual_seed(100 + rank)
+        np.random.standard_normal()  # leaves a cached gaussian
+        rng.append(capture_rng_state())
+        expected.append(_draws())
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule, scaler, window = LRSchedule(base_lr=0.1), torch.amp.GradScaler("cpu", enabled=False), MetricWindow()
+    path = save_training_checkpoint(tmp_path / "last.pt", {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict(), "window": window.state_dict(), "iteration": 5, "rng": rng, "config": {},
+    })  # fmt: skip
+    parts = dict(model=model, optimizer=optimizer, schedule=schedule, scaler=scaler, window=window)
+
+    def resume(rank: int, world_size: int, resume: str = "auto"):
+        random.seed(7)  # whatever the new process drew before resuming
+        np.random.seed(7)
+        torch.manual_seed(7)
+        ctx = DistributedContext(rank=rank, world_size=world_size, local_rank=rank, device=torch.device("cpu"))
+        return resume_training(resume, output_dir=tmp_path, config={}, ctx=ctx, **parts)
+
+    def assert_continues(streams: tuple) -> None:
+        draws = _draws()
+        assert draws[:3] == streams[:3] and torch.equal(draws[3], streams[3])
+
+    assert resume(1, 2)["iteration"] == 5
+    assert_continues(expected[1])  # rank 1 takes its own streams, not rank 0's
+    assert resume(0, 2, resume=str(path))["iteration"] == 5
+    assert_continues(expected[0])
+    resume(2, 3)  # another world size: every rank takes rank 0's streams
+    assert_continues(expected[0])
+    assert "resumed from" in capsys.readouterr().out
+    assert resume(0, 1, resume="") is None
+    assert resume_training("auto", output_dir=tmp_path / "fresh", config={}, ctx=CPU, **parts) is None
 
 
 def test_truncated_or_foreign_checkpoint_names_the_file(tmp_path):
