@@ -1,6 +1,5 @@
 """torchvision's fasterrcnn_resnet50_fpn (v1, v2) and ResNet-18/34/101/152 FPN weights in our detector: the same
-detections, via the
-Python API and the `python -m detection.convert` command; COCO's 91-id label space."""
+detections, via the Python API and the `python -m detection.convert` command; COCO's 91-id label space."""
 
 import subprocess
 import sys
