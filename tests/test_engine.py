@@ -3,6 +3,7 @@
 import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from backbone.torchvision_compat import CheckpointError
+from training import checkpoint as training_checkpoint
 from training.checkpoint import (
     capture_rng_state,
     load_training_checkpoint,
@@ -142,6 +144,26 @@ def test_seeded_dataset_repeats_augmentations_and_leaves_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+class NoiseWithTarget:
+    """A joint (detection-style) augmentation: the image and its target move together."""
+
+    def __call__(self, image, target):
+        shift = torch.rand(3)
+        return image + shift, {"label": target, "shift": shift}
+
+
+def test_seeded_dataset_plain_indices_and_joint_transforms():
+    data = [(torch.zeros(3), 0), (torch.full((3,), 5.0), 1)]
+    plain = SeededDataset(data, lambda image: image * 2)  # evaluation: deterministic, keys are indices
+    image, label = plain[1]
+    assert torch.equal(image, torch.full((3,), 10.0)) and label == 1 and len(plain) == 2
+    joint = SeededDataset(data, NoiseWithTarget(), joint=True)
+    image, target = joint[(1, 42)]
+    assert target["label"] == 1 and torch.equal(image, 5.0 + target["shift"])
+    again, _ = joint[(1, 42)]
+    assert torch.equal(again, image) and not torch.equal(joint[(1, 43)][0], image)
+
+
 def test_iterate_batches_from_iteration_k_gives_the_uninterrupted_batches():
     data = SeededDataset([(torch.tensor([float(i)]), i) for i in range(20)], RandomNoise())
     sampler = ResumableBatchSampler(dataset_size=20, global_batch_size=4, seed=1)
@@ -250,6 +272,39 @@ def test_resume_restores_this_ranks_rng_streams_numpy_included(tmp_path, capsys)
     assert "resumed from" in capsys.readouterr().out
     assert resume(0, 1, resume="") is None
     assert resume_training("auto", output_dir=tmp_path / "fresh", config={}, ctx=CPU, **parts) is None
+
+
+class Pickled:
+    """Not a tensor nor a plain value: weights_only loading must refuse it (unpickling runs code)."""
+
+
+def test_checkpoint_is_written_beside_its_target_and_a_failed_write_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "new" / "folder" / "last.pt"
+    save_training_checkpoint(path, {"iteration": 1})  # creates the folders
+    renames = []
+    real_replace = training_checkpoint.os.replace
+    monkeypatch.setattr(training_checkpoint.os, "replace", lambda a, b: (renames.append((a, b)), real_replace(a, b)))
+    save_training_checkpoint(path, {"iteration": 2})
+    (source, target), = renames
+    assert Path(source).parent == path.parent and Path(target) == path  # a rename in one folder is atomic
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(training_checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_training_checkpoint(path, {"iteration": 3})
+    assert load_training_checkpoint(path)["iteration"] == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left behind
+
+
+def test_checkpoint_with_foreign_objects_or_a_newer_version_is_refused(tmp_path):
+    torch.save({"format": "resdet.training", "format_version": 1, "object": Pickled()}, tmp_path / "pickle.pt")
+    with pytest.raises(CheckpointError, match=r"cannot read training checkpoint .*pickle\.pt"):
+        load_training_checkpoint(tmp_path / "pickle.pt")
+    torch.save({"format": "resdet.training", "format_version": 2}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match=r"future\.pt: training checkpoint version 2 is newer than this code"):
+        load_training_checkpoint(tmp_path / "future.pt")
 
 
 def test_truncated_or_foreign_checkpoint_names_the_file(tmp_path):
