@@ -27,6 +27,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import nms, roi_align
 
 from detection.detector import Detector
+from detection.options import DetectorOptions
 from detection.poolers import MultiLevelRoIAlign, SingleLevelRoIAlign
 from detection.transform import build_transform
 
@@ -193,9 +194,8 @@ class ExportableDetector(nn.Module):
 
 
 def build_input_transform(config: dict) -> GeneralizedRCNNTransform:
-    """The detector's own resize/normalise/pad step (torchvision's GeneralizedRCNNTransform), from its config."""
-    from detection.options import DetectorOptions
-
+    """The detector's own resize/normalise/pad step (torchvision's GeneralizedRCNNTransform), from its config
+    (a checkpoint manifest's architecture_kwargs)."""
     options = {key: value for key, value in config.items() if key not in ("backbone", "head", "num_classes")}
     return build_transform(DetectorOptions(**options)).eval()
 
