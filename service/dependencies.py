@@ -1,9 +1,12 @@
-"""Typed dependencies the routers declare: settings, service state, and the served model a request picked."""
+"""Typed dependencies the routers declare: settings, service state, the served model a request picked, and
+the check that a request names only query parameters its route takes."""
 
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
 from service.errors import ServiceUnavailable
 from service.loading import ServedModel
@@ -66,3 +69,24 @@ async def get_classifier(state: StateDep, model: ModelChoice = None) -> AsyncIte
 
 DetectorDep = Annotated[ServedModel, Depends(get_detector)]
 ClassifierDep = Annotated[ServedModel, Depends(get_classifier)]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {parameter.alias for parameter in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """422 naming a query parameter the route does not take (a typo like `score=0.3` would else be ignored)."""
+    route: APIRoute = request.scope["route"]
+    allowed = _query_names(route.dependant)  # a walk of a few nodes; routes are unhashable, so not cached
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise HTTPException(
+            422,
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {names}; "
+            f"{request.url.path} takes: {', '.join(sorted(allowed)) or 'none'}",
+        )

@@ -46,6 +46,7 @@ INFERENCE_ERRORS = {
 }
 NOT_READY_ERROR = _error(503, "Models are not loaded and warmed up yet (with Retry-After).")
 UNKNOWN_MODEL_ERROR = _error(404, "No served model has that name; the detail lists the ones there are.")
+MALFORMED_REQUEST_ERROR = _error(422, "A parameter is malformed; the detail names it.")
 RELOAD_ERRORS = {
     **_error(401, "API_KEY is set and the request has no valid `Authorization: Bearer` or `X-API-Key`."),
     **_error(422, "The model's file no longer loads or warms up; the old version still serves (detail says why)."),

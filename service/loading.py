@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,6 @@ from service.predictors import ClassifierPredictor, DetectorPredictor
 from service.settings import Settings
 
 log = logging.getLogger("service")
-
-# torchvision detector weight files (state dicts), converted by detection.convert on load.
-TORCHVISION_SUFFIXES = (".pth", ".pt")
 
 
 class ModelLoadError(RuntimeError):
@@ -139,14 +135,20 @@ class ModelSource:
     setting: str
     role: str | None = None
     default: bool = False  # the model of its role that requests without ?model= get
+    name: str | None = None  # DETECTOR_NAME / CLASSIFIER_NAME; else served_name's rule
+    class_names: Path | None = None  # DETECTOR_CLASS_NAMES, for a torchvision .pth
 
 
 def configured_sources(settings: Settings) -> list[ModelSource]:
     """Every checkpoint the settings name, each file once, the single-model settings first (the defaults)."""
     sources = []
-    for role, path in (("classifier", settings.classifier_checkpoint), ("detector", settings.detector_checkpoint)):
-        if path is not None:
-            sources.append(ModelSource(path, setting=f"{role.upper()}_CHECKPOINT", role=role, default=True))
+    if settings.classifier_checkpoint is not None:
+        sources.append(ModelSource(settings.classifier_checkpoint, setting="CLASSIFIER_CHECKPOINT", role="classifier",
+                                   default=True, name=settings.classifier_name))  # fmt: skip
+    if settings.detector_checkpoint is not None:
+        sources.append(ModelSource(settings.detector_checkpoint, setting="DETECTOR_CHECKPOINT", role="detector",
+                                   default=True, name=settings.detector_name,
+                                   class_names=settings.detector_class_names))  # fmt: skip
     sources += [ModelSource(path, setting="MODEL_CHECKPOINTS") for path in settings.model_checkpoints]
     if settings.models_dir is not None:
         if not settings.models_dir.is_dir():
@@ -169,7 +171,7 @@ def load_model(source: ModelSource, *, settings: Settings, device: torch.device)
     _check_exists(source.path, source.setting)
     role = source.role or _manifest_kind(source)
     loader = _load_detector if role == "detector" else _load_classifier
-    return loader(source.path, setting=source.setting, settings=settings, device=device)
+    return loader(source, settings=settings, device=device)
 
 
 def _manifest_kind(source: ModelSource) -> str:
@@ -179,10 +181,6 @@ def _manifest_kind(source: ModelSource) -> str:
         return read_manifest(source.path)["kind"]
     except (CheckpointError, OSError) as error:
         raise ModelLoadError(f"{source.setting}: cannot load {source.path}: {error}") from error
-
-
-def _model_name(manifest: dict[str, Any], path: Path) -> str:
-    return str(manifest.get("name") or path.stem)
 
 
 def _precision(settings: Settings) -> str:
@@ -197,7 +195,24 @@ def _check_exists(path: Path, setting: str) -> None:
         raise ModelLoadError(f"{setting}: checkpoint {path} ({mode}) is not readable by this user (uid {os.getuid()})")
 
 
-def _load_classifier(path: Path, *, setting: str, settings: Settings, device: torch.device) -> ServedModel:
+def served_name(path: Path, manifest: dict[str, Any], *, setting: str | None) -> str:
+    """The name answers carry: the setting, else the run a trainer's model.safetensors came from, else the stem.
+
+    train_det.py and pretrain.py write OUTPUT_DIR/model.safetensors, so every trained model would be "model";
+    their manifest records the command's output_dir, which names the run (runs/person_car -> "person_car").
+    """
+    if setting:
+        return setting
+    if manifest.get("name"):
+        return str(manifest["name"])
+    output_dir = manifest.get("provenance", {}).get("config", {}).get("output_dir")
+    if path.stem == "model" and output_dir:
+        return Path(output_dir).name
+    return path.stem
+
+
+def _load_classifier(source: ModelSource, *, settings: Settings, device: torch.device) -> ServedModel:
+    path, setting = source.path, source.setting
     try:
         model, manifest = load_classifier(path)
     except (CheckpointError, OSError, ValueError, RuntimeError) as error:
@@ -210,30 +225,33 @@ def _load_classifier(path: Path, *, setting: str, settings: Settings, device: to
         optimize=settings.optimize,
         bf16=settings.bf16,
     )
-    name = _model_name(manifest, path)
+    name = served_name(path, manifest, setting=source.name)
     log.info("classifier %s (%s) loaded from %s on %s", name, manifest["architecture"], path, device)
     return ServedModel(role="classifier", name=name, version=file_version(path), path=path, manifest=manifest,
                        predictor=predictor, precision=_precision(settings))  # fmt: skip
 
 
-def _load_detector(path: Path, *, setting: str, settings: Settings, device: torch.device) -> ServedModel:
+def _load_detector(source: ModelSource, *, settings: Settings, device: torch.device) -> ServedModel:
+    path, setting = source.path, source.setting
     # Imported only when a detector is configured: a classifier-only server does not load the detection package.
-    from detection import convert_torchvision_detector, load_detector
+    from detection import load_detector
+    from detection.data.voc import read_class_names
 
+    class_names = None
+    if source.class_names is not None:  # load_detector refuses them for a checkpoint with a manifest
+        try:
+            class_names = read_class_names(source.class_names)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"DETECTOR_CLASS_NAMES: {error}") from error
     try:
-        if path.suffix in TORCHVISION_SUFFIXES:
-            # torchvision's COCO weights: converted at every start; `python -m detection.convert` once saves that.
-            with tempfile.TemporaryDirectory(prefix="resdet-convert-") as folder:
-                converted = convert_torchvision_detector(path, Path(folder) / f"{path.stem}.safetensors")
-                model, manifest = load_detector(converted)
-        else:
-            model, manifest = load_detector(path)
+        # A torchvision .pth is converted in memory at every start; `python -m detection.convert` saves that once.
+        model, manifest = load_detector(path, class_names=class_names)
     except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as error:
         raise ModelLoadError(f"{setting}: cannot load {path}: {error}") from error
     model = model.to(device)
     if settings.optimize or settings.bf16:
         model.optimize_for_inference(fold_bn=settings.optimize, channels_last=settings.optimize, bf16=settings.bf16)
-    name = _model_name(manifest, path)
+    name = served_name(path, manifest, setting=source.name)
     log.info("detector %s (%s, %s) loaded from %s on %s", name, manifest["architecture"],
              manifest["architecture_kwargs"].get("backbone"), path, device)  # fmt: skip
     return ServedModel(role="detector", name=name, version=file_version(path), path=path, manifest=manifest,

@@ -22,19 +22,36 @@ class Settings(BaseSettings):
 
     detector_checkpoint: Path | None = Field(
         DEMO_MODEL_DIR / "demo_detector.safetensors",
-        description="Detector in the resdet checkpoint format, or a torchvision COCO .pth converted on load. "
-        "Empty disables /detect.",
+        description="Detector in the resdet checkpoint format, or a torchvision Faster R-CNN .pth converted on load "
+        "(its class names from DETECTOR_CLASS_NAMES). Empty disables /detect.",
     )
     classifier_checkpoint: Path | None = Field(
         DEMO_MODEL_DIR / "demo_classifier.safetensors",
         description="Classifier in the resdet checkpoint format. Empty disables /classify.",
     )
+    model_dir: Path | None = Field(
+        None,
+        description="Folder in which relative DETECTOR_CHECKPOINT, CLASSIFIER_CHECKPOINT, DETECTOR_CLASS_NAMES, "
+        "MODELS_DIR and MODEL_CHECKPOINTS are found (compose sets /models, the mounted folder). Default: the working "
+        "directory.",
+    )
+    detector_class_names: Path | None = Field(
+        None,
+        description="For a torchvision .pth detector: a text file of its class names, one per line in label order "
+        "(as `detection.convert --class-names`). Default: COCO's names for a 91-output file, else class_1..K.",
+    )
+    detector_name: str | None = Field(
+        None,
+        description="The detector's name in answers and /models. Default: the run named in the checkpoint's "
+        "manifest when the file is a trainer's model.safetensors, else the file name without extension.",
+    )
+    classifier_name: str | None = Field(None, description="The classifier's name, as DETECTOR_NAME.")
 
     # Several models and hot reload (service/registry.py). The two settings above stay each kind's default.
     models_dir: Path | None = Field(
         None,
         description="A folder of checkpoints: every *.safetensors in it is served, named by its manifest's 'name' "
-        "(else the file name without extension), its kind read from the manifest. Requests pick one with ?model=.",
+        "(else as DETECTOR_NAME's default says), its kind read from the manifest. Requests pick one with ?model=.",
     )
     model_checkpoints: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -69,6 +86,25 @@ class Settings(BaseSettings):
         "authentication; set but empty (or with surrounding spaces) refuses to start.",
     )
 
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose browser pages may call the API (CORS), comma-separated, e.g. "
+        "`https://app.example.com,http://localhost:3000`; `*` for any. Default: none (same origin only).",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: str | list[str] | None) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = value.split(",")
+        origins = [origin.strip().rstrip("/") for origin in value if origin.strip()]
+        for origin in origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com (or *)")
+        return origins
+
     @model_validator(mode="before")
     @classmethod
     def _empty_means_unset(cls, values: dict) -> dict:
@@ -99,6 +135,17 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _paths_in_model_dir(self) -> "Settings":
+        if self.model_dir is not None:
+            for field in ("detector_checkpoint", "classifier_checkpoint", "detector_class_names", "models_dir"):
+                path = getattr(self, field)
+                if path is not None and not path.is_absolute():
+                    setattr(self, field, self.model_dir / path)
+            self.model_checkpoints = [path if path.is_absolute() else self.model_dir / path
+                                      for path in self.model_checkpoints]  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _batch_fits_queue(self) -> "Settings":

@@ -1,9 +1,11 @@
 """What is being served (each model's manifest, version, whether it is a demo, what it scored) and reloading one."""
 
-from fastapi import APIRouter, Depends, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path
 
 from service.dependencies import StateDep
-from service.errors import NOT_READY_ERROR, RELOAD_ERRORS, UNKNOWN_MODEL_ERROR
+from service.errors import MALFORMED_REQUEST_ERROR, NOT_READY_ERROR, RELOAD_ERRORS, UNKNOWN_MODEL_ERROR
 from service.registry import ModelSlot, ReloadFailed, UnknownModel
 from service.schemas import ModelInfo, ModelsResponse, ReloadResponse, ServingInfo
 from service.security import KeyCheckedRoute, api_key_schemes
@@ -12,6 +14,9 @@ from service.state import ServiceState
 router = APIRouter(tags=["models"])
 # The reload route alone needs the API key (when one is set); listing stays open like health and metrics.
 reload_router = APIRouter(tags=["models"], dependencies=[Depends(api_key_schemes)], route_class=KeyCheckedRoute)
+
+
+ModelName = Annotated[str, Path(description="The model's served name, as GET /models lists it.")]
 
 
 def _info(slot: ModelSlot) -> ModelInfo:
@@ -25,7 +30,15 @@ def _slot(state: ServiceState, name: str) -> ModelSlot:
         raise HTTPException(status_code=404, detail=str(error)) from None
 
 
-@router.get("/models", response_model=ModelsResponse, responses=NOT_READY_ERROR, summary="The served models")
+@router.get(
+    "/models",
+    response_model=ModelsResponse,
+    responses=NOT_READY_ERROR,
+    summary="The served models",
+    description="Each served model's name, weights' hash, manifest (classes, architecture, preprocessing, "
+    "provenance, measured metrics) and whether it is a demo model; and the batching settings. Open without "
+    "an API key.",
+)
 async def list_models(state: StateDep) -> ModelsResponse:
     settings = state.settings
     return ModelsResponse(
@@ -42,10 +55,12 @@ async def list_models(state: StateDep) -> ModelsResponse:
 @router.get(
     "/models/{name}",
     response_model=ModelInfo,
-    responses={**NOT_READY_ERROR, **UNKNOWN_MODEL_ERROR},
+    responses={**NOT_READY_ERROR, **UNKNOWN_MODEL_ERROR, **MALFORMED_REQUEST_ERROR},
     summary="One served model",
+    description="What GET /models says of one model, with `last_reload_error` when its last reload failed. "
+    "An unknown name is a 404 listing the served ones. Open without an API key.",
 )
-async def get_model(name: str, state: StateDep) -> ModelInfo:
+async def get_model(name: ModelName, state: StateDep) -> ModelInfo:
     return _info(_slot(state, name))
 
 
@@ -54,8 +69,11 @@ async def get_model(name: str, state: StateDep) -> ModelInfo:
     response_model=ReloadResponse,
     responses={**NOT_READY_ERROR, **UNKNOWN_MODEL_ERROR, **RELOAD_ERRORS},
     summary="Load the model's checkpoint file again beside the serving version, warm it up, then swap",
+    description="Requests already holding the old version finish on it; its engine stops after the last. A file "
+    "that does not load or warm up leaves the old version serving: 422 saying why, also kept in the model's "
+    "`last_reload_error`. Needs the API key when API_KEY is set.",
 )
-async def reload_model(name: str, state: StateDep) -> ReloadResponse:
+async def reload_model(name: ModelName, state: StateDep) -> ReloadResponse:
     _slot(state, name)
     try:
         outcome = await state.registry.reload(name)
