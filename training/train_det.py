@@ -49,9 +49,9 @@ from detection.data import (
 )
 from detection.data import collate_fn as detection_collate
 from detection.evaluation import to_coco_results, write_json
-from training.backbone_init import initialise_detector
+from training.backbone_init import detector_architecture, initialise_detector
 from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
-from training.config import config_to_dict, format_config, parse_config
+from training.config import config_to_dict, format_config, make_config, parse_config
 from training.det_evaluation import detect_shard, score
 from training.distributed import all_gather_objects, barrier, shutdown_distributed
 from training.engine import iterate_batches, make_loader, prepare_model, start_process, train_step, unwrap_model
@@ -193,6 +193,19 @@ def check_frozen_layers(cfg: DetTrainConfig) -> None:
     )
 
 
+def with_init_architecture(cfg: DetTrainConfig) -> DetTrainConfig:
+    """A whole-detector --init (our .safetensors or a torchvision Faster R-CNN .pth, v1 or v2) fixes the
+    architecture: backbone, head and the options that decide which tensors exist come from the file."""
+    architecture = detector_architecture(cfg.init) if cfg.init and not cfg.eval_only else {}
+    if not architecture:
+        return cfg
+    own = {"backbone": cfg.backbone, "head": cfg.head, **cfg.detector.to_dict()}
+    changed = {key: value for key, value in architecture.items() if own[key] != value}
+    if changed:
+        print(f"--init {cfg.init} is a detector of another architecture; taking from it: {changed}", flush=True)
+    return make_config(DetTrainConfig, {**config_to_dict(cfg), **architecture})
+
+
 def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
     """(train, val): COCO splits are <data_path>/annotations/instances_<split>.json + <data_path>/<split>/."""
     if cfg.dataset not in ("coco", "voc"):
@@ -235,6 +248,7 @@ def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
 
 
 def main(cfg: DetTrainConfig) -> dict[str, float]:
+    cfg = with_init_architecture(cfg)
     ctx = start_process(device=cfg.device, seed=cfg.seed)
     output_dir = Path(cfg.output_dir)
     if ctx.is_main:
