@@ -4,13 +4,15 @@ Checks that the checkpoint files exist first, so a fresh checkout says which fil
 and how to get it instead of printing a startup traceback.
 """
 
+import argparse
 import logging
 import sys
+from collections.abc import Sequence
 
 import uvicorn
 
 from service.app import create_app
-from service.settings import DEMO_MODEL_DIR, get_settings
+from service.settings import DEMO_MODEL_DIR, Settings, get_settings
 
 DEMO_HINT = (
     "The demo models are trained by this project's own pipeline: `make demo-models` retrains them; "
@@ -19,7 +21,37 @@ DEMO_HINT = (
 )
 
 
-def main() -> int:
+def settings_help() -> str:
+    """One entry per setting: its environment variable, default and description."""
+    lines = ["settings (environment variables; `PORT=9000 python -m service`):"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, type(DEMO_MODEL_DIR)) and default.parent == DEMO_MODEL_DIR:
+            default = f"service/models/{default.name}"  # relative: the same in every checkout
+        lines.append(f"  {name.upper():<24} {field.description} (default: {default})")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """No flags besides --help: every setting is an environment variable."""
+    return argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the resdet API (/detect, /classify, /healthz, /readyz, /metrics) on HOST:PORT "
+        "with the detector and classifier the settings name.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _, extra = build_parser().parse_known_args(argv)  # --help prints the settings and exits
+    if extra:
+        print(
+            f"python -m service takes no arguments (got {' '.join(extra)}): settings are environment variables, "
+            "e.g. `PORT=9000 python -m service`; `python -m service --help` lists them",
+            file=sys.stderr,
+        )
+        return 2
     settings = get_settings()
     configured = {
         "DETECTOR_CHECKPOINT": settings.detector_checkpoint,
