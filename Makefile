@@ -1,5 +1,6 @@
 # The two commands of the README: `make serve` (main job) and `make test` (tests).
-# Each sets up its own virtual environment in .venv the first time (about a minute: torch is large).
+# Each sets up its own virtual environment in .venv the first time (about a minute: torch is large), with
+# every extra (train: TensorBoard and matplotlib; video: PyAV; dev: the test tools), so `make test` runs it all.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,train,video]'
 	touch $@
 
 # The API on HOST:PORT (default 127.0.0.1:8000) with the demo models of service/models/; settings are
