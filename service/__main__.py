@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] = ()) -> int:
+    """Serve until stopped; `argv` is the command line after `python -m service` (only --help is accepted)."""
     _, extra = build_parser().parse_known_args(argv)  # --help prints the settings and exits
     if extra:
         print(
@@ -71,4 +72,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
