@@ -44,11 +44,11 @@ def test_every_training_flag_has_a_whole_sentence_of_help(config_class):
 def test_help_that_spans_lines_survives_whole(capsys):
     helps = flag_help(DetTrainConfig)
     assert "the last entry is the test size" in helps["min_size"]
-    assert helps["init"].endswith("initialises the whole model.")
+    assert helps["init"].endswith("initialises the whole model and fixes its architecture.")
     with pytest.raises(SystemExit):
         parse_config(DetTrainConfig, ["--help"], recipes=DET_RECIPES)
     shown = " ".join(capsys.readouterr().out.split())
-    assert "initialises the whole model. (default: '')" in shown
+    assert "initialises the whole model and fixes its architecture. (default: '')" in shown
     assert "the last entry is the test size (paper: 600, one scale). (default: (640, 672, 704, 736, 768, 800))" in shown
     assert "--data_path DATA_PATH, --data-path DATA_PATH" in shown
 

@@ -96,7 +96,7 @@ class DetTrainConfig:
     )
     group_aspect_ratio: bool = option(True, "Batch images of similar aspect ratio together (less padding).")
     workers: int = option(
-        DEFAULT_WORKERS, "DataLoader workers per rank (default: 4, at most the cores this process has)."
+        DEFAULT_WORKERS, "DataLoader workers per rank: 4, or the cores this process has if fewer."
     )
     # --- model
     backbone: str = option("resnet50", "The backbone: resnet18..152 or plain18..152.")
@@ -106,7 +106,8 @@ class DetTrainConfig:
     )
     init: str = option(
         "", '"" trains from scratch; a classifier (.safetensors of pretrain.py, torchvision ResNet .pth) initialises '
-        "the backbone; a detector (our .safetensors, torchvision Faster R-CNN .pth) initialises the whole model.",
+        "the backbone; a detector (our .safetensors, torchvision Faster R-CNN .pth) initialises the whole model "
+        "and fixes its architecture.",
     )  # fmt: skip
     # --- optimisation: SGD; the "1x" schedule: lr 0.02 at batch 16, steps at 2/3 and 8/9, 1000-it warm-up
     batch_size: int = option(16, "Global batch size: over all processes together.")
