@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test summary bench-backbone bench-service demo-models docker-build docker clean-venv
+.PHONY: serve test summary bench-backbone bench-service soak demo-models docker-build docker clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ demo-models: $(VENV)/.installed
 # Loopback load test of the API (about 5 minutes): batching on vs off vs a naive handler in the route.
 bench-service: $(VENV)/.installed
 	$(PY) -m bench.service
+
+# Good beside hostile traffic at concurrency 16 for 5 minutes against a server it starts on 127.0.0.1
+# (issue 10's goals: no 5xx but deliberate 503s, good p99 within 1.5x, flat memory); `--url` for a running one.
+soak: $(VENV)/.installed
+	$(PY) -m bench.soak
 
 # Containers (kept out of `make test`: several minutes and several GB). CONTAINER=docker COMPOSE="docker compose"
 # for Docker; TORCH_INDEX_URL=https://pypi.org/simple where only PyPI is reachable.

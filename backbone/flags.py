@@ -10,11 +10,15 @@ import dataclasses
 from typing import Any
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 - argparse's word for it
-    """A dataclass field with its help text, one whole sentence; a dataclass default is copied per instance."""
+def option(default: Any, help: str, *, switch: bool = False) -> Any:  # noqa: A002 - argparse's word for it
+    """A dataclass field with its help text, one whole sentence; a dataclass default is copied per instance.
+
+    switch=True marks a str field holding "auto", "true" or "false" whose flag also stands alone
+    (`--channels-last` gives "true", `--no-channels-last` "false"), as a bool field's does."""
+    metadata = {"help": help, "switch": switch}
     if dataclasses.is_dataclass(default):
-        return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def spellings(flag: str) -> list[str]:

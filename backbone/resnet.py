@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
 
 from backbone.blocks import BLOCKS, make_stage
+from backbone.norm import FrozenBatchNorm2d
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def convert_to_frozen_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm2d below `module` (in place) by a FrozenBatchNorm2d with its statistics."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps).to(child.running_mean.device)
             frozen.weight.copy_(child.weight.detach())
             frozen.bias.copy_(child.bias.detach())
             frozen.running_mean.copy_(child.running_mean)

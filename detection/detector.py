@@ -13,14 +13,13 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from backbone.torchvision_compat import load_checked
 from detection.images import to_float_image
 from detection.inference import optimize_detector
 from detection.postprocess import to_original_coordinates
 from detection.roi_heads import RoIHeads
-from detection.transform import check_images, prepare_targets
+from detection.transform import DetectorTransform, check_images, prepare_targets
 
 
 class Detector(nn.Module):
@@ -29,7 +28,7 @@ class Detector(nn.Module):
     def __init__(
         self,
         *,
-        transform: GeneralizedRCNNTransform,
+        transform: DetectorTransform,
         features: nn.Module,
         rpn: nn.Module,
         roi_heads: RoIHeads,
@@ -54,6 +53,13 @@ class Detector(nn.Module):
     def num_classes(self) -> int:
         return self.roi_heads.num_classes
 
+    def input_size(self, height: int, width: int, *, padded: bool = False) -> tuple[int, int]:
+        """The (height, width) to resize an image of this size to before `predict`, so the network takes
+        it without resizing again (within 1 px of what it would make of the original); `padded`: the
+        input shape it then runs at (images share a forward pass only when this matches)."""
+        size = self.transform.stable_size(height, width)
+        return self.transform.padded_size(*size) if padded else size
+
     def forward(
         self,
         images: list[torch.Tensor],
@@ -61,19 +67,22 @@ class Detector(nn.Module):
         *,
         score_threshold: float | None = None,
         max_detections: int | None = None,
+        targets_prepared: bool = False,
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Return (losses, detections) for a list of RGB float images [3, H, W] in [0, 1].
 
         Training mode: targets required, detections is empty. Eval mode: detections per image
         (boxes x1, y1, x2, y2 in original pixels, scores, labels 1..K), plus the same losses when
         targets are given (a validation loss). score_threshold and max_detections override the
-        built-in box_score_thresh and box_detections_per_img for this call.
+        built-in box_score_thresh and box_detections_per_img for this call. targets_prepared: the targets
+        come from `detection.transform.batch_to_device`, checked on the CPU (checks here would sync a GPU).
         """
         check_images(images)
-        if targets is not None:
+        if targets is None:
+            if self.training:
+                raise ValueError("training mode needs targets (call model.eval() to detect without them)")
+        elif not targets_prepared:
             targets = prepare_targets(targets, num_images=len(images), num_classes=self.num_classes)
-        elif self.training:
-            raise ValueError("training mode needs targets (call model.eval() to detect without them)")
         if self.training and self.optimized:
             raise RuntimeError("this detector was optimized for inference (BN folded); it cannot be trained")
         original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]

@@ -86,7 +86,13 @@ class FusedRPNHead(nn.Module):
         super().__init__()
         self.conv = head.conv
         self.num_logits = head.cls_logits.out_channels
-        self.outputs = nn.Conv2d(head.cls_logits.in_channels, self.num_logits + head.bbox_pred.out_channels, 1)
+        weight = head.cls_logits.weight
+        # On the replaced weights' device and dtype: a new module defaults to CPU fp32, and a detector
+        # optimized after .to("cuda") would then fail its first forward (issue 17).
+        self.outputs = nn.Conv2d(
+            head.cls_logits.in_channels, self.num_logits + head.bbox_pred.out_channels, 1,
+            device=weight.device, dtype=weight.dtype,
+        )  # fmt: skip
         with torch.no_grad():
             self.outputs.weight.copy_(torch.cat([head.cls_logits.weight, head.bbox_pred.weight]))
             self.outputs.bias.copy_(torch.cat([head.cls_logits.bias, head.bbox_pred.bias]))

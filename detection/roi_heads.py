@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads as TorchvisionRoIHeads
 from torchvision.models.detection.roi_heads import fastrcnn_loss
-from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops import boxes as box_ops
 
 from backbone import FeatureInfo
 from backbone.blocks import make_stage
+from backbone.norm import FrozenBatchNorm2d
 from detection.options import DetectorOptions
 
 

@@ -4,18 +4,63 @@ Resizing and padding are torchvision's `GeneralizedRCNNTransform` (bilinear resi
 side, padding to a multiple of 32), so the resized pixels, and hence detections, match its models
 exactly. Before it, targets are checked here: a clear error for malformed or inverted boxes, and
 zero-area boxes are dropped (they have no extent to regress to: log(0) in the box coding gives NaN).
+`DetectorTransform.resized_size` is the one statement of the resize rule; callers ask it instead of
+re-deriving it from min_size / max_size.
 """
 
 import math
 
 import torch
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torch.nn import functional
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.transforms.v2.functional import to_dtype
 
 from detection.options import DetectorOptions
 
 
-def build_transform(options: DetectorOptions) -> GeneralizedRCNNTransform:
-    return GeneralizedRCNNTransform(
+class DetectorTransform(GeneralizedRCNNTransform):
+    """torchvision's transform with its resize rule as a method, each side clamped to at least 1 px.
+
+    torchvision floors `side * scale`, so an image flatter than max_size:min_size (e.g. 4000x8 at
+    128/96) gets a side of 0 px and fails; here that side stays 1 px. Otherwise the sizes, and the
+    bilinear interpolation, are torchvision's exactly.
+    """
+
+    def resized_size(self, height: int, width: int, *, min_size: int | None = None) -> tuple[int, int]:
+        """(height, width) the network sees, before padding; `min_size` defaults to the eval size."""
+        shorter = self.min_size[-1] if min_size is None else min_size
+        scale = min(shorter / min(height, width), self.max_size / max(height, width))  # torchvision's arithmetic
+        return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
+
+    def stable_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size to resize an image to beforehand so that this transform takes it as it is.
+
+        Float rounding can make the floor land 1 px short (e.g. 1332 for 1333), which a second pass
+        would then resize again; the rule applied twice is a fixed point (checked over 0.9 M sizes).
+        """
+        return self.resized_size(*self.resized_size(height, width))
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The input shape of an image of this size once resized and padded to a multiple of size_divisible."""
+        step = self.size_divisible
+        return tuple(math.ceil(side / step) * step for side in self.resized_size(height, width))
+
+    def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
+        if self.training and getattr(self, "_skip_resize", False):
+            return image, target
+        # Training draws the shorter side from min_size as torchvision does (same RNG use); eval takes the last.
+        shorter = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
+        original = tuple(image.shape[-2:])
+        size = self.resized_size(*original, min_size=shorter)
+        # An explicit size gives the same interpolation as torchvision's scale_factor + recompute_scale_factor.
+        image = functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if target is not None:
+            target["boxes"] = resize_boxes(target["boxes"], original, size)
+        return image, target
+
+
+def build_transform(options: DetectorOptions) -> DetectorTransform:
+    return DetectorTransform(
         min_size=tuple(options.min_size),
         max_size=options.max_size,
         image_mean=list(options.image_mean),
@@ -78,3 +123,21 @@ def prepare_targets(targets: list[dict[str, torch.Tensor]], *, num_images: int, 
         keep = (boxes[:, 2:] > boxes[:, :2]).all(dim=1)
         prepared.append({**target, "boxes": boxes[keep], "labels": labels[keep]})
     return prepared
+
+
+def batch_to_device(
+    images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]], *, device: torch.device, num_classes: int
+) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """A loader's batch on `device`, for `Detector(images, targets, targets_prepared=True)`.
+
+    Targets are checked here, on the CPU: checked on a GPU, each `.any()` is a host-device sync (about
+    4 per image per step). Copies are asynchronous (from the loader's pinned memory); uint8 images
+    become float in [0, 1] on the device, so a quarter of the bytes cross the bus.
+    """
+    prepared = prepare_targets(targets, num_images=len(images), num_classes=num_classes)
+    on_device = [to_dtype(image.to(device, non_blocking=True), torch.float32, scale=True) for image in images]
+    device_targets = [
+        {"boxes": t["boxes"].to(device, non_blocking=True), "labels": t["labels"].to(device, non_blocking=True)}
+        for t in prepared
+    ]
+    return on_device, device_targets

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import DEMO_MODEL_DIR, Settings, get_settings
@@ -53,7 +54,14 @@ def main(argv: Sequence[str] = ()) -> int:
             file=sys.stderr,
         )
         return 2
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as error:  # a setting that would silently weaken the service: refuse to start
+        problems = [
+            f"{'.'.join(map(str, item['loc'])).upper() or 'settings'}: {item['msg']}" for item in error.errors()
+        ]
+        print("resdet service cannot start:", *problems, sep="\n  ", file=sys.stderr)
+        return 2
     configured = {
         "DETECTOR_CHECKPOINT": settings.detector_checkpoint,
         "CLASSIFIER_CHECKPOINT": settings.classifier_checkpoint,

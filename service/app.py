@@ -20,6 +20,7 @@ from service.engine import BatchingEngine
 from service.errors import install_error_handlers
 from service.loading import ModelLoadError, load_served_models, select_device
 from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.request_id import RequestIdMiddleware
 from service.routers import classify, detect, health, metrics, models
 from service.settings import Settings, get_settings, resolve_settings
 from service.state import ServiceState
@@ -29,8 +30,9 @@ log = logging.getLogger("service")
 DESCRIPTION = """Object detection (Faster R-CNN on ResNet) and image classification (ResNet, He et al. 2015).
 
 Upload images as multipart field `file` (or `files` for the batch forms). Every error answers
-`{"detail": "..."}`. With `API_KEY` set, the inference routes need `Authorization: Bearer <key>` or
-`X-API-Key: <key>`; health, readiness, models and metrics stay open.
+`{"detail": "...", "request_id": "..."}`; every response carries `X-Request-ID` (yours, when sane).
+With `API_KEY` set, the inference routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`;
+health, readiness, models and metrics stay open.
 """
 
 
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last = outermost: metrics also count the 413s the body limit answers.
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response it passes carries the id
     return app
 
 

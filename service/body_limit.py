@@ -9,6 +9,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.request_id import request_id_of
 from service.settings import resolve_settings
 
 
@@ -29,7 +30,7 @@ class BodySizeLimitMiddleware:
         limit = resolve_settings(scope["app"]).max_upload_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _send_413(send, limit)
+            await _send_413(send, limit, request_id=request_id_of(scope))
             return
 
         received = 0
@@ -57,7 +58,7 @@ class BodySizeLimitMiddleware:
             if not exceeded:
                 raise
         if exceeded:
-            await _send_413(send, limit)
+            await _send_413(send, limit, request_id=request_id_of(scope))
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -70,8 +71,9 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_413(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body is over MAX_UPLOAD_BYTES={limit} bytes"}).encode()
+async def _send_413(send: Send, limit: int, *, request_id: str) -> None:
+    detail = f"request body is over MAX_UPLOAD_BYTES={limit} bytes"
+    body = json.dumps({"detail": detail, "request_id": request_id}).encode()
     await send(
         {
             "type": "http.response.start",

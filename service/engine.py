@@ -2,7 +2,8 @@
 
 The event loop only enqueues and awaits futures, so it never blocks on a forward pass. A batch closes
 when it holds `max_batch` items or `max_wait_s` has passed since its first item was taken; while a
-batch runs, new requests queue and form the next one.
+batch runs, new requests queue and form the next one. A batch that raises is run again item by item,
+so an error reaches only the request that caused it, never the others that shared its batch.
 """
 
 import asyncio
@@ -28,6 +29,13 @@ class BatchTiming:
     queue_ms: float
     inference_ms: float
     batch_size: int
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """One item's exception, told apart from a result that happens to be an exception object."""
+
+    error: Exception
 
 
 @dataclass
@@ -112,24 +120,45 @@ class BatchingEngine(Generic[Item, Result]):
                 continue
             started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self._executor, self.run_batch, [p.item for p in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"{self.name}: run_batch returned {len(results)} results for {len(batch)} items")
-            except Exception as error:  # every waiter hears about it; the worker keeps serving
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-                continue
+                outcomes = await loop.run_in_executor(self._executor, self._run_isolated, [p.item for p in batch])
+            except Exception as error:  # only a broken engine (e.g. its executor shut down) gets here
+                outcomes = [_Failed(error)] * len(batch)
             finished = time.perf_counter()
             self.on_batch(len(batch), finished - started)
-            for pending, result in zip(batch, results):
-                if not pending.future.done():
-                    timing = BatchTiming(
-                        queue_ms=(started - pending.enqueued_at) * 1e3,
-                        inference_ms=(finished - started) * 1e3,
-                        batch_size=len(batch),
-                    )
-                    pending.future.set_result((result, timing))
+            for pending, outcome in zip(batch, outcomes):
+                if pending.future.done():
+                    continue
+                if isinstance(outcome, _Failed):
+                    pending.future.set_exception(outcome.error)
+                    continue
+                timing = BatchTiming(
+                    queue_ms=(started - pending.enqueued_at) * 1e3,
+                    inference_ms=(finished - started) * 1e3,
+                    batch_size=len(batch),
+                )
+                pending.future.set_result((outcome, timing))
+
+    def _run_isolated(self, items: list[Any]) -> list[Any]:
+        """Results in order, or for each item that fails on its own, its exception (inference thread)."""
+        try:
+            return self._run_checked(items)
+        except Exception as error:
+            if len(items) == 1:
+                return [_Failed(error)]
+        # One item's failure must not become the others' answer: each is run alone to find whose it is.
+        outcomes: list[Any] = []
+        for item in items:
+            try:
+                outcomes.extend(self._run_checked([item]))
+            except Exception as error:
+                outcomes.append(_Failed(error))
+        return outcomes
+
+    def _run_checked(self, items: list[Any]) -> list[Any]:
+        results = list(self.run_batch(items))
+        if len(results) != len(items):
+            raise RuntimeError(f"{self.name}: run_batch returned {len(results)} results for {len(items)} items")
+        return results
 
     async def _collect(self) -> list[_Pending]:
         batch = [await self._queue.get()]

@@ -45,21 +45,24 @@ async def infer(
     settings: Settings,
     make_request: Callable[[Any], Any],
     batch_form: bool,
+    keep_images: bool = False,
 ) -> list[Answer]:
-    """Results in upload order; any bad file fails the whole request with an error naming it."""
+    """Results in upload order; any bad file fails the whole request with an error naming it.
+    `keep_images` keeps each decoded image on its answer (for drawing on it)."""
     if batch_form and len(uploads) > settings.max_files:
         raise ImageRejected(413, f"{len(uploads)} files in one request, over MAX_FILES={settings.max_files}")
-    decoded = await asyncio.gather(
-        *(
-            decode_upload(
-                upload,
-                label=upload_label(upload, index if batch_form else None),
-                max_pixels=settings.max_image_pixels,
-                prepare=served.predictor.prepare,
-            )
-            for index, upload in enumerate(uploads)
+    # One file after another: a request's peak memory is one decoded upload (each is model-sized once
+    # prepared), not all of its files at full resolution at once.
+    decoded = [
+        await decode_upload(
+            upload,
+            label=upload_label(upload, index if batch_form else None),
+            max_pixels=settings.max_image_pixels,
+            prepare=served.predictor.prepare,
+            keep_image=keep_images,
         )
-    )
+        for index, upload in enumerate(uploads)
+    ]
     # All queued at once, so they can share one batch. If one is refused (queue full: 503), the others are
     # cancelled, and the engine skips cancelled requests instead of computing answers nobody will read.
     submissions = [asyncio.ensure_future(served.engine.submit(make_request(item.prepared))) for item in decoded]

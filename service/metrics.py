@@ -1,21 +1,37 @@
-"""Prometheus metrics of one app (its own registry, so several apps in one process do not collide)."""
+"""Prometheus metrics of one app (its own registry, so several apps in one process do not collide).
+
+Every label value comes from a fixed set, so no client can grow /metrics: methods outside the
+standard ones count as "other", requests that match no route as "unmatched".
+"""
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+UNMATCHED_ROUTE = "unmatched"
 
 
 class ServiceMetrics:
-    """Requests by route and status, latency, batch sizes, inference time, queue depth."""
+    """Requests by route and status, latency, batch sizes, inference time, queue depth, and the process's
+    resident memory, CPU time and open files (prometheus_client's process collector)."""
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, _cpu_seconds_total, _open_fds
         self.requests = Counter(
             "resdet_http_requests", "HTTP requests by route template, method and status.",
             ["route", "method", "status"], registry=self.registry,
@@ -66,6 +82,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route=route, method=scope["method"], status=str(status)).inc()
+            route = getattr(scope.get("route"), "path", UNMATCHED_ROUTE)  # a template of our own routes
+            method = scope["method"] if scope["method"] in STANDARD_METHODS else "other"
+            self.metrics.requests.labels(route=route, method=method, status=str(status)).inc()
             self.metrics.latency.labels(route=route).observe(time.perf_counter() - started)

@@ -1,11 +1,12 @@
 """Model adapters for the batching engine: `prepare` one decoded image, `run` a batch of prepared requests.
 
-`prepare` runs in the request's worker thread (in parallel with inference); `run` runs in the engine's
-inference thread. Requests in one batch may ask for different thresholds or top-k: the batch is run
-once with the loosest, and each request is then cut to its own.
+`prepare` runs in the request's worker thread (in parallel with inference) and brings the image to
+what the model consumes while it is still 8-bit, so a queued request holds a model-sized image, never
+the upload's full resolution; `run` runs in the engine's inference thread. Requests in one batch may ask
+for different thresholds or top-k: the batch is run once with the loosest, and each request is then cut
+to its own.
 """
 
-import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -13,8 +14,8 @@ from typing import Any, Protocol
 
 import torch
 from PIL import Image
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.functional import pil_modes_mapping
 from torchvision.transforms.v2 import functional as F
 
 from backbone import ResNet
@@ -28,7 +29,7 @@ DEFAULT_STD = (0.229, 0.224, 0.225)
 class DetectorModel(Protocol):
     """What the service needs from a detector (detection.Detector satisfies it)."""
 
-    transform: GeneralizedRCNNTransform  # its resize rule decides which images can share a forward pass
+    def input_size(self, height: int, width: int, *, padded: bool = False) -> tuple[int, int]: ...
 
     def predict(
         self,
@@ -47,8 +48,16 @@ class ClassifyRequest:
 
 
 @dataclass(frozen=True)
+class ResizedImage:
+    """An upload brought to the detector's input size in 8-bit, and the size its boxes are answered in."""
+
+    pixels: torch.Tensor  # uint8 [3, h, w], h and w from the detector's own resize rule
+    original_size: tuple[int, int]  # (height, width) as displayed
+
+
+@dataclass(frozen=True)
 class DetectRequest:
-    image: torch.Tensor  # uint8 [3, H, W] as displayed
+    image: ResizedImage
     score_threshold: float
     max_detections: int
 
@@ -73,13 +82,12 @@ class ClassifierPredictor:
         stem = model.config.get("stem", "imagenet")
         self.size = int(preprocessing.get("size", 32 if stem == "cifar" else 224))
         # Shorter side first, then the centre crop; torchvision's ImageNet evaluation resizes to 256 for 224.
-        resize = int(preprocessing.get("resize", self.size if stem == "cifar" else round(self.size * 256 / 224)))
-        interpolation = preprocessing.get("interpolation", "bilinear")
-        self.transform = v2.Compose(
+        self.resize = int(preprocessing.get("resize", self.size if stem == "cifar" else round(self.size * 256 / 224)))
+        if self.resize < self.size:
+            raise ValueError(f"preprocessing: resize {self.resize} is smaller than the crop size {self.size}")
+        self.resample = pil_modes_mapping[InterpolationMode(preprocessing.get("interpolation", "bilinear"))]
+        self.normalize = v2.Compose(
             [
-                v2.PILToTensor(),
-                v2.Resize(resize, interpolation=InterpolationMode(interpolation), antialias=True),
-                v2.CenterCrop(self.size),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(
                     mean=list(preprocessing.get("mean", DEFAULT_MEAN)), std=list(preprocessing.get("std", DEFAULT_STD))
@@ -93,8 +101,29 @@ class ClassifierPredictor:
         self.channels_last = optimize
         self.model = optimize_for_inference(model) if optimize else model
 
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The region of the image that resize-shorter-side-then-centre-crop keeps, in its own pixels.
+
+        Resizing only that region straight to size x size gives the same pixels within one 8-bit level
+        (the filter still reads the neighbours outside it) while the longer side never grows: a
+        1 x 1,000,000 image costs a crop, not a 32 x 32,000,000 intermediate. Sizes and offsets are
+        torchvision's Resize and CenterCrop.
+        """
+        shorter, longer = min(width, height), max(width, height)
+        resized_longer = int(self.resize * longer / shorter)
+        resized_width, resized_height = (
+            (self.resize, resized_longer) if width <= height else (resized_longer, self.resize)
+        )
+        left = int(round((resized_width - self.size) / 2.0))
+        top = int(round((resized_height - self.size) / 2.0))
+        x_scale, y_scale = width / resized_width, height / resized_height
+        return (left * x_scale, top * y_scale, (left + self.size) * x_scale, (top + self.size) * y_scale)
+
     def prepare(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image)
+        """8-bit resize and crop of the region the model sees, then float: [3, size, size] normalised."""
+        box = self.crop_box(*image.size)
+        cropped = image.resize((self.size, self.size), resample=self.resample, box=box)
+        return self.normalize(F.pil_to_tensor(cropped))
 
     def warmup_request(self) -> ClassifyRequest:
         return ClassifyRequest(pixels=self.prepare(Image.new("RGB", (self.size, self.size), (128, 128, 128))), top_k=1)
@@ -119,46 +148,43 @@ class ClassifierPredictor:
 
 
 class DetectorPredictor:
-    """A `DetectorModel` (it does its own preprocessing and precision): boxes in pixels of the image as given.
+    """A `DetectorModel` (it does its own normalisation and precision): boxes in pixels of the image as given.
 
-    A batch of differently sized images is padded to a common size, which changes what a Faster
-    R-CNN sees near the borders; so only images that pad to the same input shape share a forward
-    pass, and an answer never depends on which other requests arrived with it.
+    `prepare` resizes the upload in 8-bit to the size the detector asks for (`input_size`, its own
+    rule); boxes come back in that image's pixels and are scaled to the upload's. A batch of
+    differently sized images is padded to a common size, which changes what a Faster R-CNN sees near
+    the borders; so only images that pad to the same input shape share a forward pass, and an answer
+    never depends on which other requests arrived with it.
     """
 
     def __init__(self, model: DetectorModel, *, device: torch.device) -> None:
         self.model = model
         self.device = device
-        transform = model.transform
-        self.min_size, self.max_size = transform.min_size[-1], transform.max_size  # eval uses the last min_size
-        self.size_divisible = transform.size_divisible
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
-        return F.pil_to_tensor(image)
+    def prepare(self, image: Image.Image) -> ResizedImage:
+        """Bilinear in 8-bit (antialiased when shrinking: PIL's filter widens with the scale)."""
+        width, height = image.size
+        input_height, input_width = self.model.input_size(height, width)
+        resized = image.resize((input_width, input_height), resample=Image.Resampling.BILINEAR)
+        return ResizedImage(pixels=F.pil_to_tensor(resized), original_size=(height, width))
 
     def warmup_request(self) -> DetectRequest:
         return DetectRequest(
-            image=torch.full((3, 480, 640), 128, dtype=torch.uint8), score_threshold=0.5, max_detections=1
+            image=self.prepare(Image.new("RGB", (640, 480), (128, 128, 128))), score_threshold=0.5, max_detections=1
         )
-
-    def padded_shape(self, height: int, width: int) -> tuple[int, int]:
-        """The network input shape of an image: torchvision's resize rule, then padding to size_divisible."""
-        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
-        step = self.size_divisible
-        return tuple(math.ceil(math.floor(side * scale) / step) * step for side in (height, width))
 
     @torch.inference_mode()
     def run(self, batch: Sequence[DetectRequest]) -> list[list[dict[str, Any]]]:
         groups: dict[tuple[int, int], list[int]] = {}
         for index, request in enumerate(batch):
-            groups.setdefault(self.padded_shape(*request.image.shape[-2:]), []).append(index)
+            groups.setdefault(self.model.input_size(*request.image.pixels.shape[-2:], padded=True), []).append(index)
         results: list[list[dict[str, Any]]] = [[] for _ in batch]
         for indices in groups.values():
             requests = [batch[index] for index in indices]
             # NMS only lets a higher score suppress a lower one, so the loosest threshold and largest cap
             # give every request a superset of its own answer, sorted by score; each is then cut to its own.
             outputs = self.model.predict(
-                [request.image.to(self.device) for request in requests],
+                [request.image.pixels.to(self.device) for request in requests],
                 score_threshold=min(request.score_threshold for request in requests),
                 max_detections=max(request.max_detections for request in requests),
                 batch_size=len(requests),
@@ -172,10 +198,19 @@ def _cut_detections(output: dict[str, Any], request: DetectRequest) -> list[dict
     scores = output["scores"].float().cpu()
     order = scores.argsort(descending=True)
     keep = order[scores[order] >= request.score_threshold][: request.max_detections]
-    boxes = output["boxes"].float().cpu()[keep]
+    boxes = _to_original_pixels(output["boxes"].float().cpu()[keep], request.image)
     labels = output["labels"].cpu()[keep]
     names = [output["names"][int(index)] for index in keep]
     return [
         {"box": [round(float(v), 2) for v in box], "score": float(score), "label": int(label), "name": name}
         for box, score, label, name in zip(boxes, scores[keep], labels, names)
     ]
+
+
+def _to_original_pixels(boxes: torch.Tensor, image: ResizedImage) -> torch.Tensor:
+    """Boxes in the resized image's pixels -> the upload's, clipped to it (the ratio can overshoot by ~1e-5)."""
+    height, width = image.original_size
+    input_height, input_width = image.pixels.shape[-2:]
+    scale = torch.tensor([width / input_width, height / input_height] * 2)
+    limit = torch.tensor([width, height] * 2, dtype=torch.float32)
+    return torch.minimum(boxes * scale, limit).clamp(min=0)

@@ -9,6 +9,7 @@ class ErrorResponse(BaseModel):
     """Every error answers this shape."""
 
     detail: str = Field(description="What went wrong, naming the file or parameter.")
+    request_id: str = Field(description="This request's id, also in the X-Request-ID header; the log uses it too.")
 
 
 class ModelRef(BaseModel):

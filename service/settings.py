@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from fastapi import FastAPI
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
@@ -44,14 +44,29 @@ class Settings(BaseSettings):
     max_files: int = Field(16, ge=1, description="Most files in one batch request.")
 
     api_key: str | None = Field(
-        None, description="When set, inference routes need `Authorization: Bearer` or X-API-Key."
+        None,
+        description="When set, inference routes need `Authorization: Bearer` or X-API-Key. Unset runs without "
+        "authentication; set but empty (or with surrounding spaces) refuses to start.",
     )
 
     @model_validator(mode="before")
     @classmethod
     def _empty_means_unset(cls, values: dict) -> dict:
-        # `CLASSIFIER_CHECKPOINT=` (empty) in a shell or compose file disables that model.
-        return {key: (None if value == "" else value) for key, value in values.items()}
+        # `CLASSIFIER_CHECKPOINT=` (empty) in a shell or compose file disables that model. Not for API_KEY:
+        # an empty key there is a mistake (a missing secret), and reading it as "unset" turned auth off.
+        return {key: (None if value == "" and key.lower() != "api_key" else value) for key, value in values.items()}
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_is_usable(cls, key: str | None) -> str | None:
+        if key is not None and (not key.strip() or key != key.strip()):
+            problem = (
+                "empty" if not key.strip() else "surrounded by spaces (headers are stripped: it could never match)"
+            )
+            raise ValueError(
+                f"API_KEY is set but {problem}; give a key, or unset API_KEY to run without authentication"
+            )
+        return key
 
     @model_validator(mode="after")
     def _batch_fits_queue(self) -> "Settings":

@@ -17,8 +17,10 @@ from service import Settings, create_app, get_settings
 from service.__main__ import main as service_main
 from service.loading import ModelLoadError
 from service.predictors import ClassifierPredictor
+from service.settings import DEMO_MODEL_DIR
 
 CLASS_NAMES = [f"class{i}" for i in range(10)]
+DEMO_DETECTOR = DEMO_MODEL_DIR / "demo_detector.safetensors"
 PREPROCESSING = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3], "size": 32}
 
 
@@ -127,22 +129,28 @@ def test_classify_batch_answers_in_order_and_equals_single_requests(client):
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
 
 
-def test_concurrent_requests_share_a_batch(classifier_path):
-    app = create_app(settings_for(classifier_path, max_batch=4, max_batch_wait_ms=300))
+def test_concurrent_requests_share_a_batch(classifier_path, batch_gate):
+    app = create_app(settings_for(classifier_path, max_batch=4, max_batch_wait_ms=0))
     with TestClient(app) as client:
         wait_ready(client)
+        # A first request holds the model; three more queue behind it and must then run as one batch.
+        gate = batch_gate(app.state.service.models["classifier"].engine)
         results = [None] * 4
 
         def send(index):
             results[index] = client.post("/classify", files=upload(image_bytes(seed=index)))
 
         threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
-        for thread in threads:
+        threads[0].start()
+        gate.wait_entered()
+        for thread in threads[1:]:
             thread.start()
+        gate.wait_queued(3)
+        gate.release()
         for thread in threads:
             thread.join()
         assert all(r.status_code == 200 for r in results)
-        assert max(r.json()["timing_ms"]["batch_size"] for r in results) >= 2
+        assert [r.json()["timing_ms"]["batch_size"] for r in results] == [1, 3, 3, 3]
         assert "resdet_batch_size_bucket" in client.get("/metrics").text
 
 
@@ -237,20 +245,12 @@ def test_too_many_files_is_413(classifier_path):
         assert response.status_code == 413 and "MAX_FILES=2" in response.json()["detail"]
 
 
-def test_full_queue_answers_503_with_retry_after(classifier_path):
+def test_full_queue_answers_503_with_retry_after(classifier_path, batch_gate):
     app = create_app(settings_for(classifier_path, max_batch=1, max_batch_wait_ms=0, max_queue=1, max_files=1,
                                   retry_after_s=7))  # fmt: skip
     with TestClient(app) as client:
         wait_ready(client)
-        engine = app.state.service.models["classifier"].engine
-        real_run, started, release = engine.run_batch, threading.Event(), threading.Event()
-
-        def held_run(items):
-            started.set()
-            release.wait(10)
-            return real_run(items)
-
-        engine.run_batch = held_run
+        gate = batch_gate(app.state.service.models["classifier"].engine)
         results = {}
 
         def send(key):
@@ -258,38 +258,29 @@ def test_full_queue_answers_503_with_retry_after(classifier_path):
 
         first = threading.Thread(target=send, args=("running",))
         first.start()
-        assert started.wait(10)
+        gate.wait_entered()
         second = threading.Thread(target=send, args=("queued",))
         second.start()
-        deadline = time.monotonic() + 10
-        while engine.queue_depth < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        gate.wait_queued(1)
         refused = client.post("/classify", files=upload(image_bytes()))
-        release.set()
+        gate.release()
         first.join()
         second.join()
         assert refused.status_code == 503 and refused.headers["retry-after"] == "7"
         assert "queue is full" in refused.json()["detail"]
         assert results["running"].status_code == 200 and results["queued"].status_code == 200
-        engine.run_batch = real_run
+        gate.restore()
         assert_still_serving(client)
 
 
-def test_a_batch_refused_in_part_is_503_and_its_queued_images_are_not_computed(classifier_path):
+def test_a_batch_refused_in_part_is_503_and_its_queued_images_are_not_computed(classifier_path, batch_gate):
     app = create_app(settings_for(classifier_path, max_batch=1, max_batch_wait_ms=0, max_queue=2, max_files=2))
     with TestClient(app) as client:
         wait_ready(client)
         engine = app.state.service.models["classifier"].engine
-        real_run, started, release, computed = engine.run_batch, threading.Event(), threading.Event(), []
-
-        def held_run(items):
-            started.set()
-            release.wait(10)
-            computed.extend(items)
-            return real_run(items)
-
-        engine.run_batch = held_run
+        real_run, computed = engine.run_batch, []
+        engine.run_batch = lambda items: computed.extend(items) or real_run(items)
+        gate = batch_gate(engine)
         results = {}
 
         def send(key):
@@ -297,18 +288,14 @@ def test_a_batch_refused_in_part_is_503_and_its_queued_images_are_not_computed(c
 
         threads = [threading.Thread(target=send, args=(key,)) for key in ("running", "queued")]
         threads[0].start()
-        assert started.wait(10)
+        gate.wait_entered()
         threads[1].start()
-        deadline = time.monotonic() + 10
-        while engine.queue_depth < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        gate.wait_queued(1)
         files = [("files", (f"{i}.png", image_bytes(), "image/png")) for i in range(2)]
         refused = client.post("/classify/batch", files=files)  # one fits in the queue, the other does not
-        release.set()
+        gate.release()
         for thread in threads:
             thread.join()
-        engine.run_batch = real_run
         assert refused.status_code == 503 and "retry-after" in refused.headers
         assert results["running"].status_code == 200 and results["queued"].status_code == 200
         assert len(computed) == 2  # the batch's queued image was skipped, not computed
@@ -386,7 +373,8 @@ def test_metrics_count_requests_by_route_and_status(client):
 
 def test_unknown_route_is_json_404(client):
     response = client.get("/nope")
-    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
+    assert response.status_code == 404 and response.json()["detail"] == "Not Found"
+    assert response.json()["request_id"] == response.headers["x-request-id"]
 
 
 # ------------------------------------------------------------------------------------ api key
@@ -399,8 +387,11 @@ def test_api_key_guards_inference_routes_only(classifier_path):
             assert client.get(path).status_code == 200, path
         missing = client.post("/classify", files=upload(image_bytes()))
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
-        for headers in ({"Authorization": "Bearer wrong"}, {"X-API-Key": "s3cre"}, {"Authorization": "s3cret"}):
-            assert client.post("/classify", files=upload(image_bytes()), headers=headers).status_code == 401
+        # The key compared whole: a prefix, the key with anything after it, or no scheme are all strangers.
+        strangers = ({"Authorization": "Bearer wrong"}, {"X-API-Key": "s3cre"}, {"Authorization": "s3cret"},
+                     {"X-API-Key": "s3cret-and-more"}, {"Authorization": "Bearer s3cretX"})  # fmt: skip
+        for headers in strangers:
+            assert client.post("/classify", files=upload(image_bytes()), headers=headers).status_code == 401, headers
         for headers in ({"Authorization": "Bearer s3cret"}, {"X-API-Key": "s3cret"}):
             assert client.post("/classify", files=upload(image_bytes()), headers=headers).status_code == 200
         assert (
@@ -421,6 +412,78 @@ def test_api_key_is_checked_before_the_body_is_parsed(classifier_path):
 
 
 # ---------------------------------------------------------------------------- startup and settings
+
+
+def test_startup_with_one_good_and_one_broken_checkpoint_serves_nothing(live_server, tmp_path, classifier_path):
+    # A real uvicorn: the lifespan fails, so the server never listens, rather than serving /classify alone.
+    broken = tmp_path / "broken_detector.safetensors"
+    broken.write_bytes(DEMO_DETECTOR.read_bytes()[:5000])
+    with pytest.raises(RuntimeError, match="did not start"):
+        live_server(create_app(Settings(classifier_checkpoint=classifier_path, detector_checkpoint=broken)))
+    with pytest.raises(ModelLoadError, match="DETECTOR_CHECKPOINT.*broken_detector.safetensors"):
+        with TestClient(create_app(Settings(classifier_checkpoint=classifier_path, detector_checkpoint=broken))):
+            pass
+
+
+def test_a_model_failing_its_warm_up_keeps_the_other_model_unserved(classifier_path, monkeypatch):
+    from service.predictors import DetectorPredictor
+
+    def broken(self, batch):
+        raise RuntimeError("detector kernel missing")
+
+    monkeypatch.setattr(DetectorPredictor, "run", broken)
+    with TestClient(
+        create_app(Settings(classifier_checkpoint=classifier_path, detector_checkpoint=DEMO_DETECTOR))
+    ) as client:
+        deadline = time.monotonic() + 60
+        while "failed" not in client.get("/readyz").json().get("detail", ""):
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.02)
+        assert "detector kernel missing" in client.get("/readyz").json()["detail"]
+        refused = client.post("/classify", files=upload(image_bytes()))
+        assert refused.status_code == 503 and "detector" in refused.json()["detail"]
+
+
+def demo_answers(**precision) -> tuple[list[dict], list[dict]]:
+    """The demo models' detections (threshold 0) and classifier probabilities (all classes) for one image."""
+    data = image_bytes(size=(96, 80), seed=1)
+    with TestClient(create_app(Settings(max_batch=1, **precision))) as client:
+        wait_ready(client, timeout=120)
+        detections = client.post("/detect", files=upload(data), params={"score_threshold": 0, "max_detections": 20})
+        predictions = client.post("/classify", files=upload(data), params={"top_k": 1000})
+    assert detections.status_code == 200 and predictions.status_code == 200
+    return detections.json()["detections"], sorted(predictions.json()["predictions"], key=lambda p: p["label"])
+
+
+@pytest.fixture(scope="module")
+def reference_answers() -> tuple[list[dict], list[dict]]:
+    """fp32, no BN folding, no channels_last: the numerics every other setting is compared with."""
+    return demo_answers(optimize=False, bf16=False)
+
+
+def test_optimize_alone_keeps_fp32_numerics(reference_answers):
+    # OPTIMIZE folds BN and reorders memory: the same fp32 answer to rounding, on both models.
+    detections, predictions = demo_answers(optimize=True, bf16=False)
+    expected_detections, expected_predictions = reference_answers
+    assert len(detections) == len(expected_detections) == 20
+    for detection, expected in zip(detections, expected_detections):
+        assert detection["label"] == expected["label"]
+        assert detection["score"] == pytest.approx(expected["score"], abs=1e-5)
+        assert detection["box"] == pytest.approx(expected["box"], abs=0.05)
+    assert [p["probability"] for p in predictions] == pytest.approx(
+        [p["probability"] for p in expected_predictions], abs=1e-5
+    )
+
+
+def test_bf16_setting_changes_the_numerics_of_both_models(reference_answers):
+    # bf16 keeps 8 mantissa bits: scores and probabilities move by about 1e-3, far above fp32 rounding.
+    detections, predictions = demo_answers(optimize=False, bf16=True)
+    expected_detections, expected_predictions = reference_answers
+    scores, expected_scores = (sorted(d["score"] for d in answer) for answer in (detections, expected_detections))
+    assert max(abs(a - b) for a, b in zip(scores, expected_scores)) > 1e-4
+    probabilities = [p["probability"] for p in predictions]
+    assert sum(probabilities) == pytest.approx(1, abs=1e-2)
+    assert max(abs(p - q["probability"]) for p, q in zip(probabilities, expected_predictions)) > 1e-4
 
 
 def test_startup_fails_naming_a_missing_or_corrupt_checkpoint(tmp_path, classifier_path):

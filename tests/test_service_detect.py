@@ -67,8 +67,13 @@ def client(detector_path):
 
 
 def direct(reference, data: bytes, *, score_threshold: float, max_detections: int) -> dict:
+    """What the service promises: the image resized in 8-bit to the detector's input size, boxes scaled back."""
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    return reference.predict([image], score_threshold=score_threshold, max_detections=max_detections)[0]
+    height, width = reference.input_size(image.height, image.width)
+    resized = image.resize((width, height), resample=Image.Resampling.BILINEAR)
+    output = reference.predict([resized], score_threshold=score_threshold, max_detections=max_detections)[0]
+    scale = torch.tensor([image.width / width, image.height / height] * 2)
+    return {**output, "boxes": output["boxes"] * scale}
 
 
 def assert_same_detections(answer: dict, expected: dict) -> None:
@@ -117,8 +122,9 @@ def test_parameter_bounds(client, params, status):
         assert next(iter(params)) in response.json()["detail"]
 
 
-def test_requests_sharing_a_batch_each_get_their_own_thresholds(detector_path, reference):
-    with TestClient(create_app(settings_for(detector_path, max_batch=3, max_batch_wait_ms=500))) as client:
+def test_requests_sharing_a_batch_each_get_their_own_thresholds(detector_path, reference, batch_gate):
+    app = create_app(settings_for(detector_path, max_batch=3, max_batch_wait_ms=0))
+    with TestClient(app) as client:
         wait_ready(client)
         # Two images of one input shape (they share a forward pass) and one of another shape.
         asks = [
@@ -133,25 +139,34 @@ def test_requests_sharing_a_batch_each_get_their_own_thresholds(detector_path, r
             params = {"score_threshold": threshold, "max_detections": cap}
             answers[index] = client.post("/detect", files=upload(data), params=params).json()
 
+        # A first request holds the model while the three asks queue; released, they run as one batch.
+        gate = batch_gate(app.state.service.models["detector"].engine)
+        blocker = threading.Thread(target=client.post, args=("/detect",), kwargs={"files": upload(image_bytes())})
+        blocker.start()
+        gate.wait_entered()
         threads = [threading.Thread(target=send, args=(i,)) for i in range(len(asks))]
         for thread in threads:
             thread.start()
-        for thread in threads:
+        gate.wait_queued(len(asks))
+        gate.release()
+        for thread in [blocker, *threads]:
             thread.join()
-    assert max(answer["timing_ms"]["batch_size"] for answer in answers) >= 2
+    assert [answer["timing_ms"]["batch_size"] for answer in answers] == [3, 3, 3]
     for (threshold, cap, data), answer in zip(asks, answers):
         assert_same_detections(answer, direct(reference, data, score_threshold=threshold, max_detections=cap))
 
 
-@pytest.mark.parametrize("size", [(80, 60), (81, 61), (50, 90), (1, 1), (640, 480), (97, 33), (1000, 10)])
-def test_padded_shape_is_the_shape_the_detector_runs_on(reference, size):
-    from service.predictors import DetectorPredictor
-
-    predictor = DetectorPredictor(reference, device=torch.device("cpu"))
-    image = torch.rand(3, size[1], size[0])
+@pytest.mark.parametrize(
+    "size", [(80, 60), (81, 61), (50, 90), (1, 1), (640, 480), (97, 33), (1000, 10), (4000, 8), (129, 1), (8, 4000)]
+)
+def test_an_image_at_the_detectors_input_size_runs_as_it_is(reference, size):
+    width, height = size
+    input_size = reference.input_size(height, width)
+    assert min(input_size) >= 1 and max(input_size) <= 128
     with torch.no_grad():
-        batch, _ = reference.transform([image])
-    assert predictor.padded_shape(size[1], size[0]) == tuple(batch.tensors.shape[-2:])
+        batch, _ = reference.transform([torch.rand(3, *input_size)])
+    assert batch.image_sizes == [input_size]  # not resized a second time
+    assert reference.input_size(height, width, padded=True) == tuple(batch.tensors.shape[-2:])
 
 
 def test_detect_batch_answers_in_order(client, reference):
@@ -216,10 +231,11 @@ def test_optimized_detector_gives_the_same_answer(detector_path, reference):
     data = image_bytes(seed=8)
     with TestClient(create_app(settings_for(detector_path, optimize=True))) as client:
         wait_ready(client)
-        body = client.post("/detect", files=upload(data), params={"score_threshold": 0.3, "max_detections": 5}).json()
-    expected = direct(reference, data, score_threshold=0.3, max_detections=5)
+        body = client.post("/detect", files=upload(data), params={"score_threshold": 0.0, "max_detections": 5}).json()
+    expected = direct(reference, data, score_threshold=0.0, max_detections=5)
+    assert len(expected["names"]) == 5  # threshold 0: real detections, not two empty lists
     assert [d["name"] for d in body["detections"]] == expected["names"]
-    for detection, box in zip(body["detections"], expected["boxes"].tolist()):
+    for detection, box in zip(body["detections"], expected["boxes"].tolist(), strict=True):
         assert detection["box"] == pytest.approx(box, abs=0.05)
 
 

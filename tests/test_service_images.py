@@ -100,12 +100,41 @@ def test_exif_orientation_is_applied():
 # ---------------------------------------------------------------------------------- hostile files
 
 
+def dds_with_zeroed_pixel_format() -> bytes:
+    """A DDS header whose pixel-format flags are 0: Pillow raises NotImplementedError while opening it."""
+    header = struct.pack("<4s7I", b"DDS ", 124, 0x1007, 8, 8, 0, 0, 0) + b"\0" * 44
+    pixel_format = struct.pack("<2I", 32, 0) + b"\0" * 24
+    return header + pixel_format + b"\0" * 20 + b"\0" * 256
+
+
+def jpeg_with_ascii_xresolution() -> bytes:
+    """A rotated JPEG (Orientation 6) whose EXIF XResolution is ASCII, not RATIONAL: TypeError in exif_transpose."""
+    entries = struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack(">HHI", 0x011A, 2, 4) + b"72\0\0"
+    tiff = b"MM\0*" + struct.pack(">I", 8) + struct.pack(">H", 2) + entries + struct.pack(">I", 0)
+    return encode(Image.new("RGB", (16, 8), (1, 2, 3)), "JPEG", exif=b"Exif\0\0" + tiff)
+
+
+def psd(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A minimal valid RGB Photoshop file (no layers, raw planar composite): Pillow reads but cannot write PSD."""
+    header = b"8BPS" + struct.pack(">H", 1) + b"\0" * 6 + struct.pack(">HIIHH", 3, height, width, 8, 3)
+    sections = struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0)  # colour mode, resources, layers; raw data
+    return header + sections + b"".join(bytes([channel]) * (width * height) for channel in rgb)
+
+
 @functools.cache
 def hostile_files() -> dict[str, tuple[bytes, int]]:
     """name -> (file, expected status); generated here, nothing is read from disk."""
     jpeg = encode(Image.new("RGB", (64, 48), (30, 60, 90)), "JPEG")
     png = encode(Image.new("RGB", (64, 48), (30, 60, 90)), "PNG")
+    gif = encode(Image.new("RGB", (64, 48), (30, 60, 90)).quantize(16), "GIF")
+    tiff = encode(Image.new("RGB", (64, 48), (30, 60, 90)), "TIFF")
+    webp = encode(Image.new("RGB", (64, 48), (30, 60, 90)), "WEBP", lossless=True)
     return {
+        "dds with zeroed pixel-format flags": (dds_with_zeroed_pixel_format(), 415),
+        "jpeg whose exif xresolution is ascii": (jpeg_with_ascii_xresolution(), 400),
+        "truncated gif": (gif[: len(gif) // 2], 400),
+        "truncated tiff": (tiff[: len(tiff) // 2], 400),
+        "truncated webp": (webp[: len(webp) // 2], 400),
         "empty": (b"", 400),
         "truncated jpeg": (jpeg[: len(jpeg) // 2], 400),
         "truncated png": (png[: len(png) - 40], 400),
@@ -165,3 +194,29 @@ def test_declared_content_type(content_type, accepted):
         with pytest.raises(ImageRejected) as rejected:
             check_content_type(content_type, label="file 'f'")
         assert rejected.value.status == 415 and "file 'f'" in rejected.value.detail
+
+
+@pytest.mark.parametrize("error", [struct.error("unpack requires a buffer"), RuntimeError("decoder state"),
+                                   TypeError("bad operand"), NotImplementedError("variant"), KeyError("mode"),
+                                   IndexError("list index"), ZeroDivisionError("division by zero")])  # fmt: skip
+def test_whatever_a_decoder_raises_is_a_4xx_naming_the_file(error, monkeypatch):
+    def failing_load(self):
+        raise error
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", failing_load)
+    with pytest.raises(ImageRejected) as rejected:
+        decode_image(encode(Image.new("RGB", (8, 8)), "PNG"), max_pixels=MAX_PIXELS, label="file 'odd.png'")
+    assert 400 <= rejected.value.status < 500 and "file 'odd.png'" in rejected.value.detail
+    assert type(error).__name__ in rejected.value.detail  # the reason is named
+
+
+def test_psd_is_served_as_its_composite():
+    image = decode_image(psd(7, 5, (200, 100, 50)), max_pixels=MAX_PIXELS, label="layered.psd")
+    assert image.size == (7, 5) and image.getpixel((3, 2)) == (200, 100, 50)
+
+
+@pytest.mark.parametrize(("value", "grey"), [(2**30, 128), (2**31 - 1, 255), (70_000, 0), (0, 0)])
+def test_32_bit_integer_tiff_is_scaled_by_its_real_range(value, grey):
+    data = encode(Image.new("I", (4, 3), value), "TIFF")  # Pillow writes "I" as 32-bit signed samples
+    image = decode_image(data, max_pixels=MAX_PIXELS, label="deep.tiff")
+    assert image.getpixel((0, 0)) == (grey, grey, grey)

@@ -8,6 +8,7 @@ resuming; serving uses the safetensors format of `backbone.checkpoint`.
 
 import os
 import random
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from backbone.torchvision_compat import CheckpointError
 from training.config import config_differences
+from training.distributed import DistributedContext, all_gather_objects
 
 FORMAT_NAME = "resdet.training"
 FORMAT_VERSION = 1
@@ -72,7 +74,9 @@ def capture_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This rank's own device only: every visible GPU's state could not be restored where fewer are
+        # visible (issue 17), and the other GPUs' streams belong to the other ranks.
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -92,7 +96,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        device = torch.cuda.current_device()
+        cuda_state = state["cuda"]
+        if isinstance(cuda_state, (list, tuple)):  # checkpoints before issue 17: every visible GPU's state
+            cuda_state = cuda_state[device] if device < len(cuda_state) else cuda_state[0]
+        torch.cuda.set_rng_state(cuda_state, device)
 
 
 def resume_training(
@@ -110,7 +118,7 @@ def resume_training(
     """Restore everything a run needs to continue exactly: `resume` is a checkpoint path, or "auto"
     (output_dir/last.pt when it exists). Returns the checkpoint (for its counters), None if none."""
     path = output_dir / "last.pt" if resume == "auto" else Path(resume) if resume else None
-    if path is None or (resume == "auto" and not path.exists()):
+    if path is None or not checkpoint_on_every_rank(path, ctx=ctx, required=resume != "auto"):
         return None
     state = load_training_checkpoint(path)
     changed = config_differences(state["config"], config)
@@ -120,6 +128,13 @@ def resume_training(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
+    if scaler.is_enabled() and not state["scaler"]:
+        # torch's own message ("source state dict is empty ... disabled instance") names neither cause.
+        saved_amp = state["config"].get("amp", "?")
+        raise CheckpointError(
+            f"{path} was saved without fp16 loss scaling (--amp {saved_amp}), and this run uses --amp fp16: "
+            f"resume with --amp {saved_amp}, or start a new --output_dir to switch precision"
+        )
     scaler.load_state_dict(state["scaler"])
     window.load_state_dict(state["window"], device=ctx.device)
     rng_states = state["rng"]  # one per rank; a run resumed on another world size takes rank 0's
@@ -127,3 +142,18 @@ def resume_training(
     if ctx.is_main:
         print(f"resumed from {path} at iteration {state['iteration']}", flush=True)
     return state
+
+
+def checkpoint_on_every_rank(path: Path, *, ctx: DistributedContext, required: bool) -> bool:
+    """Whether every rank sees `path`; False when none does (and not `required`), an error naming the ranks
+    that lack it otherwise. Without a shared filesystem last.pt exists on rank 0's node only: the other
+    nodes would start from scratch while rank 0 resumed, or fail alone and leave the others in a collective."""
+    seen = all_gather_objects((path.is_file(), socket.gethostname()), ctx)
+    missing = [rank for rank, (exists, _) in enumerate(seen) if not exists]
+    if not missing or (not required and len(missing) == len(seen)):
+        return not missing
+    hosts = sorted({host for rank, (_, host) in enumerate(seen) if rank in missing})
+    raise FileNotFoundError(
+        f"training checkpoint {path} is missing on rank(s) {missing} (host(s) {', '.join(hosts)}) of {len(seen)}: "
+        "put the output directory on a filesystem every node shares, or copy the checkpoint to each node"
+    )

@@ -6,6 +6,7 @@ naming the folder or file: a missing split, an empty class folder, an unreadable
 batch file of the wrong size.
 """
 
+import fcntl
 import os
 import shutil
 import tarfile
@@ -105,6 +106,7 @@ def extract_once(archive: str | os.PathLike, cache_dir: str | os.PathLike) -> Pa
     """Extract a .tar/.tar.gz into `cache_dir/<archive name>/` the first time; later calls reuse it.
 
     Extraction goes to a temp folder renamed at the end, so a killed extraction is redone, never used.
+    Every process of a node may call it at once: a file lock lets one extract while the others wait.
     """
     archive, cache_dir = Path(archive), Path(cache_dir)
     if not archive.is_file():
@@ -118,7 +120,13 @@ def extract_once(archive: str | os.PathLike, cache_dir: str | os.PathLike) -> Pa
     if target.is_dir():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{name}."))
+    with open(cache_dir / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        return target if target.is_dir() else _extract(archive, target)
+
+
+def _extract(archive: Path, target: Path) -> Path:
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")  # "data" refuses absolute paths and links out of the folder

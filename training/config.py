@@ -1,7 +1,8 @@
 """Training configs are dataclasses; this turns one into command-line flags and back.
 
-Every field becomes a flag of its own type, spelled `--data_path` or `--data-path`; bool flags take
-true/false or stand alone (`--channels-last`, `--no-channels-last`); tuples take several values. A
+Every field becomes a flag of its own type, spelled `--data_path` or `--data-path`; bool flags (and
+"auto"/"true"/"false" fields marked `switch`) take a value or stand alone (`--channels-last`,
+`--no-channels-last`); tuples take several values. A
 field whose type is itself a dataclass (the detector's `DetectorOptions`) contributes its fields as
 flags of their own names. Help comes from each field's metadata (`backbone.flags.option`), whole.
 Named presets ("recipes") replace the defaults before the flags apply, and the result is printed at
@@ -44,8 +45,7 @@ def _field_flag_kwargs(annotation: Any) -> dict[str, Any]:
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"config fields must have one type, got {annotation}")
     if annotation is bool:
-        # `--channels-last` alone means true; `--channels_last false` still works
-        return {"type": parse_bool, "metavar": "{true,false}", "nargs": "?", "const": True}
+        return {"type": parse_bool, "metavar": "{true,false}"}
     if annotation in (int, float, str):
         return {"type": annotation}
     raise TypeError(f"config field type {annotation} is not supported (bool, int, float, str, tuple[...])")
@@ -88,17 +88,22 @@ def build_parser(
         parser.add_argument("--recipe", choices=sorted(recipes), help="A named preset applied before the other flags.")
     for field, annotation, default in _flag_fields(config_class):
         help_text = f"{field.metadata.get('help', '')} (default: {default!r})"
-        if annotation is bool:
-            help_text += (
-                f"; --{field.name.replace('_', '-')} alone means true, --no-{field.name.replace('_', '-')} false"
-            )
         kwargs = _field_flag_kwargs(annotation)
+        on, off = (True, False) if annotation is bool else ("true", "false")
+        switch = annotation is bool or field.metadata.get("switch", False)
+        if switch:
+            kwargs.update(nargs="?", const=on)
+            hyphenated = field.name.replace("_", "-")
+            help_text += f"; --{hyphenated} alone means {str(on).lower()}, --no-{hyphenated} {str(off).lower()}"
         parser.add_argument(f"--{field.name}", default=None, help=help_text, **kwargs)
-        if annotation is bool:
+        if switch:
             parser.add_argument(
-                *spellings(f"--no-{field.name}"), dest=field.name, action="store_const", const=False,
+                *spellings(f"--no-{field.name}"),
+                dest=field.name,
+                action="store_const",
+                const=off,
                 help=argparse.SUPPRESS,
-            )  # fmt: skip
+            )
     return parser
 
 

@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions
+from detection.transform import batch_to_device
 from training.distributed import DistributedContext, all_gather_objects, all_reduce_sum
+from training.engine import unwrap_model
 
 METRIC_SETS = ("coco", "voc")
 
@@ -39,12 +41,11 @@ def detect_shard(
         # rank 0 shows progress (images/s and ETA, as the training bar); leave=False keeps the log to one bar
         progress = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True, leave=False, disable=not ctx.is_main)
         for images, targets in progress:
-            images = [image.to(ctx.device, non_blocking=True) for image in images]
-            device_targets = [
-                {"boxes": t["boxes"].to(ctx.device), "labels": t["labels"].to(ctx.device)} for t in targets
-            ]
+            images, device_targets = batch_to_device(
+                images, targets, device=ctx.device, num_classes=unwrap_model(model).num_classes
+            )
             with autocast():
-                losses, detections = model(images, device_targets)
+                losses, detections = model(images, device_targets, targets_prepared=True)
             for name, value in losses.items():
                 loss_sums[name] = loss_sums.get(name, 0) + value.detach().float() * len(images)
             count += len(images)

@@ -44,6 +44,7 @@ def prepare_model(
     ctx: DistributedContext,
     channels_last: bool = True,
     compile_model: bool = False,
+    compile_mode: str = "default",
     sync_bn: bool = False,
 ) -> nn.Module:
     """Move to the device and wrap; returns the module to call in training (keep `model` for saving)."""
@@ -58,10 +59,27 @@ def prepare_model(
     wrapped: nn.Module = model
     if ctx.is_distributed:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        wrapped = DistributedDataParallel(model, device_ids=device_ids)
+        # Buffers are re-sent from rank 0 every step only where training changes them (BN statistics);
+        # FrozenBN's are constants, and re-sending them is pure traffic.
+        wrapped = DistributedDataParallel(
+            model, device_ids=device_ids, broadcast_buffers=buffers_change_in_training(model)
+        )
     if compile_model:
-        wrapped = torch.compile(wrapped)
+        wrapped = torch.compile(wrapped, mode=compile_mode)
     return wrapped
+
+
+def buffers_change_in_training(model: nn.Module) -> bool:
+    """Whether a training step updates any buffer: BatchNorm's running statistics (FrozenBN has none)."""
+    return any(
+        isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats for module in model.modules()
+    )
+
+
+def seed_per_rank(seed: int, ctx: DistributedContext) -> None:
+    """Give each rank its own torch stream (rank 0 keeps `seed`): draws such as the detector's multi-scale
+    training size must differ between ranks, or every rank trains at the same size each step."""
+    torch.manual_seed(seed + 1_000_003 * ctx.rank)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

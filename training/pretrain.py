@@ -40,6 +40,13 @@ from backbone.torchvision_compat import CheckpointError
 from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
 from training.classification_data import DatasetError, build_dataset, extract_once, find_split_root
 from training.config import config_to_dict, format_config, parse_config
+from training.device_data import (
+    DeviceEvalBatches,
+    DeviceImages,
+    DeviceTrainBatches,
+    Normalizer,
+    load_cifar_arrays,
+)
 from training.distributed import all_gather_objects, barrier, shutdown_distributed
 from training.engine import iterate_batches, make_loader, prepare_model, start_process, train_step
 from training.evaluation import PAPER_TEST_SCALES, collate_list, evaluate
@@ -79,6 +86,10 @@ class PretrainConfig:
     cache_dir: str = option("", 'Where archives are extracted; "" means data_cache/ in the repository (gitignored).')
     decoder: str = option("pil", '"pil" or "torchvision" (torchvision.io.decode_image) JPEG decoding.')
     workers: int = option(4, "DataLoader worker processes per rank.")
+    data_on_device: bool = option(
+        False, "CIFAR only: the whole set as uint8 on the training device, cropped and flipped there in batches "
+        "(training.device_data): the same pixels as the per-sample path, without a DataLoader.",
+    )  # fmt: skip
     # --- model
     model: str = option("resnet50", "Any name of backbone.list_models(); the classifier gets one output per class.")
     norm: str = option("bn", '"bn" (batch norm, as in the paper) or "frozen_bn" (fixed statistics and affine).')
@@ -131,9 +142,14 @@ class PretrainConfig:
     # --- infrastructure
     output_dir: str = option("runs/pretrain", "Folder for checkpoints, metrics.jsonl, TensorBoard logs and plots.")
     device: str = option("auto", '"auto", "cuda" or "cpu".')
-    amp: str = option("auto", '"auto" (bf16 on CUDA, fp32 on CPU), "none", "bf16" or "fp16".')
+    amp: str = option(
+        "auto", '"auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), "none", "bf16" or "fp16".'
+    )
     channels_last: bool = option(True, "Run the model in the channels-last memory format.")
     compile: bool = option(False, "Compile the model with torch.compile.")
+    compile_mode: str = option(
+        "default", 'The torch.compile mode; "reduce-overhead" adds CUDA graphs (small nets on CUDA).'
+    )
     sync_bn: bool = option(False, "Batch norm statistics over the global batch (CUDA only); the paper's are per GPU.")
     seed: int = option(0, "Seed of every random stream (data order, augmentation, initialisation).")
     log_every: int = option(20, "Iterations between metrics.jsonl records (and DDP metric reductions).")
@@ -177,23 +193,33 @@ RECIPES = {
 
 
 def main(cfg: PretrainConfig) -> dict[str, float]:
+    # --- data: folders (or an archive of them) or the CIFAR-10 python batches
+    if not cfg.data_path:
+        raise DatasetError("no dataset given: pass --data_path (a folder with train/ and val/, or an archive)")
+    data_root = Path(cfg.data_path)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else REPO_ROOT / "data_cache"
+    if data_root.is_file() and not cfg.data_on_device:  # on the device, archives are decoded without extracting
+        # Before the process group forms: extracting ImageNet takes longer than NCCL's 10-minute timeout,
+        # which aborted the ranks waiting at a barrier. One process per node extracts (a file lock).
+        data_root = find_split_root(extract_once(data_root, cache_dir), cfg.val_split)
+
     ctx = start_process(device=cfg.device, seed=cfg.seed)
     output_dir = Path(cfg.output_dir)
     if ctx.is_main:
         print(format_config(cfg), flush=True)
         print(f"processes: {ctx.world_size}, device: {ctx.device}", flush=True)
-
-    # --- data: folders (or an archive of them) or the CIFAR-10 python batches
-    if not cfg.data_path:
-        raise DatasetError("no dataset given: pass --data_path (a folder with train/ and val/, or an archive)")
-    data_root = Path(cfg.data_path)
-    if data_root.is_file():
-        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else REPO_ROOT / "data_cache"
-        if ctx.local_rank == 0:
-            extract_once(data_root, cache_dir)
-        barrier(ctx)
-        data_root = find_split_root(extract_once(data_root, cache_dir), cfg.val_split)
-    val_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.val_split, decoder=cfg.decoder)
+    if cfg.data_on_device:
+        if cfg.augmentation != "cifar":
+            raise ValueError("--data_on_device true holds CIFAR-sized sets only: use it with --augmentation cifar")
+        arrays = load_cifar_arrays(
+            data_root, kind=cfg.dataset, train_split=cfg.train_split, test_split=cfg.val_split, cache_dir=cache_dir
+        )
+        on_device = dict(classes=arrays.classes, padding=cfg.padding, device=ctx.device)
+        train_base = DeviceImages(arrays.train_images, arrays.train_labels, **on_device)
+        val_base = DeviceImages(arrays.test_images, arrays.test_labels, **on_device)
+        normalizer = Normalizer(mean=cfg.mean, std=cfg.std, device=ctx.device)
+    else:
+        val_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.val_split, decoder=cfg.decoder)
     class_names = list(val_base.classes)
     precision = Precision(amp=cfg.amp, device=ctx.device)
     per_rank_batch = cfg.batch_size // ctx.world_size
@@ -205,6 +231,10 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     def eval_loader(mode: str):
         """Built on first use and kept (its worker processes persist between evaluations)."""
         if mode in eval_loaders:
+            return eval_loaders[mode]
+        if cfg.data_on_device and mode == "center":
+            eval_loaders[mode] = DeviceEvalBatches(val_base, indices=eval_shard, batch_size=eval_batch,
+                                                   normalizer=normalizer)  # fmt: skip
             return eval_loaders[mode]
         views = {
             "center": center_crop_transform(
@@ -256,7 +286,8 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         shutdown_distributed()
         return results
 
-    train_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.train_split, decoder=cfg.decoder)
+    if not cfg.data_on_device:
+        train_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.train_split, decoder=cfg.decoder)
     if list(train_base.classes) != class_names:
         raise DatasetError(
             f"classes of {data_root / cfg.train_split} and {data_root / cfg.val_split} differ: "
@@ -283,9 +314,12 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         world_size=ctx.world_size,
         seed=cfg.seed,
     )
-    train_loader = make_loader(
-        SeededDataset(train_base, train_transform), batch_sampler=sampler, workers=cfg.workers, device=ctx.device
-    )
+    if cfg.data_on_device:
+        train_loader = DeviceTrainBatches(train_base, sampler=sampler, crop_size=cfg.crop_size, normalizer=normalizer)
+    else:
+        train_loader = make_loader(
+            SeededDataset(train_base, train_transform), batch_sampler=sampler, workers=cfg.workers, device=ctx.device
+        )
     steps_per_epoch = sampler.steps_per_epoch
     max_iterations = cfg.max_iterations or cfg.epochs * steps_per_epoch
     unit = {"epochs": steps_per_epoch, "iterations": 1}[cfg.schedule_unit]
@@ -297,8 +331,10 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         cfg.model, num_classes=len(class_names), norm=cfg.norm, zero_init_residual=cfg.zero_init_residual
     )
     train_model = prepare_model(
-        model, ctx=ctx, channels_last=cfg.channels_last, compile_model=cfg.compile, sync_bn=cfg.sync_bn
-    )
+        model, ctx=ctx, channels_last=cfg.channels_last, compile_model=cfg.compile, compile_mode=cfg.compile_mode,
+        sync_bn=cfg.sync_bn,
+    )  # fmt: skip
+    cuda_graphs = cfg.compile and cfg.compile_mode == "reduce-overhead" and ctx.device.type == "cuda"
     # Weight decay on every parameter, BN's included, as the paper's Torch code (fb.resnet.torch).
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     schedule = LRSchedule(
@@ -347,6 +383,8 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         train_loader, sampler, start_iteration=start_iteration, max_iterations=max_iterations
     ):
         lr = schedule.apply(optimizer, iteration)
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are consumed
         window.update(
             train_step(
                 model=train_model, batch=batch, compute_loss=compute_loss, optimizer=optimizer, precision=precision
@@ -430,4 +468,9 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(parse_config(PretrainConfig, description=__doc__, recipes=RECIPES))
+    config = parse_config(PretrainConfig, description=__doc__, recipes=RECIPES)
+    try:
+        main(config)
+    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as error:
+        # a user's input is wrong (e.g. a last.pt on some nodes only): say what, without a traceback
+        raise SystemExit(f"error: {error}") from error

@@ -49,12 +49,21 @@ from detection.data import (
 )
 from detection.data import collate_fn as detection_collate
 from detection.evaluation import to_coco_results, write_json
+from detection.transform import batch_to_device
 from training.backbone_init import detector_architecture, initialise_detector
 from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
 from training.config import config_to_dict, format_config, make_config, parse_config
 from training.det_evaluation import detect_shard, score
 from training.distributed import all_gather_objects, barrier, shutdown_distributed
-from training.engine import iterate_batches, make_loader, prepare_model, start_process, train_step, unwrap_model
+from training.engine import (
+    iterate_batches,
+    make_loader,
+    prepare_model,
+    seed_per_rank,
+    start_process,
+    train_step,
+    unwrap_model,
+)
 from training.meters import MetricWindow
 from training.plots import plot_detection_run
 from training.precision import Precision
@@ -95,9 +104,7 @@ class DetTrainConfig:
         0.5, "Probability of a horizontal flip (paper: flipping, Faster R-CNN's only augmentation)."
     )
     group_aspect_ratio: bool = option(True, "Batch images of similar aspect ratio together (less padding).")
-    workers: int = option(
-        DEFAULT_WORKERS, "DataLoader workers per rank: 4, or the cores this process has if fewer."
-    )
+    workers: int = option(DEFAULT_WORKERS, "DataLoader workers per rank: 4, or the cores this process has if fewer.")
     # --- model
     backbone: str = option("resnet50", "The backbone: resnet18..152 or plain18..152.")
     head: str = option("fpn", '"fpn", or "c4" (the paper\'s appendix).')
@@ -134,9 +141,15 @@ class DetTrainConfig:
     # --- infrastructure
     output_dir: str = option("runs/detection", "Folder for checkpoints, metrics, reports and plots.")
     device: str = option("auto", '"auto", "cuda" or "cpu".')
-    amp: str = option("auto", '"auto" (bf16 on CUDA, fp32 on CPU), "none", "bf16" or "fp16".')
-    channels_last: bool = option(False, "Run the model in the channels-last memory format.")
-    compile: bool = option(False, "Compile the model with torch.compile.")
+    amp: str = option(
+        "auto", '"auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), "none", "bf16" or "fp16".'
+    )
+    channels_last: str = option(
+        "auto", '"auto" (on for CPU, off for CUDA: measured per device), "true" or "false": the model in the '
+        "channels-last memory format.",
+        switch=True,
+    )  # fmt: skip
+    compile: bool = option(False, "Compile the feature extractor (backbone + FPN) with torch.compile.")
     seed: int = option(0, "Seed of every random stream (data order, augmentation, initialisation).")
     log_every: int = option(20, "Iterations between metrics.jsonl records (and DDP metric reductions).")
     checkpoint_every: int = option(0, "Iterations between last.pt writes; 0 means at every evaluation.")
@@ -165,7 +178,7 @@ RECIPES = {
         backbone="resnet18", head="fpn", base_width=16, fpn_channels=64, representation_size=256, frozen_bn=False,
         freeze_at=0, min_size=(128,), max_size=128, anchor_sizes=(16, 32, 64, 128, 256), batch_size=4, lr=0.02,
         lr_reference_batch=8, max_iterations=2000, warmup_iterations=100, rpn_post_nms_top_n_train=500,
-        rpn_post_nms_top_n_test=300, box_batch_size_per_image=128, eval_every=500, workers=1, channels_last=True,
+        rpn_post_nms_top_n_test=300, box_batch_size_per_image=128, eval_every=500, workers=1,
         train_split=("train",), val_split="val",
     ),
 }  # fmt: skip
@@ -207,6 +220,16 @@ def with_init_architecture(cfg: DetTrainConfig) -> DetTrainConfig:
     return make_config(DetTrainConfig, {**config_to_dict(cfg), **architecture})
 
 
+def detection_channels_last(setting: str, device: torch.device) -> bool:
+    """channels_last for detection training: "auto" follows what was measured on each device (NHWC was
+    faster on this project's CPU, slower for the ResNet-50 FPN step on an H200: 29.8-31.5 vs 25.0 ms)."""
+    if setting == "auto":
+        return device.type == "cpu"
+    if setting not in ("true", "false"):
+        raise ValueError(f"--channels_last must be auto, true or false, got {setting!r}")
+    return setting == "true"
+
+
 def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
     """(train, val): COCO splits are <data_path>/annotations/instances_<split>.json + <data_path>/<split>/."""
     if cfg.dataset not in ("coco", "voc"):
@@ -219,8 +242,9 @@ def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
     root = Path(cfg.data_path)
     if not root.is_dir():
         raise FileNotFoundError(f"--data_path {root} is not a folder")
-    train_transform = build_transforms(flip_prob=cfg.flip_prob)  # the detector resizes (min_size/max_size)
-    eval_transform = build_transforms()
+    # uint8 out of the workers (a quarter of float32's bytes to pin and copy); batch_to_device makes floats
+    train_transform = build_transforms(flip_prob=cfg.flip_prob, to_float=False)  # the detector resizes
+    eval_transform = build_transforms(to_float=False)
 
     def load(split: str, *, transforms, keep_empty: bool):
         if cfg.dataset == "coco":
@@ -318,7 +342,14 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         described = initialise_detector(model, cfg.init)
         if ctx.is_main:
             print(f"initialised {described} from {cfg.init}", flush=True)
-    train_model = prepare_model(model, ctx=ctx, channels_last=cfg.channels_last, compile_model=cfg.compile)
+    if cfg.compile:
+        # The feature extractor only: the whole detector broke into 36 graphs (torchvision's sampling
+        # .item(), boolean indexing, RoIAlign's wrapper); compile() in place keeps the state-dict keys.
+        model.features.compile()
+    train_model = prepare_model(model, ctx=ctx, channels_last=detection_channels_last(cfg.channels_last, ctx.device))
+    # Each rank its own torch stream from here (multi-scale sizes, RPN/RoI sampling); the model above was
+    # built from the shared seed. Resume restores every rank's own stream.
+    seed_per_rank(cfg.seed, ctx)
     # No weight decay on frozen parameters: they take no step at all.
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -330,10 +361,8 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     window = MetricWindow()
 
     def compute_loss(net, batch):
-        images, targets = batch
-        images = [image.to(ctx.device, non_blocking=True) for image in images]
-        targets = [{"boxes": t["boxes"].to(ctx.device), "labels": t["labels"].to(ctx.device)} for t in targets]
-        losses, _ = net(images, targets)
+        images, targets = batch_to_device(*batch, device=ctx.device, num_classes=model.num_classes)
+        losses, _ = net(images, targets, targets_prepared=True)
         return sum(losses.values()), losses
 
     # --- resume

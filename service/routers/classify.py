@@ -11,6 +11,7 @@ from service.inference import Answer, infer, model_ref
 from service.predictors import ClassifyRequest
 from service.schemas import ClassifyResponse, ImageSize, Prediction
 from service.security import KeyCheckedRoute, api_key_schemes
+from service.uploads import one_file_part
 
 router = APIRouter(
     tags=["classification"],
@@ -23,7 +24,7 @@ TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to retu
 
 
 def _response(served, answer: Answer, started: float) -> ClassifyResponse:
-    width, height = answer.upload.image.size
+    width, height = answer.upload.size
     return ClassifyResponse(
         model=model_ref(served),
         image=ImageSize(width=width, height=height),
@@ -32,7 +33,9 @@ def _response(served, answer: Answer, started: float) -> ClassifyResponse:
     )
 
 
-@router.post("/classify", response_model=ClassifyResponse, summary="Classify one image")
+@router.post(
+    "/classify", response_model=ClassifyResponse, summary="Classify one image", dependencies=[Depends(one_file_part)]
+)
 async def classify(
     classifier: ClassifierDep,
     settings: SettingsDep,

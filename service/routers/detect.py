@@ -13,6 +13,7 @@ from service.inference import Answer, infer, model_ref
 from service.predictors import DetectRequest
 from service.schemas import Detection, DetectResponse, ImageSize
 from service.security import KeyCheckedRoute, api_key_schemes
+from service.uploads import one_file_part
 
 router = APIRouter(
     tags=["detection"],
@@ -27,7 +28,7 @@ ImageFile = Annotated[UploadFile, File(description="The image (JPEG, PNG, WebP, 
 
 
 def _response(served, answer: Answer, started: float) -> DetectResponse:
-    width, height = answer.upload.image.size
+    width, height = answer.upload.size
     return DetectResponse(
         model=model_ref(served),
         image=ImageSize(width=width, height=height),
@@ -40,7 +41,12 @@ def _request_maker(score_threshold: float, max_detections: int):
     return lambda image: DetectRequest(image=image, score_threshold=score_threshold, max_detections=max_detections)
 
 
-@router.post("/detect", response_model=DetectResponse, summary="Detect objects in one image")
+@router.post(
+    "/detect",
+    response_model=DetectResponse,
+    summary="Detect objects in one image",
+    dependencies=[Depends(one_file_part)],
+)
 async def detect(
     detector: DetectorDep,
     settings: SettingsDep,
@@ -77,6 +83,7 @@ async def detect_batch(
     response_class=Response,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "The image with boxes drawn."}},
     summary="Detect objects and return the image with the boxes drawn on it",
+    dependencies=[Depends(one_file_part)],
 )
 async def detect_annotated(
     detector: DetectorDep,
@@ -88,9 +95,10 @@ async def detect_annotated(
 ) -> Response:
     (answer,) = await infer(
         detector, [file], settings=settings, make_request=_request_maker(score_threshold, max_detections),
-        batch_form=False,
+        batch_form=False, keep_images=True,
     )  # fmt: skip
     content, media_type = await run_in_threadpool(
         render_annotated, answer.upload.image, answer.result, image_format=format
     )
+    await run_in_threadpool(answer.upload.release_image)
     return Response(content=content, media_type=media_type, headers={"X-Detections": str(len(answer.result))})

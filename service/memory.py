@@ -1,0 +1,31 @@
+"""Give freed heap memory back to the system after a large image, so the resident size falls after a spike.
+
+glibc keeps freed memory in its arenas (and raises its mmap threshold after large frees, so the next
+large image also lands there); `malloc_trim(0)` returns the free pages of every arena. Elsewhere
+(musl, macOS) this is a no-op.
+"""
+
+import ctypes
+import ctypes.util
+import functools
+
+# Images from this many pixels up (about 12 MB as RGB) are worth a trim; smaller ones are not.
+LARGE_IMAGE_PIXELS = 4_000_000
+
+
+@functools.cache
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> bool:
+    """Trim the C heap; True when the C library has malloc_trim (glibc)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True

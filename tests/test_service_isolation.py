@@ -1,0 +1,357 @@
+"""One request's image or failure never reaches another's answer; any image the limits admit is served."""
+
+import asyncio
+import io
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from test_service import save_tiny_classifier
+from test_service_detect import CLASS_NAMES, TINY, image_bytes, wait_ready
+
+from detection import build_detector, save_detector
+from service import Settings, create_app
+from service.engine import BatchingEngine
+
+
+@pytest.fixture(scope="module")
+def model_paths(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    detector = folder / "tiny_detector.safetensors"
+    save_detector(detector, model=build_detector(class_names=CLASS_NAMES, **TINY))
+    classifier = folder / "tiny_classifier.safetensors"
+    save_tiny_classifier(classifier)
+    return detector, classifier
+
+
+def make_app(model_paths, **overrides):
+    detector, classifier = model_paths
+    options = {"optimize": False, "max_batch": 4, "max_batch_wait_ms": 2} | overrides
+    return create_app(Settings(detector_checkpoint=detector, classifier_checkpoint=classifier, **options))
+
+
+@pytest.fixture(scope="module")
+def client(model_paths):
+    with TestClient(make_app(model_paths), raise_server_exceptions=False) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 140, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def rotated_jpeg(stored_width: int, stored_height: int) -> bytes:
+    """Stored stored_width x stored_height, displayed rotated 90 degrees (EXIF Orientation 6)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (stored_width, stored_height), (200, 90, 40)).save(buffer, format="JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------ the engine alone
+
+
+def test_a_failing_item_fails_only_its_own_request_in_a_shared_batch():
+    batches = []
+
+    def fragile(items):
+        batches.append(list(items))
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [item.upper() for item in items]
+
+    async def scenario():
+        engine = BatchingEngine(name="test", run_batch=fragile, max_batch=8, max_wait_s=60, max_queue=16)
+        await engine.start()
+        try:
+            items = ["a", "b", "c", "bad", "d", "e", "f", "g"]
+            return await asyncio.gather(*(engine.submit(item) for item in items), return_exceptions=True)
+        finally:
+            await engine.stop()
+
+    outcomes = asyncio.run(scenario())
+    assert batches[0] == ["a", "b", "c", "bad", "d", "e", "f", "g"]  # they did share one batch
+    assert isinstance(outcomes[3], ValueError) and "bad item" in str(outcomes[3])
+    assert [result for result, _ in outcomes[:3] + outcomes[4:]] == ["A", "B", "C", "D", "E", "F", "G"]
+
+
+# --------------------------------------------------------------------------------- through the API
+
+
+EXTREME = {
+    "4000x8 png": (png(4000, 8), (4000, 8)),
+    "129x1 png": (png(129, 1), (129, 1)),
+    "1x129 png": (png(1, 129), (1, 129)),
+    "8x4000 as displayed (EXIF-rotated 4000x8 jpeg)": (rotated_jpeg(4000, 8), (8, 4000)),
+}
+
+
+@pytest.mark.parametrize("name", list(EXTREME))
+@pytest.mark.parametrize("route", ["/detect", "/classify"])
+def test_extreme_aspect_ratios_are_served(client, route, name):
+    data, (width, height) = EXTREME[name]
+    response = client.post(route, files={"file": ("x", data, "image/png")}, params={"score_threshold": 0.0})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["image"] == {"width": width, "height": height}
+    for detection in body.get("detections", []):
+        x1, y1, x2, y2 = detection["box"]
+        assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+
+
+POISON = 0.123  # the score threshold that makes the patched model raise
+
+
+def test_a_request_that_fails_in_a_shared_batch_fails_alone(model_paths):
+    """Seven ordinary requests and one whose computation raises share one batch: only that one fails."""
+    app = make_app(model_paths, max_batch=8)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        engine = app.state.service.models["detector"].engine
+        engine.max_wait_s = 600  # the batch closes when all eight are in, not on a timer
+        real_run, batch_sizes = engine.run_batch, []
+
+        def fragile(batch):
+            batch_sizes.append(len(batch))
+            if any(request.score_threshold == POISON for request in batch):
+                raise RuntimeError("kernel failed on this input")
+            return real_run(batch)
+
+        engine.run_batch = fragile
+        thresholds = [0.0] * 7 + [POISON]
+        answers = [None] * len(thresholds)
+
+        def send(index):
+            files = {"file": (f"{index}.png", image_bytes(seed=index), "image/png")}
+            answers[index] = client.post("/detect", files=files, params={"score_threshold": thresholds[index]})
+
+        threads = [threading.Thread(target=send, args=(index,)) for index in range(len(thresholds))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        engine.run_batch = real_run
+    assert batch_sizes[0] == 8  # all eight were computed together first
+    assert [answer.status_code for answer in answers] == [200] * 7 + [500]
+    assert "kernel failed" not in answers[7].text  # the client gets no internals
+    assert all(answer.json()["timing_ms"]["batch_size"] == 8 for answer in answers[:7])
+
+
+# -------------------------------------------------------------------------------- bounded memory
+
+
+def peak_growth_mb(action) -> float:
+    """How far the resident memory peaks above its level before `action()` (Linux: resets VmHWM)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("peak resident memory is read from /proc/self (Linux)")
+
+    def field(name: str) -> int:
+        return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith(name))
+
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = field("VmRSS:")
+    action()
+    return (field("VmHWM:") - before) / 1024
+
+
+@pytest.mark.parametrize(("width", "height"), [(1_000_000, 1), (1, 1_000_000)])
+def test_classifier_preprocessing_caps_both_sides(width, height):
+    """A legal 1 x 1,000,000 PNG (3 KB) once cost gigabytes: the shorter side went to 32 px and the longer with it."""
+    from backbone import create_model
+    from service.images import decode_image
+    from service.predictors import ClassifierPredictor
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, format="PNG")
+    image = decode_image(buffer.getvalue(), max_pixels=40_000_000, label="long")
+    predictor = ClassifierPredictor(
+        create_model("cifar_resnet20", base_width=4), class_names=[str(i) for i in range(10)],
+        preprocessing={"size": 32}, device=torch.device("cpu"), optimize=False, bf16=False,
+    )  # fmt: skip
+    prepared = []
+    growth = peak_growth_mb(lambda: prepared.append(predictor.prepare(image)))
+    assert tuple(prepared[0].shape) == (3, 32, 32)
+    assert growth < 50, f"preparing a {width}x{height} image raised the peak by {growth:.0f} MB"
+
+
+@pytest.mark.parametrize(
+    ("size", "preprocessing"),
+    [((80, 50), {"size": 32}), ((300, 200), {"size": 224, "resize": 256}), ((97, 500), {"size": 32, "resize": 40})],
+)
+def test_classifier_crop_is_torchvisions_resize_and_centre_crop(size, preprocessing):
+    """Cropping the source region first changes no pixel by more than one 8-bit level."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    from backbone import create_model
+    from service.predictors import ClassifierPredictor
+
+    generator = torch.Generator().manual_seed(0)
+    image = Image.fromarray(
+        torch.randint(0, 256, (size[1], size[0], 3), generator=generator, dtype=torch.uint8).numpy()
+    )
+    predictor = ClassifierPredictor(
+        create_model("cifar_resnet20", base_width=4), class_names=[str(i) for i in range(10)],
+        preprocessing={**preprocessing, "mean": [0, 0, 0], "std": [1, 1, 1]}, device=torch.device("cpu"),
+        optimize=False, bf16=False,
+    )  # fmt: skip
+    resize, crop = preprocessing.get("resize", preprocessing["size"]), preprocessing["size"]
+    expected = v2.CenterCrop(crop)(v2.Resize(resize, antialias=True)(pil_to_tensor(image))).float() / 255
+    ours = predictor.prepare(image)
+    assert ours.shape == expected.shape == (3, crop, crop)
+    assert float((ours - expected).abs().max()) * 255 <= 1.01
+
+
+def test_queued_detect_requests_hold_model_sized_images(model_paths):
+    app = make_app(model_paths)
+    with TestClient(app) as client:
+        wait_ready(client)
+        served = app.state.service.models["detector"]
+        real_submit, queued = served.engine.submit, []
+
+        async def recording_submit(request):
+            queued.append(request)
+            return await real_submit(request)
+
+        served.engine.submit = recording_submit
+        response = client.post("/detect", files={"file": ("big.png", png(3000, 2000), "image/png")})
+        served.engine.submit = real_submit
+    assert response.status_code == 200 and response.json()["image"] == {"width": 3000, "height": 2000}
+    (request,) = queued
+    assert request.image.pixels.dtype == torch.uint8  # 8-bit until the model converts it
+    assert tuple(request.image.pixels.shape) == (3, *served.predictor.model.input_size(2000, 3000))
+    assert max(request.image.pixels.shape) <= TINY["max_size"]
+
+
+# ---------------------------------------------------------------------------------- error contract
+
+
+def assert_error_shape(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"detail", "request_id"} and isinstance(body["detail"], str) and body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body
+
+
+def test_every_error_is_json_with_the_request_id(client):
+    assert_error_shape(client.get("/nope"), 404)
+    not_allowed = client.delete("/detect")
+    assert_error_shape(not_allowed, 405)
+    assert "POST" in not_allowed.headers["allow"]
+    assert_error_shape(client.post("/classify", files={"file": ("x.png", b"", "image/png")}), 400)
+    assert_error_shape(client.post("/classify", files={"file": ("x.txt", b"hi", "text/plain")}), 415)
+    assert_error_shape(
+        client.post("/classify", files={"file": ("x.png", png(4, 4), "image/png")}, params={"top_k": 0}), 422
+    )
+
+
+def test_every_response_carries_a_request_id_and_a_sane_client_id_is_kept(client):
+    for response in (
+        client.get("/healthz"),
+        client.get("/metrics"),
+        client.post("/classify", files={"file": ("x.png", png(9, 9), "image/png")}),
+    ):
+        assert len(response.headers["x-request-id"]) >= 8
+    assert client.get("/healthz", headers={"X-Request-ID": "trace-42.a_b"}).headers["x-request-id"] == "trace-42.a_b"
+    for insane in ("x" * 65, "two words", "evil\tlog", ""):
+        answered = client.get("/nope", headers={"X-Request-ID": insane})
+        assert answered.headers["x-request-id"] != insane and answered.json()["request_id"] != insane
+
+
+def test_an_unexpected_exception_is_a_json_500_and_the_traceback_goes_to_the_log(client, caplog):
+    engine = client.app.state.service.models["classifier"].engine
+    real_run = engine.run_batch
+
+    def broken(batch):
+        raise RuntimeError("secret internal state 0xdeadbeef")
+
+    engine.run_batch = broken
+    try:
+        with caplog.at_level("ERROR", logger="service"):
+            response = client.post(
+                "/classify", files={"file": ("x.png", png(9, 9), "image/png")}, headers={"X-Request-ID": "abc123"}
+            )
+    finally:
+        engine.run_batch = real_run
+    body = assert_error_shape(response, 500)
+    assert body["request_id"] == "abc123" and "abc123" in body["detail"]
+    assert "0xdeadbeef" not in response.text and "Traceback" not in response.text
+    logged = [record for record in caplog.records if "abc123" in record.getMessage()]
+    assert logged and logged[0].exc_info is not None and "0xdeadbeef" in str(logged[0].exc_info[1])
+
+
+def test_the_body_limit_413_has_the_request_id(model_paths):
+    with TestClient(make_app(model_paths, max_upload_bytes=1000)) as client:
+        response = client.post("/classify", files={"file": ("x.png", b"\0" * 5000, "image/png")})
+    assert_error_shape(response, 413)
+
+
+@pytest.mark.parametrize("route", ["/detect", "/classify", "/detect/annotated"])
+def test_two_file_parts_in_a_single_image_route_is_422_naming_the_field(client, route):
+    files = [("file", ("a.png", png(9, 9), "image/png")), ("file", ("b.png", png(5, 5), "image/png"))]
+    body = assert_error_shape(client.post(route, files=files), 422)
+    assert body["detail"].startswith("file:") and "2 parts" in body["detail"]
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def test_random_methods_and_paths_do_not_grow_metrics(client):
+    import secrets
+
+    for _ in range(3):  # every label combination the loop below can reach exists before measuring
+        client.request("NOTAMETHOD", "/healthz")
+        client.get("/no/such/path")
+    before = len(client.get("/metrics").text)
+    for _ in range(200):
+        method = secrets.token_hex(600).upper()  # a 1200-character method name, new every time
+        assert client.request(method, "/healthz").status_code == 405
+        assert client.get(f"/no/such/{secrets.token_hex(8)}").status_code == 404
+    text = client.get("/metrics").text
+    assert len(text) - before < 2_000, f"/metrics grew by {len(text) - before} bytes"
+    assert 'method="other"' in text and 'route="unmatched"' in text
+
+
+def test_metrics_report_the_process_memory(client):
+    text = client.get("/metrics").text
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
+        assert f"\n{name} " in text, name
+
+
+# ------------------------------------------------------------------------------ configuration mistakes
+
+
+@pytest.mark.parametrize(("name", "value"), [("API_KEY", ""), ("API_KEY", "   "), ("API_KEY", " key "),
+                                             ("MAX_UPLOAD_BYTES", "0"), ("MAX_IMAGE_PIXELS", "-1"),
+                                             ("MAX_QUEUE", "0"), ("MAX_FILES", "0")])  # fmt: skip
+def test_a_setting_that_would_disable_a_protection_stops_the_start(monkeypatch, capsys, name, value):
+    from service import get_settings
+    from service.__main__ import main as service_main
+
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr("service.__main__.uvicorn.run", lambda *args, **kwargs: pytest.fail(f"started with {name}"))
+    get_settings.cache_clear()
+    try:
+        assert service_main() == 2
+    finally:
+        get_settings.cache_clear()
+    assert f"{name}:" in capsys.readouterr().err  # names the setting
+
+
+def test_an_empty_api_key_is_not_read_as_unset(model_paths):
+    with pytest.raises(ValueError, match="API_KEY is set but empty"):
+        Settings(api_key="")
+    with pytest.raises(ValueError, match="API_KEY"):
+        with TestClient(make_app(model_paths, api_key="")):
+            pass
