@@ -15,6 +15,8 @@ from detection.data.synthetic import build_parser as synthetic_parser
 from detection.predict import build_parser as predict_parser
 from service.__main__ import build_parser as service_parser
 from service.settings import Settings
+from training.analysis import build_parser as analysis_parser
+from training.device_data import build_parser as device_data_parser
 from training.plots import build_parser as plots_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +27,8 @@ COMMANDS = {
     "detection.predict": ["-m", "detection.predict"],
     "detection.data.synthetic": ["-m", "detection.data.synthetic"],
     "training.plots": ["-m", "training.plots"],
+    "training.analysis": ["-m", "training.analysis"],
+    "training.device_data": ["-m", "training.device_data"],
     "train_det.py": ["training/train_det.py"],
     "pretrain.py": ["training/pretrain.py"],
 }
@@ -33,7 +37,21 @@ PARSERS = {
     "detection.predict": predict_parser,
     "detection.data.synthetic": synthetic_parser,
     "training.plots": plots_parser,
+    "training.analysis": analysis_parser,
+    "training.device_data": device_data_parser,
 }
+
+
+def all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The parser's actions and its sub-commands' (a sub-command's own help included)."""
+    actions = []
+    for action in parser._actions:
+        actions.append(action)
+        if isinstance(action, argparse._SubParsersAction):
+            actions += action._choices_actions
+            for subparser in action.choices.values():
+                actions += all_actions(subparser)
+    return actions
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +60,11 @@ def help_outputs() -> dict[str, subprocess.CompletedProcess]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     processes = {
         name: subprocess.Popen(
-            [sys.executable, *args, "--help"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, *args, "--help"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
         for name, args in COMMANDS.items()
@@ -86,8 +108,9 @@ def test_every_flag_of_every_command_has_a_whole_sentence_of_help(name):
     parser = PARSERS[name]()
     helps = {
         "/".join(action.option_strings) or action.dest: action.help or ""
-        for action in parser._actions
-        if not isinstance(action, argparse._HelpAction) and action.help != argparse.SUPPRESS
+        for action in all_actions(parser)
+        if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
+        and action.help != argparse.SUPPRESS
     }
     assert helps
     assert_sentences(helps)
@@ -95,7 +118,7 @@ def test_every_flag_of_every_command_has_a_whole_sentence_of_help(name):
 
 @pytest.mark.parametrize("name", list(PARSERS))
 def test_every_long_flag_takes_both_spellings(name):
-    flags = {option for action in PARSERS[name]()._actions for option in action.option_strings}
+    flags = {option for action in all_actions(PARSERS[name]()) for option in action.option_strings}
     for flag in flags:
         if flag.startswith("--") and ("-" in flag[2:] or "_" in flag[2:]):
             assert flag.replace("-", "_").replace("__", "--", 1) in flags, flag
