@@ -8,7 +8,15 @@ import pytest
 
 from backbone.checkpoint import read_manifest
 from detection import DetectorOptions, build_detector
-from training.config import build_parser, config_differences, config_to_dict, flag_help, make_config, parse_config
+from training.config import (
+    build_parser,
+    config_differences,
+    config_to_dict,
+    flag_help,
+    format_config,
+    make_config,
+    parse_config,
+)
 from training.pretrain import RECIPES as PRETRAIN_RECIPES
 from training.pretrain import PretrainConfig
 from training.train_det import RECIPES as DET_RECIPES
@@ -144,3 +152,12 @@ def test_every_flag_is_on_the_parser_in_both_spellings():
     flags = {option for action in parser._actions for option in action.option_strings}
     for name in flag_help(DetTrainConfig):
         assert f"--{name}" in flags and f"--{name.replace('_', '-')}" in flags, name
+
+
+@pytest.mark.parametrize(("config_class", "recipes"), CONFIGS)
+def test_every_recipe_still_applies(config_class, recipes):
+    for name, values in recipes.items():
+        cfg = parse_config(config_class, ["--recipe", name], recipes=recipes)
+        flat = dict(format_line.split(None, 1) for format_line in format_config(cfg).splitlines()[1:])
+        for key, value in values.items():
+            assert flat[key] == repr(value), (name, key)
