@@ -35,7 +35,8 @@ def test_base_dependencies_are_what_serving_needs_and_training_has_an_extra():
     torch_spec = next(dep for dep in project["dependencies"] if dep.startswith("torch>"))
     assert "<" in torch_spec, "state the supported torch range, upper bound included"
     makefile = (REPO_ROOT / "Makefile").read_text()
-    assert "train" in makefile.split("$(VENV)/.installed:")[1].split("touch")[0], "make test must install the extras"
+    assert "-e '.[dev]'" in makefile.split("$(VENV)/.installed:")[1].split("touch")[0]
+    assert any("train" in dep for dep in project["optional-dependencies"]["dev"]), "make test must install train"
 
 
 def test_the_service_and_predict_import_without_the_train_extra():
