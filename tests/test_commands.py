@@ -12,6 +12,7 @@ from test_config import assert_sentences
 
 from detection.convert import build_parser as convert_parser
 from detection.data.synthetic import build_parser as synthetic_parser
+from detection.export import build_parser as export_parser
 from detection.predict import build_parser as predict_parser
 from service.__main__ import build_parser as service_parser
 from service.settings import Settings
@@ -24,6 +25,7 @@ COMMANDS = {
     "service": ["-m", "service"],
     "backbone.summary": ["-m", "backbone.summary"],
     "detection.convert": ["-m", "detection.convert"],
+    "detection.export": ["-m", "detection.export"],
     "detection.predict": ["-m", "detection.predict"],
     "detection.data.synthetic": ["-m", "detection.data.synthetic"],
     "training.plots": ["-m", "training.plots"],
@@ -34,6 +36,7 @@ COMMANDS = {
 }
 PARSERS = {
     "detection.convert": convert_parser,
+    "detection.export": export_parser,
     "detection.predict": predict_parser,
     "detection.data.synthetic": synthetic_parser,
     "training.plots": plots_parser,
