@@ -8,12 +8,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import DEMO_MODEL_DIR, Settings, get_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEMO_HINT = (
     "The demo models are trained by this project's own pipeline: `make demo-models` retrains them; "
@@ -23,13 +26,14 @@ DEMO_HINT = (
 
 
 def settings_help() -> str:
-    """One entry per setting: its environment variable, default and description."""
-    lines = ["settings (environment variables; `PORT=9000 python -m service`):"]
+    """Every setting, its default and what it does, from service/settings.py (`python -m service --help`)."""
+    lines = ["Settings are environment variables (e.g. `PORT=9000 python -m service`):"]
     for name, field in Settings.model_fields.items():
-        default = field.default
-        if isinstance(default, type(DEMO_MODEL_DIR)) and default.parent == DEMO_MODEL_DIR:
-            default = f"service/models/{default.name}"  # relative: the same in every checkout
-        lines.append(f"  {name.upper():<24} {field.description} (default: {default})")
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default in (None, []) else str(default)
+        if isinstance(default, Path) and default.is_relative_to(REPO_ROOT):
+            shown = str(default.relative_to(REPO_ROOT))  # never print this machine's paths
+        lines.append(f"  {name.upper()} (default: {shown})\n      {field.description}")
     return "\n".join(lines)
 
 
@@ -37,19 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     """No flags besides --help: every setting is an environment variable."""
     return argparse.ArgumentParser(
         prog="python -m service",
-        description="Serve the resdet API (/detect, /classify, /healthz, /readyz, /metrics) on HOST:PORT "
-        "with the detector and classifier the settings name.",
+        description=__doc__.split("\n\n")[0],
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 
-def main(argv: Sequence[str] = ()) -> int:
-    """Serve until stopped; `argv` is the command line after `python -m service` (only --help is accepted)."""
-    _, extra = build_parser().parse_known_args(argv)  # --help prints the settings and exits
-    if extra:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until stopped; `argv` (default: the command line) may only ask for --help."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if any(argument in ("-h", "--help") for argument in argv):
+        print(parser.format_help())
+        return 0
+    if argv:
         print(
-            f"python -m service takes no arguments (got {' '.join(extra)}): settings are environment variables, "
+            f"python -m service takes no arguments (got {' '.join(argv)}): settings are environment variables, "
             "e.g. `PORT=9000 python -m service`; `python -m service --help` lists them",
             file=sys.stderr,
         )
@@ -80,4 +87,4 @@ def main(argv: Sequence[str] = ()) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
