@@ -344,7 +344,7 @@ def test_a_setting_that_would_disable_a_protection_stops_the_start(monkeypatch, 
     monkeypatch.setattr("service.__main__.uvicorn.run", lambda *args, **kwargs: pytest.fail(f"started with {name}"))
     get_settings.cache_clear()
     try:
-        assert service_main() == 2
+        assert service_main([]) == 2
     finally:
         get_settings.cache_clear()
     assert f"{name}:" in capsys.readouterr().err  # names the setting

@@ -8,18 +8,27 @@ The classifier's fc layer is dropped; every other tensor must fit, and an archit
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from backbone.checkpoint import load_checkpoint
+from backbone.checkpoint import load_checkpoint, read_manifest
 from backbone.registry import MODELS
 from backbone.torchvision_compat import CheckpointError, from_torchvision, load_checked, read_state_dict
-from detection.torchvision_compat import rename_torchvision_detector
+from detection.options import DetectorOptions
+from detection.torchvision_compat import describe_torchvision_detector, rename_torchvision_detector
 
 # Fields that change which tensors exist or what they mean; num_classes, norm, freeze_at and
 # out_features legitimately differ between a classifier and a detector backbone.
 ARCHITECTURE_FIELDS = ("block", "layers", "stem", "base_width", "residual", "shortcut", "stride_in_1x1")
+# The detector options that decide which tensors exist and what they mean: a whole-detector --init
+# takes them from the file (stride_in_1x1 keeps every shape but moves the stride: v1.5 weights in the
+# paper's layout would load and compute something else).
+DETECTOR_ARCHITECTURE_OPTIONS = (
+    "stride_in_1x1", "base_width", "shortcut", "fpn_channels", "fpn_norm", "anchor_sizes", "anchor_ratios",
+    "rpn_conv_depth", "box_head", "representation_size",
+)  # fmt: skip
 
 
 def read_backbone_state(path: str | os.PathLike, *, config: Mapping) -> dict[str, torch.Tensor]:
@@ -64,6 +73,27 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> nn.Modul
 
 def _normalise(value):
     return list(value) if isinstance(value, tuple | list) else value
+
+
+def detector_architecture(path: str | os.PathLike) -> dict[str, Any]:
+    """The build_detector arguments a detector file fixes (backbone, head, DETECTOR_ARCHITECTURE_OPTIONS);
+    {} for a classifier, which only initialises a backbone."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init file not found: {path}")
+    if path.suffix == ".safetensors":
+        manifest = read_manifest(path)
+        if manifest["kind"] != "detector":
+            return {}
+        config = manifest["architecture_kwargs"]
+    else:
+        state_dict = read_state_dict(path)
+        if not any(key.startswith("backbone.body.") for key in state_dict):
+            return {}
+        # what the file does not say (width, FPN channels, anchors) is torchvision's, our defaults
+        config = {**DetectorOptions().to_dict(), **describe_torchvision_detector(state_dict)}
+    keys = ("backbone", "head", *DETECTOR_ARCHITECTURE_OPTIONS)
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in config.items() if key in keys}
 
 
 def initialise_detector(detector: nn.Module, path: str | os.PathLike) -> str:
