@@ -171,7 +171,7 @@ def test_the_command_names_a_missing_models_dir_or_listed_checkpoint(monkeypatch
     monkeypatch.setattr("service.__main__.uvicorn.run", lambda *args, **kwargs: pytest.fail("started"))
     get_settings.cache_clear()
     try:
-        assert service_main() == 2
+        assert service_main([]) == 2
     finally:
         get_settings.cache_clear()
     error = capsys.readouterr().err
