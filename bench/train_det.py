@@ -22,7 +22,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
-from backbone.torchvision_compat import load_checked
+from backbone.weights import load_checked
 from detection import build_detector
 from detection.data import CocoDetection, build_transforms, collate_fn, generate_synthetic
 from detection.torchvision_compat import describe_torchvision_detector, rename_torchvision_detector

@@ -13,7 +13,7 @@ import argparse
 import os
 from pathlib import Path
 
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from detection.checkpoint import save_detector
 from detection.data.annotations import AnnotationError
 from detection.data.voc import read_class_names

@@ -31,7 +31,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
-from backbone.torchvision_compat import CheckpointError
+from backbone.files import write_atomically
+from backbone.weights import CheckpointError
 from detection.annotate import draw_detections
 from detection.checkpoint import load_detector
 from detection.data.annotations import AnnotationError
@@ -291,21 +292,20 @@ def save_annotated_image(output: Path, item: Decoded, detections: list[dict[str,
     path = annotated_path(output, item.file)
     if path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
         path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial{path.suffix}")
-    F.to_pil_image(draw_detections(pixels, detections)).save(temporary)
-    os.replace(temporary, path)
+    write_atomically(path, F.to_pil_image(draw_detections(pixels, detections)).save)
 
 
 def save_annotated_video(output: Path, file: str, records: dict[tuple[str, int | None], dict[str, Any]]) -> None:
     """Re-read the video and draw each frame's detections from its records; written once, atomically."""
-    av = import_av()
     path = annotated_path(output, file, suffix=".mp4")
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial.mp4")
-    with av.open(file) as source, av.open(str(temporary), mode="w") as target:
+    if not path.exists():
+        write_atomically(path, lambda temporary: encode_annotated_video(file, records, temporary))
+
+
+def encode_annotated_video(file: str, records: dict[tuple[str, int | None], dict[str, Any]], target_path: Path) -> None:
+    """Encode `file`'s frames with their detections drawn to `target_path` (MPEG-4)."""
+    av = import_av()
+    with av.open(file) as source, av.open(str(target_path), mode="w") as target:
         video = source.streams.video[0]
         stream = target.add_stream("mpeg4", rate=video.average_rate or 25)
         stream.width, stream.height, stream.pix_fmt = video.codec_context.width, video.codec_context.height, "yuv420p"
@@ -318,7 +318,6 @@ def save_annotated_video(output: Path, file: str, records: dict[tuple[str, int |
         except av.FFmpegError:
             pass  # a damaged tail: the frames read before it (the records name the frame that failed)
         target.mux(stream.encode())
-    os.replace(temporary, path)
 
 
 # --- COCO results ----------------------------------------------------------------------------------------

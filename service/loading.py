@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from backbone.checkpoint import load_classifier
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from service.engine import BatchingEngine
 from service.predictors import ClassifierPredictor, DetectorPredictor
 from service.settings import Settings

@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.models._meta import _COCO_CATEGORIES
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
 
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from detection import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, convert_torchvision_detector, load_detector
 from detection.images import to_float_image
 from detection.torchvision_compat import TORCHVISION_UNUSED_COCO_IDS

@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from training.checkpoint import save_training_checkpoint
 from training.classification_data import (
     CheckedCIFAR10,

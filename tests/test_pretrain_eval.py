@@ -8,8 +8,9 @@ from torch.utils.data import DataLoader
 
 from backbone import create_model
 from backbone.checkpoint import save_classifier
-from backbone.torchvision_compat import CheckpointError
-from training.backbone_init import load_backbone_weights
+from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ClassifierPreprocessing
+from backbone.pretrained import load_backbone_weights
+from backbone.weights import CheckpointError
 from training.distributed import DistributedContext
 from training.evaluation import (
     PAPER_TEST_SCALES,
@@ -22,13 +23,7 @@ from training.evaluation import (
     topk_errors,
 )
 from training.sampler import SeededDataset
-from training.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    center_crop_transform,
-    ten_crop_transform,
-    whole_image_transform,
-)
+from training.transforms import ten_crop_transform, whole_image_transform
 
 CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 VIEW = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -50,7 +45,7 @@ def test_view_shapes_and_probabilities(small_resnet):
     photo = Image.new("RGB", (300, 260), (30, 90, 200))
     crops = ten_crop_transform(resize=256, crop_size=224, **VIEW)(photo)
     assert crops.shape == (10, 3, 224, 224)
-    center = center_crop_transform(resize=256, crop_size=224, **VIEW)(photo)
+    center = ClassifierPreprocessing(size=224, resize=256).transform()(photo)
     assert center.shape == (3, 224, 224)
     whole = whole_image_transform(**VIEW)(photo)
     assert whole.shape == (3, 260, 300)
@@ -77,7 +72,8 @@ def test_ten_crop_and_multi_scale_agree_with_centre_crop_on_a_constant_image(sma
     with torch.no_grad():
         for colour in ((200, 30, 60), (10, 240, 120)):
             photo = Image.new("RGB", (256, 256), colour)
-            center = predict_center(small_resnet, center_crop_transform(resize=256, crop_size=224, **VIEW)(photo)[None])
+            view = ClassifierPreprocessing(size=224, resize=256).transform()
+            center = predict_center(small_resnet, view(photo)[None])
             ten = predict_ten_crop(small_resnet, ten_crop_transform(resize=256, crop_size=224, **VIEW)(photo)[None])
             torch.testing.assert_close(ten, center, rtol=1e-5, atol=1e-6)
             square = whole_image_transform(**VIEW)(Image.new("RGB", (224, 224), colour))
@@ -93,7 +89,7 @@ def test_evaluate_reports_the_same_errors_for_every_view_of_constant_images(smal
                             collate_fn=collate_list if mode == "multi_scale" else None)  # fmt: skip
         return evaluate(small_resnet, loader, mode=mode, ctx=CPU, **kwargs)
 
-    center = errors("center", center_crop_transform(resize=224, crop_size=224, **VIEW))
+    center = errors("center", ClassifierPreprocessing(size=224, resize=224).transform())
     ten = errors("ten_crop", ten_crop_transform(resize=224, crop_size=224, **VIEW))
     multi = errors("multi_scale", whole_image_transform(**VIEW), scales=(224,))
     assert center == ten == multi and center["count"] == 6

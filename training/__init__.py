@@ -2,11 +2,10 @@
 
 Engine pieces, one concept per module: config (dataclass <-> flags), distributed (torchrun setup),
 sampler (resumable distributed batches), precision (AMP), schedule (LR), engine (model wrapping,
-the iteration loop, one optimizer step), checkpoint (atomic resumable checkpoints), meters,
-run_log (progress bar, metrics.jsonl, TensorBoard), plots (PNG curves), backbone_init.
+the iteration loop, one optimizer step, logging and the best metric), checkpoint (resumable checkpoints:
+last.pt, best.pt, resume), meters, run_log (progress bar, metrics.jsonl, TensorBoard), plots (PNG curves).
 """
 
-from training.backbone_init import load_backbone_weights
 from training.checkpoint import (
     capture_rng_state,
     load_training_checkpoint,
@@ -36,7 +35,6 @@ __all__ = [
     "format_config",
     "init_distributed",
     "iterate_batches",
-    "load_backbone_weights",
     "load_training_checkpoint",
     "make_loader",
     "parse_config",

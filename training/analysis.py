@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from backbone.checkpoint import load_classifier
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from training.classification_data import DatasetError
 from training.device_data import DeviceEvalBatches, DeviceImages, Normalizer, load_cifar_arrays
 
