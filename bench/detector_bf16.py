@@ -5,7 +5,8 @@
 
 The same optimized model (BN folded, channels_last) is evaluated in fp32 (the anchor) and under bf16
 autocast, on the same images, in the same run; pycocotools mAP and the wall time of each pass are
-printed with their differences. bf16 goes on by default only where mAP drops by less than 0.5 points.
+printed with their differences. bf16 goes on by default only where AP moves by at most 0.3 points
+(issue 11; bench/bf16_accuracy.py runs this on a model trained on real images).
 """
 
 import argparse
@@ -16,6 +17,8 @@ import torch
 from detection import load_detector
 from detection.data import CocoDetection
 from detection.evaluation import evaluate_coco
+
+AP_BUDGET_POINTS = 0.3  # bf16 by default only if AP moves by at most this (on the real-image model)
 
 
 def evaluate(model, dataset: CocoDetection, *, batch_size: int) -> tuple[dict[str, float], float]:
@@ -50,9 +53,9 @@ def main() -> None:
     print(f"{'variant':<16} {'AP':>7} {'AP50':>7} {'seconds':>8} {'speed vs fp32':>14}")
     for name, (values, wall) in results.items():
         print(f"{name:<16} {values['AP']:>7.4f} {values['AP50']:>7.4f} {wall:>8.2f} {anchor_seconds / wall:>13.2f}x")
-    drop = 100 * (anchor_stats["AP"] - stats["AP"])
-    print(f"bf16 changes AP by {-drop:+.2f} points and AP50 by {100 * (stats['AP50'] - anchor_stats['AP50']):+.2f}; "
-          f"{'within' if drop < 0.5 else 'over'} the 0.5-point budget for a default")  # fmt: skip
+    change = 100 * (stats["AP"] - anchor_stats["AP"])
+    print(f"bf16 changes AP by {change:+.2f} points and AP50 by {100 * (stats['AP50'] - anchor_stats['AP50']):+.2f}; "
+          f"{'within' if abs(change) <= AP_BUDGET_POINTS else 'over'} the {AP_BUDGET_POINTS}-point budget")  # fmt: skip
 
 
 if __name__ == "__main__":

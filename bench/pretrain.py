@@ -2,12 +2,15 @@
 input pipeline alone against the training step, all measured in this one run.
 
     python -m bench.pretrain                      # batch 8 at 224, ~2 minutes on a 2-core CPU
-    python -m bench.pretrain --batch-size 16 --seconds 20 --threads 1
+    python -m bench.pretrain --batch-size 4 --seconds 20 --threads 1 --skip-pipeline
 
 Part 1 (the ratio): training images/s of one SGD step (forward, loss, backward, update) on a fixed
-synthetic batch. Anchor: torchvision's resnet50 in a plain PyTorch loop (NCHW, fp32). Ours: our
-ResNet-50 through training.engine.train_step with our settings (channels_last; AMP where CUDA).
-Variants run round-robin, one step each in turn, so a busy neighbour slows them alike; medians.
+synthetic batch generated on the device. Anchor: torchvision's resnet50 in a plain PyTorch loop (NCHW,
+fp32); the same loop in channels_last, and in bf16 autocast, shows what each trick gives torchvision.
+Ours: our ResNet-50 through training.engine.train_step (channels_last; fp32, then bf16 autocast;
+`--compile` adds torch.compile). Variants run round-robin, one step each in turn, so a busy neighbour
+slows them alike; medians; on CUDA every step is synchronised before its clock stops.
+Goal: ours in bf16 >= 2x torchvision's fastest fp32 plain loop on the same device ("vs best tv fp32").
 
 Part 2 (which bounds which): images/s of the data pipeline alone (DataLoader + decode +
 augmentation, no model) against the training step, for the CIFAR recipe (ResNet-20, 32x32 JPEGs
@@ -19,6 +22,7 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,6 +32,7 @@ import torchvision
 from backbone import create_model
 from backbone.torchvision_compat import from_torchvision
 from backbone.weights import load_checked
+from bench.timing import autocast, ratio_table, time_round_robin
 from training.classification_data import build_dataset, extract_once, find_split_root
 from training.distributed import DistributedContext
 from training.engine import make_loader, prepare_model, train_step
@@ -37,6 +42,8 @@ from training.transforms import cifar_train_transform, imagenet_train_transform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+REFERENCE = "torchvision"  # the prefix of the anchor model's rows
+CLASSIFICATION_GOAL = 2.0  # ours in bf16 against torchvision's fastest fp32 plain loop, same device
 
 
 def plain_step(model, optimizer, images, labels) -> None:
@@ -47,59 +54,72 @@ def plain_step(model, optimizer, images, labels) -> None:
     optimizer.step()
 
 
-def training_variants(*, batch_size: int, image_size: int, device: torch.device):
-    """name -> zero-argument callable running one training step on its own model and batch."""
+def training_variants(
+    *, batch_size: int, image_size: int, device: torch.device, bf16: bool = True, compile_model: bool = False,
+    arch: str = "resnet50",
+) -> dict[str, Callable[[], None]]:
+    """name -> zero-argument callable running one training step on its own model and batch (`arch`: any
+    ResNet both torchvision and we build; resnet18 makes a smoke run quick).
+
+    The first entry is the anchor (torchvision NCHW fp32); every fp32 torchvision row is a candidate for
+    "torchvision's best fp32" (`best_reference`). The batch is generated on `device`, so no input pipeline
+    is timed.
+    """
     ctx = DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, image_size, image_size, device=device)
     labels = torch.randint(0, 1000, (batch_size,), device=device)
+    channels_last_images = images.contiguous(memory_format=torch.channels_last)
     variants = {}
 
-    reference = torchvision.models.resnet50(weights=None).to(device)
-    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    variants["torchvision resnet50, plain loop (anchor)"] = lambda: plain_step(
-        reference, reference_optimizer, images, labels
-    )
+    def plain(model, batch, autocast_dtype=None):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
+        def step():
+            with autocast(device, autocast_dtype):
+                plain_step(model, optimizer, batch, labels)
+
+        return step
+
+    reference = getattr(torchvision.models, arch)(weights=None).to(device)
+    reference_state = copy.deepcopy(reference.state_dict())
+    name = f"{REFERENCE} {arch}, plain loop"
+    variants[f"{name}, fp32 (anchor)"] = plain(reference, images)
     # The same plain loop in channels_last: separates what the memory format gives from what our loop does.
     reference_cl = copy.deepcopy(reference).to(memory_format=torch.channels_last)
-    reference_cl_optimizer = torch.optim.SGD(reference_cl.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    channels_last_images = images.contiguous(memory_format=torch.channels_last)
-    variants["torchvision resnet50 channels_last, plain loop"] = lambda: plain_step(
-        reference_cl, reference_cl_optimizer, channels_last_images, labels
-    )
-
-    precision = Precision(amp="auto", device=device)
+    variants[f"{name}, fp32 channels_last"] = plain(reference_cl, channels_last_images)
 
     def compute_loss(net, batch):
         x, y = batch
         return F.cross_entropy(net(x), y), {}
 
-    def ours(model):
-        wrapped = prepare_model(model, ctx=ctx, channels_last=True)
+    def ours(model, *, amp: str, compile_model: bool = False):
+        precision = Precision(amp=amp, device=device)
+        wrapped = prepare_model(model, ctx=ctx, channels_last=True, compile_model=compile_model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         return lambda: train_step(model=wrapped, batch=(channels_last_images, labels), compute_loss=compute_loss,
                                   optimizer=optimizer, precision=precision)  # fmt: skip
 
-    same_weights = create_model("resnet50", stride_in_1x1=False)  # torchvision's layout and weights
-    load_checked(same_weights, from_torchvision(copy.deepcopy(reference.state_dict())), source="torchvision")
-    variants["ours, torchvision layout, our loop"] = ours(same_weights)
-    variants["ours, paper layout (stride in 1x1), our loop"] = ours(create_model("resnet50"))
+    def same_weights():  # torchvision's layout and weights
+        model = create_model(arch, stride_in_1x1=False)
+        load_checked(model, from_torchvision(copy.deepcopy(reference_state)), source="torchvision")
+        return model
+
+    variants["ours, torchvision layout, our loop, fp32 channels_last"] = ours(same_weights(), amp="none")
+    if bf16:
+        # What bf16 gives torchvision's model in the same plain loop: the tricks are shared, the ratio is honest.
+        reference_bf16 = copy.deepcopy(reference_cl)
+        variants[f"{name}, bf16 autocast channels_last"] = plain(reference_bf16, channels_last_images,
+                                                                  torch.bfloat16)  # fmt: skip
+        variants["ours, torchvision layout, our loop, bf16 channels_last"] = ours(same_weights(), amp="bf16")
+        variants["ours, paper layout (stride in 1x1), our loop, bf16 channels_last"] = ours(
+            create_model(arch), amp="bf16"
+        )
+    if compile_model:
+        variants["ours, torchvision layout, our loop, bf16 channels_last, compiled"] = ours(
+            same_weights(), amp="bf16" if bf16 else "none", compile_model=True
+        )
     return variants
-
-
-def time_round_robin(variants, *, seconds: float, warmup: int = 1, min_repeats: int = 3) -> dict[str, list[float]]:
-    for step in variants.values():
-        for _ in range(warmup):
-            step()
-    times = {name: [] for name in variants}
-    start = time.perf_counter()
-    while min(len(t) for t in times.values()) < min_repeats or time.perf_counter() - start < seconds:
-        for name, step in variants.items():
-            begin = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - begin)
-    return times
 
 
 def pipeline_images_per_s(dataset, transform, *, batch_size: int, workers: int, seconds: float) -> float:
@@ -140,6 +160,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="part 2: DataLoader workers to try")
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--no-bf16", action="store_true", help="part 1 without the bf16 autocast rows")
+    parser.add_argument("--compile", action="store_true", help="part 1 with a torch.compile row (slow to compile)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,13 +170,10 @@ def main() -> None:
           f"threads {torch.get_num_threads()}")  # fmt: skip
 
     print(f"\n[1] training step, ResNet-50, batch {args.batch_size} at {args.image_size}x{args.image_size}")
-    times = time_round_robin(training_variants(batch_size=args.batch_size, image_size=args.image_size, device=device),
-                             seconds=args.seconds)  # fmt: skip
-    anchor = args.batch_size / statistics.median(next(iter(times.values())))
-    print(f"{'variant':<48} {'img/s':>8} {'vs anchor':>10} {'steps':>6}")
-    for name, measured in times.items():
-        rate = args.batch_size / statistics.median(measured)
-        print(f"{name:<48} {rate:8.2f} {rate / anchor:9.2f}x {len(measured):6d}")
+    variants = training_variants(batch_size=args.batch_size, image_size=args.image_size, device=device,
+                                 bf16=not args.no_bf16, compile_model=args.compile)  # fmt: skip
+    times = time_round_robin(variants, seconds=args.seconds, device=device)
+    ratio_table(times, batch_size=args.batch_size, reference=REFERENCE, goal=CLASSIFICATION_GOAL)
 
     if args.skip_pipeline:
         return

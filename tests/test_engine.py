@@ -274,7 +274,7 @@ def test_log_training_stops_a_diverged_run_and_logs_the_epoch(tmp_path):
 # --- the step, the meters, the logs -----------------------------------------------------------------
 
 
-def test_train_step_lowers_the_loss_and_unwrap_finds_the_module():
+def test_train_step_lowers_the_loss_and_unwrap_finds_the_module(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
     wrapped = prepare_model(model, ctx=CPU, channels_last=True)
@@ -288,7 +288,8 @@ def test_train_step_lowers_the_loss_and_unwrap_finds_the_module():
         loss = nn.functional.cross_entropy(net(x.contiguous(memory_format=torch.channels_last)), y)
         return loss, {}
 
-    precision = Precision(amp="auto", device=torch.device("cpu"))
+    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu sse2 avx2\n")  # a CPU without native bf16: fp32
+    precision = Precision(amp="auto", device=torch.device("cpu"), cpuinfo=tmp_path / "cpuinfo")
     assert precision.mode == "none" and not precision.scaler.is_enabled()
     losses = [train_step(model=wrapped, batch=(images, labels), compute_loss=compute_loss, optimizer=optimizer,
                          precision=precision)["loss"].item() for _ in range(20)]  # fmt: skip

@@ -130,7 +130,7 @@ class PretrainConfig:
     # --- infrastructure
     output_dir: str = "runs/pretrain"
     device: str = "auto"  # "auto", "cuda" or "cpu"
-    amp: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "none", "bf16", "fp16"
+    amp: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), "none", "bf16", "fp16"
     channels_last: bool = True
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (small nets on CUDA)

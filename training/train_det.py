@@ -129,7 +129,7 @@ class DetTrainConfig:
     # --- infrastructure
     output_dir: str = "runs/detection"
     device: str = "auto"  # "auto", "cuda" or "cpu"
-    amp: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "none", "bf16", "fp16"
+    amp: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), "none", "bf16", "fp16"
     channels_last: str = "auto"  # "auto": on for CPU, off for CUDA (measured per device), "true", "false"
     compile: bool = False  # torch.compile the feature extractor (backbone + FPN)
     seed: int = 0

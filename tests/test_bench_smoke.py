@@ -1,0 +1,64 @@
+"""The speed benches that run on a GPU only at release time must not rot: their --smoke modes on the CPU."""
+
+import json
+
+import pytest
+import torch
+
+from bench import bf16_accuracy, gpu_suite
+from bench.timing import ratio_table, time_round_robin
+
+
+def test_round_robin_waits_for_the_gpu_before_every_clock_reading(monkeypatch):
+    # CUDA calls return before their kernels finish: without a synchronize per step the times are wrong.
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    variants = {"a": lambda: events.append("a"), "b": lambda: events.append("b")}
+    times = time_round_robin(variants, seconds=0, warmup=1, min_repeats=2, device=torch.device("cuda"))
+    assert [len(t) for t in times.values()] == [2, 2]
+    assert events == ["a", "b", "sync"] + ["a", "sync", "b", "sync"] * 2
+
+
+def test_ratio_table_compares_with_the_fastest_fp32_row_of_the_reference():
+    times = {"torchvision x, fp32 (anchor)": [4.0], "torchvision x, fp32 channels_last": [2.0],
+             "torchvision x, bf16 autocast": [1.0], "ours, bf16": [0.5]}  # fmt: skip
+    rows = {row["variant"]: row for row in ratio_table(times, batch_size=2, reference="torchvision", goal=2.0)}
+    assert rows["ours, bf16"]["vs_anchor"] == 8.0
+    assert rows["ours, bf16"]["vs_best_reference_fp32"] == 4.0  # against 2.0 s, not the bf16 row's 1.0 s
+    assert rows["ours, bf16"]["images_per_s"] == 4.0
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_runs_every_section_and_writes_json_and_markdown(tmp_path):
+    assert gpu_suite.main(["--smoke", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    sections = results["sections"]
+    assert len(sections) == 5 and not [name for name, entry in sections.items() if "error" in entry]
+    classification = {row["variant"] for row in sections["ResNet-50 classification training, images/s"]["rows"]}
+    assert any("ours" in name and "bf16" in name for name in classification)
+    inference = {row["variant"]: row for row in sections["Faster R-CNN R50-FPN inference, ms/image"]["rows"]}
+    assert inference["ours, optimize_for_inference(), fp32"]["same_detections"] is True
+    runs = sections["torchrun --nproc_per_node=1, both trainers"]["rows"]
+    assert [row["returncode"] for row in runs] == [0, 0]
+    assert all(row["processes_line"] == "processes: 1, device: cpu" for row in runs)
+    assert all(row["requests_per_s"] > 0 for row in sections["service under load"]["rows"])
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## service under load" in markdown and "FAILED" not in markdown
+
+
+@pytest.mark.slow
+def test_bf16_accuracy_smoke_trains_twice_and_compares_inference(tmp_path):
+    bf16_accuracy.main(["--smoke", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    tables = results["tables"]
+    curve_rows = tables["training: fp32 vs bf16 autocast, same schedule (eval on the training images)"]
+    assert {row["training"] for row in curve_rows} == {"fp32", "bf16"}
+    assert (tmp_path / "bf16_accuracy_cocomini_curves.png").stat().st_size > 10_000
+    inference = tables["inference: fp32 vs bf16 on the same images"]
+    assert {(row["model"][:4], row["inference"]) for row in inference} == {
+        ("fp32", "fp32"), ("fp32", "bf16"), ("bf16", "fp32"), ("bf16", "bf16")}  # fmt: skip
+    assert all(row["AP_change_points"] == 0 for row in inference if row["inference"] == "fp32")
+    assert all(0 <= row["AP"] <= 1 for row in inference)
+    demo = tables["demo detector: fp32 vs bf16 inference, CPU"]
+    assert [row["inference"] for row in demo] == ["fp32", "bf16"] and demo[0]["AP"] > 0.5  # a trained model
+    assert "budget for BF16=auto" in results["verdict"]
