@@ -31,6 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
+from backbone.devices import resolve_device
 from backbone.files import write_atomically
 from backbone.weights import CheckpointError
 from detection.annotate import draw_detections
@@ -364,18 +365,6 @@ def write_coco_results(
 # --- the run ---------------------------------------------------------------------------------------------
 
 
-def resolve_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(choice)
-    except RuntimeError as error:
-        raise PredictError(f"--device {choice!r} is not a torch device: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError(f"--device {choice} but torch sees no CUDA device (use --device cpu or auto)")
-    return device
-
-
 def run_batches(
     model: Detector,
     items: Iterator[Decoded],
@@ -416,7 +405,7 @@ def run_batches(
 
 def load_model(args: argparse.Namespace) -> tuple[Detector, dict[str, Any], torch.device]:
     """The checkpoint, on its device, optimized for inference (the fp32 detections stay the same)."""
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, setting="--device ", error=PredictError)
     class_names = read_class_names(args.class_names) if args.class_names else None
     model, manifest = load_detector(args.checkpoint, class_names=class_names)
     model.to(device).optimize_for_inference(bf16=args.bf16)  # docs/BENCHMARKS.md: same fp32 detections

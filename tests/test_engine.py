@@ -26,6 +26,7 @@ from training.engine import (
     iterate_batches,
     log_training,
     prepare_model,
+    run_command,
     train_step,
     unwrap_model,
 )
@@ -269,6 +270,16 @@ def test_log_training_stops_a_diverged_run_and_logs_the_epoch(tmp_path):
     run_log.close()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["iteration"], r["loss"], r["epoch"]) for r in records] == [(5, 2.0, 0.5)]
+
+
+def test_run_command_ends_a_user_error_in_one_line_and_lets_bugs_through():
+    def missing_folder(config):
+        raise FileNotFoundError(f"--data_path {config} is not a folder")
+
+    with pytest.raises(SystemExit, match="^error: --data_path nowhere is not a folder$"):
+        run_command(missing_folder, "nowhere", user_errors=(FileNotFoundError, ValueError))
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        run_command(lambda config: config["absent"], {}, user_errors=(FileNotFoundError, ValueError))
 
 
 # --- the step, the meters, the logs -----------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from training.distributed import DistributedContext, init_distributed
+from training.distributed import DistributedContext, init_distributed, shutdown_distributed
 from training.meters import MetricWindow
 from training.precision import Precision, flush_denormals
 from training.run_log import RunLog
@@ -228,3 +228,15 @@ def make_loader(
         generator=torch.Generator(),
         prefetch_factor=4 if workers > 0 else None,
     )
+
+
+def run_command(main: Callable[[Any], Any], config: Any, *, user_errors: tuple[type[Exception], ...]) -> None:
+    """Run a training script's `main(config)`, then leave the process group (`main` itself does not: a test
+    or a notebook calls it in a process that goes on). A user's input error (a missing folder, a checkpoint
+    on some nodes only, ...) ends the command with one line saying what, without a traceback through our
+    internals."""
+    try:
+        main(config)
+    except user_errors as error:
+        raise SystemExit(f"error: {error}") from error
+    shutdown_distributed()

@@ -47,13 +47,14 @@ from training.device_data import (
     Normalizer,
     load_cifar_arrays,
 )
-from training.distributed import barrier, shutdown_distributed
+from training.distributed import barrier
 from training.engine import (
     BestMetric,
     iterate_batches,
     log_training,
     make_loader,
     prepare_model,
+    run_command,
     start_process,
     train_step,
 )
@@ -204,14 +205,18 @@ class EvalLoaders:
 
     def __init__(
         self, cfg: PretrainConfig, *, preprocessing: ClassifierPreprocessing, dataset, ctx, batch_size: int,
-        normalizer: Normalizer | None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
         self.preprocessing = preprocessing  # the centre view; the others take its sizes and statistics
         self.dataset = dataset
         self.ctx = ctx
         self.batch_size = batch_size
-        self.normalizer = normalizer  # set when the set lives on the device (--data_on_device)
+        # the centre view of a set held on the device (--data_on_device) is cropped and normalised there
+        self.normalizer = (
+            Normalizer(mean=preprocessing.mean, std=preprocessing.std, device=ctx.device)
+            if isinstance(dataset, DeviceImages)
+            else None
+        )
         self.shard = list(range(ctx.rank, len(dataset), ctx.world_size))  # every rank scores its own share
         self.loaders: dict[str, object] = {}
 
@@ -277,7 +282,6 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     if ctx.is_main:
         print(format_config(cfg), flush=True)
         print(f"processes: {ctx.world_size}, device: {ctx.device}", flush=True)
-    normalizer = None
     if cfg.data_on_device:
         if cfg.augmentation != "cifar":
             raise ValueError("--data_on_device true holds CIFAR-sized sets only: use it with --augmentation cifar")
@@ -304,11 +308,8 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         preprocessing = ClassifierPreprocessing.from_manifest(
             manifest["preprocessing"], stem=model.config.get("stem", "imagenet")
         )
-        eval_loaders = EvalLoaders(cfg, preprocessing=preprocessing, dataset=val_base, ctx=ctx, batch_size=eval_batch,
-                                   normalizer=normalizer)  # fmt: skip
-        results = final_evaluation(model, cfg=cfg, loaders=eval_loaders, ctx=ctx, precision=precision)
-        shutdown_distributed()
-        return results
+        eval_loaders = EvalLoaders(cfg, preprocessing=preprocessing, dataset=val_base, ctx=ctx, batch_size=eval_batch)
+        return final_evaluation(model, cfg=cfg, loaders=eval_loaders, ctx=ctx, precision=precision)
 
     if not cfg.data_on_device:
         train_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.train_split, decoder=cfg.decoder)
@@ -322,8 +323,7 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     preprocessing = ClassifierPreprocessing(
         size=cfg.crop_size, resize=cfg.eval_resize, mean=tuple(cfg.mean), std=tuple(cfg.std)
     )
-    eval_loaders = EvalLoaders(cfg, preprocessing=preprocessing, dataset=val_base, ctx=ctx, batch_size=eval_batch,
-                               normalizer=normalizer)  # fmt: skip
+    eval_loaders = EvalLoaders(cfg, preprocessing=preprocessing, dataset=val_base, ctx=ctx, batch_size=eval_batch)
 
     # --- sampler and loader
     sampler = ResumableBatchSampler(
@@ -435,14 +435,9 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
             print(f"wrote {path}", flush=True)
         print(f"wrote {output_dir / 'model.safetensors'}", flush=True)
     barrier(ctx)
-    shutdown_distributed()
     return results
 
 
 if __name__ == "__main__":
     config = parse_config(PretrainConfig, description=__doc__, recipes=RECIPES)
-    try:
-        main(config)
-    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as error:
-        # a user's input is wrong (e.g. a last.pt on some nodes only): say what, without a traceback
-        raise SystemExit(f"error: {error}") from error
+    run_command(main, config, user_errors=(CheckpointError, DatasetError, FileNotFoundError, ValueError))

@@ -53,13 +53,14 @@ from detection.transform import batch_to_device
 from training.checkpoint import RunCheckpoints
 from training.config import config_to_dict, format_config, parse_config
 from training.det_evaluation import detect_shard, score
-from training.distributed import barrier, shutdown_distributed
+from training.distributed import barrier
 from training.engine import (
     BestMetric,
     iterate_batches,
     log_training,
     make_loader,
     prepare_model,
+    run_command,
     seed_per_rank,
     start_process,
     train_step,
@@ -293,7 +294,6 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
             write_reports(output_dir, flat=flat, full=full, predictions=predictions,
                           category_ids=val_data.category_ids)  # fmt: skip
             print(f"wrote {output_dir / 'eval.json'}", flush=True)
-        shutdown_distributed()
         return flat
 
     train_base = train_data.dataset
@@ -418,14 +418,9 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         print(f"wrote {output_dir / 'model.safetensors'}", flush=True)
         print(json.dumps({k: round(v, 4) for k, v in results.items()}), flush=True)
     barrier(ctx)
-    shutdown_distributed()
     return results
 
 
 if __name__ == "__main__":
     config = parse_config(DetTrainConfig, description=__doc__, recipes=RECIPES)
-    try:
-        main(config)
-    except (AnnotationError, CheckpointError, FileNotFoundError, ValueError) as error:
-        # a user's input is wrong: say what, without a traceback through our internals
-        raise SystemExit(f"error: {error}") from error
+    run_command(main, config, user_errors=(AnnotationError, CheckpointError, FileNotFoundError, ValueError))
