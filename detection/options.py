@@ -7,6 +7,8 @@ is not what users now expect; each such field names the paper's choice in its co
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+
 HEADS = ("fpn", "c4")
 BOX_HEADS = ("mlp", "conv_fc")
 NORMS = ("none", "bn")
@@ -33,8 +35,8 @@ class DetectorOptions:
     min_size: tuple[int, ...] = (800,)  # paper: 600
     max_size: int = 1333  # paper: 1000
     size_divisible: int = 32
-    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, RGB
-    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    image_mean: tuple[float, float, float] = IMAGENET_MEAN  # torchvision's ImageNet statistics, RGB
+    image_std: tuple[float, float, float] = IMAGENET_STD
 
     # Feature pyramid (head="fpn" only).
     fpn_channels: int = 256
