@@ -102,6 +102,11 @@ class ResidualBlock(nn.Module):
     def build(self, **kwargs) -> None:
         raise NotImplementedError
 
+    @property
+    def last_bn(self) -> nn.Module:
+        """The BN before the addition (zero_init_residual zeroes its weight): the last of `conv_bn_pairs`."""
+        return getattr(self, self.conv_bn_pairs[-1][1])
+
     def add_shortcut(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The block's output: F(x) + x (or its projection), then ReLU; a plain block returns ReLU(F(x))."""
         if self.residual:
@@ -121,10 +126,6 @@ class BasicBlock(ResidualBlock):
         self.bn1 = norm_layer(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = norm_layer(out_channels)
-
-    @property
-    def last_bn(self) -> nn.Module:
-        return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -152,10 +153,6 @@ class Bottleneck(ResidualBlock):
         self.bn2 = norm_layer(bottleneck_channels)
         self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, 1, bias=False)
         self.bn3 = norm_layer(out_channels)
-
-    @property
-    def last_bn(self) -> nn.Module:
-        return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
