@@ -4,11 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test summary bench-backbone bench-service soak demo-models docker-build docker clean-venv
+.PHONY: serve test summary bench-backbone bench-service soak demo-models mutants docker-build docker clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,video]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
 # The API on HOST:PORT (default 127.0.0.1:8000) with the demo models of service/models/; settings are
@@ -40,6 +40,16 @@ demo-models: $(VENV)/.installed
 		--workers 1 --decoder torchvision --output_dir runs/cifar_resnet20
 	cp runs/synth_r18w16_fpn/model.safetensors service/models/demo_detector.safetensors
 	cp runs/cifar_resnet20/model.safetensors service/models/demo_classifier.safetensors
+
+# Mutation testing (not part of `make test`: tens of minutes on 2 cores) of detection/evaluation/,
+# training/checkpoint.py, training/sampler.py, service/security.py, service/body_limit.py and service/images.py,
+# configured in pyproject.toml [tool.mutmut]. MUTANTS narrows the run to names matching a glob, e.g.
+# `make mutants MUTANTS='training.checkpoint*'`; results stay in mutants/ (`$(VENV)/bin/mutmut results`).
+MUTANTS ?=
+mutants: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check 'mutmut>=3.3'
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run $(if $(MUTANTS),"$(MUTANTS)")
+	$(VENV)/bin/mutmut results
 
 # Loopback load test of the API (about 5 minutes): batching on vs off vs a naive handler in the route.
 bench-service: $(VENV)/.installed

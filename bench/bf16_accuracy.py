@@ -20,7 +20,6 @@ real-image model. Results: results.json and results.md in `--out`.
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from training.plots import read_metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+from bench.processes import repo_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -64,7 +65,7 @@ def train_both(*, data_path: Path, out: Path, device: str, iterations: int, work
                smoke: bool) -> dict[str, Path]:  # fmt: skip
     """Start the fp32 and the bf16 run at once (a small model leaves a GPU mostly idle); wait for both."""
     flags = SMOKE_FLAGS if smoke else OVERFIT_FLAGS
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = repo_env()
     if device == "cpu":
         env["OMP_NUM_THREADS"] = "1"  # two runs side by side on a small CPU
     runs, processes = {}, {}

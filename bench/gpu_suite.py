@@ -23,7 +23,6 @@ at 800 px, every row of ours >= 1.3x its torchvision anchor.
 import argparse
 import copy
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from backbone.weights import load_checked
 from bench import detector as detector_bench
 from bench import pretrain as pretrain_bench
 from bench import train_det as train_det_bench
+from bench.processes import repo_env
 from bench.service import DEMO_DETECTOR, Server, measure, percentile
 from bench.timing import autocast, ratio_table, synchronize, time_round_robin
 from detection import build_detector
@@ -249,7 +249,7 @@ def torchrun(*, device: torch.device, smoke: bool, timeout: float) -> list[dict]
             "--eval_every", "4", "--log_every", "1", "--output_dir", str(work / "cls"), *common,
         ],
     }  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    env = repo_env(OMP_NUM_THREADS="1")
     rows = []
     for name, arguments in commands.items():
         started = time.perf_counter()

@@ -70,6 +70,51 @@ def test_ground_truth_as_detections_scores_one_on_coco_and_voc_layouts(shapes):
     assert from_json.stats == in_memory.stats  # the same boxes give the same 12 numbers either way
 
 
+SPARSE_IDS = {1: 3, 2: 7, 3: 11, 4: 90}  # shape class -> a COCO-like category id with gaps
+
+
+@pytest.fixture(scope="module")
+def sparse_shapes(shapes, tmp_path_factory) -> CocoDetection:
+    """The shapes' val split with category ids 3, 7, 11, 90 (listed out of order), as COCO's 1..90 with
+    gaps: label k and category id differ, which 1..4 cannot show. The twin of the coco-mini checks."""
+    data = json.loads(shapes.coco_annotation_file("val").read_text())
+    data["categories"] = [{**category, "id": SPARSE_IDS[category["id"]]} for category in data["categories"][::-1]]
+    for entry in data["annotations"]:
+        entry["category_id"] = SPARSE_IDS[entry["category_id"]]
+    path = tmp_path_factory.mktemp("sparse") / "instances_val.json"
+    path.write_text(json.dumps(data))
+    return CocoDetection(path, shapes.coco_image_dir("val"))
+
+
+def test_results_files_carry_the_original_category_ids(sparse_shapes):
+    dataset = sparse_shapes
+    assert dataset.category_ids == [3, 7, 11, 90] and dataset.class_names == list(SHAPE_CLASSES)
+    predictions = _ground_truth_predictions(dataset)
+    written = to_coco_results(predictions, category_ids=dataset.category_ids)
+    expected = [
+        {"image_id": entry["image_id"], "category_id": entry["category_id"], "bbox": entry["bbox"]}
+        for entry in dataset.coco.dataset["annotations"]
+    ]
+    key = lambda r: (r["image_id"], r["bbox"])  # noqa: E731
+    assert len(expected) > 10 and {r["category_id"] for r in expected} == set(SPARSE_IDS.values())
+    got = [{name: r[name] for name in ("image_id", "category_id", "bbox")} for r in written]
+    assert sorted(got, key=key) == sorted(expected, key=key)  # integer boxes: exact in float32
+    # scored against the file's own ids (pycocotools index) and against the in-memory ground truth
+    from_file = evaluate_coco(dataset, predictions, verbose=False)
+    in_memory = SimpleNamespace(
+        annotations=dataset.annotations, class_names=dataset.class_names, category_ids=dataset.category_ids
+    )
+    rebuilt = coco_from_annotations(dataset.annotations, class_names=dataset.class_names,
+                                    category_ids=dataset.category_ids)  # fmt: skip
+    assert sorted(rebuilt.getCatIds()) == [3, 7, 11, 90]
+    assert sorted(a["category_id"] for a in rebuilt.dataset["annotations"]) == sorted(
+        e["category_id"] for e in dataset.coco.dataset["annotations"]
+    )
+    assert from_file.stats["AP"] == 1.0
+    assert evaluate_coco(in_memory, predictions, verbose=False).stats == from_file.stats
+    assert set(from_file.per_class_ap) == set(SHAPE_CLASSES)
+
+
 def _perturbed_results(coco: COCO, seed: int = 0) -> list[dict]:
     """Seeded jitter of every gt box (crowds too), random scores, some dropped, some relabelled, some false
     positives. Coordinates are multiples of 1/64, so xywh <-> xyxy is exact in float64 and both paths

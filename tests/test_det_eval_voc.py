@@ -126,3 +126,21 @@ def test_duplicate_on_a_taken_box_is_a_false_positive_and_json(tmp_path):
     assert metrics.per_class_ap["area"]["cat"] == pytest.approx(0.5)
     stored = write_json(tmp_path / "voc.json", evaluate_voc(DATASET, _predictions(DETECTIONS)).as_dict())
     assert json.loads(stored.read_text())["per_class_ap"]["area"]["bird"] is None  # nan is not JSON: null
+
+
+def test_overlap_of_wide_boxes_and_of_boxes_apart_in_both_directions():
+    """IoU on non-square boxes (x and y extents differ) and on a box that misses the object diagonally, where
+    an unclipped overlap would multiply two negative extents into a positive area."""
+    wide = SimpleNamespace(
+        class_names=["car"], category_ids=[1], annotations=[_image(0, [[0, 0, 100, 20]], [1], [False])]
+    )
+    # IoU 60/100 with the car: a hit; then a box far off diagonally: a false positive
+    detections = _predictions({0: [([0, 0, 100, 12], 0.9, 1), ([150, 40, 190, 80], 0.8, 1)]})
+    curve = evaluate_voc(wide, detections)
+    np.testing.assert_array_equal(curve.precision["car"], [1.0, 0.5])
+    # IoU 48/100 (< 0.5): a miss, wherever box[2] and box[3] would be swapped it would be a hit
+    missed = evaluate_voc(wide, _predictions({0: [([0, 0, 100, 20 * 0.48], 0.9, 1)]}))
+    assert missed.mean_ap == {"11point": 0.0, "area": 0.0}
+    # off diagonally, or touching the object at its right or bottom edge only: no overlap, never a hit
+    apart = [([150, 40, 190, 80], 0.9, 1), ([100, 0, 140, 20], 0.8, 1), ([0, 20, 100, 40], 0.7, 1)]
+    assert evaluate_voc(wide, _predictions({0: apart}), iou_threshold=0.0).mean_ap == {"11point": 0.0, "area": 0.0}

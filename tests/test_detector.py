@@ -34,9 +34,16 @@ def synthetic_batch(seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, t
     return images, targets
 
 
-def assert_detections_valid(detections: list[dict], images: list[torch.Tensor], num_classes: int) -> None:
+def assert_detections_valid(
+    detections: list[dict], images: list[torch.Tensor], num_classes: int, *, require_detections: bool = True
+) -> None:
+    """One result per image, each well formed and, unless told otherwise, not empty: the callers keep every
+    scored box (threshold 0) or use an untrained FPN detector, whose near-uniform class scores lie far above
+    the 0.05 threshold, so zero detections there is a bug, not an outcome."""
+    assert len(detections) == len(images)
     for detection, image in zip(detections, images):
         boxes, scores, labels = detection["boxes"], detection["scores"], detection["labels"]
+        assert len(scores) > 0 or not require_detections
         assert boxes.shape == (len(scores), 4) and labels.shape == scores.shape and boxes.dtype == torch.float32
         assert torch.isfinite(boxes).all() and torch.isfinite(scores).all()
         height, width = image.shape[-2:]
@@ -50,7 +57,8 @@ def assert_detections_valid(detections: list[dict], images: list[torch.Tensor], 
 @pytest.mark.parametrize("backbone", DETECTOR_BACKBONES)
 def test_every_depth_and_head_trains_and_detects(backbone, head):
     torch.manual_seed(0)
-    model = build_detector(backbone=backbone, head=head, num_classes=2, **TINY)
+    # threshold 0: a deep random C4 head can put every box below 0.05, and these detections must exist
+    model = build_detector(backbone=backbone, head=head, num_classes=2, box_score_thresh=0.0, **TINY)
     resnet = model.features.backbone
     if head == "fpn":
         lateral = model.features.fpn.inner_blocks
@@ -68,8 +76,10 @@ def test_every_depth_and_head_trains_and_detects(backbone, head):
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
     assert all(torch.isfinite(value) for value in losses.values())
     _, detections = model.eval()(images)
-    assert len(detections) == 2
-    assert_detections_valid(detections, images, num_classes=2)
+    # random ResNet-101/152 features blow up the box deltas: all their boxes may be degenerate and dropped
+    assert_detections_valid(
+        detections, images, num_classes=2, require_detections=backbone in ("resnet18", "resnet34", "resnet50")
+    )
 
 
 @pytest.mark.parametrize("head", ["fpn", "c4"])

@@ -1,5 +1,5 @@
-"""torchvision's fasterrcnn_resnet50_fpn (v1, v2) weights in our detector: the same detections, via the
-Python API and the `python -m detection.convert` command; COCO's 91-id label space."""
+"""torchvision's fasterrcnn_resnet50_fpn (v1, v2) and ResNet-18/34/101/152 FPN weights in our detector: the same
+detections, via the Python API and the `python -m detection.convert` command; COCO's 91-id label space."""
 
 import subprocess
 import sys
@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 from torchvision.models._meta import _COCO_CATEGORIES
-from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
+from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from backbone.weights import CheckpointError
 from detection import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, convert_torchvision_detector, load_detector
@@ -89,6 +91,43 @@ def test_converted_weights_give_torchvision_detections(builder, tmp_path):
     assert manifest["provenance"]["coco_category_ids"] == list(COCO_CATEGORY_IDS)
     use_test_settings(model)
     images = sample_images()
+    with torch.inference_mode():
+        theirs = reference(images)
+        _, ours = model(images)
+    for a, b in zip(theirs, ours):
+        assert_same_detections(a, b)
+
+
+SMALL = dict(min_size=160, max_size=240)
+
+
+def resnet_fpn_faster_rcnn(depth: int):
+    """torchvision's Faster R-CNN on a ResNet-`depth` FPN (resnet_fpn_backbone: the layout of its COCO
+    detectors), at 160-240 px: the other depths' block layouts and channels, not more pixels."""
+
+    def builder(weights=None, weights_backbone=None, **settings):
+        backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=weights_backbone, trainable_layers=3)
+        return FasterRCNN(backbone, num_classes=91, **{**settings, **SMALL})
+
+    return builder
+
+
+@pytest.mark.parametrize("depth", [18, 34, 101, 152])
+def test_converted_weights_of_every_depth_give_torchvision_detections(depth, tmp_path):
+    reference = randomised_torchvision(resnet_fpn_faster_rcnn(depth))
+    with torch.no_grad():  # small last-BN scales, as trained deep ResNets have: 50 random blocks would overflow
+        for block in reference.backbone.body.modules():
+            last_bn = getattr(block, "bn3", None) or getattr(block, "bn2", None)
+            if isinstance(block, (BasicBlock, Bottleneck)) and last_bn is not None:
+                last_bn.weight.uniform_(0.05, 0.2)
+    torch.save(reference.state_dict(), tmp_path / "torchvision.pth")
+    convert_torchvision_detector(tmp_path / "torchvision.pth", tmp_path / "ours.safetensors")
+    model, manifest = load_detector(tmp_path / "ours.safetensors")
+    assert manifest["architecture_kwargs"]["backbone"] == f"resnet{depth}"
+    use_test_settings(model)
+    model.transform.min_size, model.transform.max_size = (SMALL["min_size"],), SMALL["max_size"]
+    generator = torch.Generator().manual_seed(depth)
+    images = [torch.rand(3, 200, 150, generator=generator), torch.rand(3, 120, 240, generator=generator)]
     with torch.inference_mode():
         theirs = reference(images)
         _, ours = model(images)

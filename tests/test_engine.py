@@ -4,18 +4,22 @@ import json
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from backbone.weights import CheckpointError
+from training import checkpoint as training_checkpoint
 from training.checkpoint import (
     RunCheckpoints,
     capture_rng_state,
     load_training_checkpoint,
     restore_rng_state,
+    resume_training,
     save_training_checkpoint,
 )
 from training.config import config_to_dict, format_config, make_config, parse_config
@@ -151,6 +155,26 @@ def test_seeded_dataset_repeats_augmentations_and_leaves_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+class NoiseWithTarget:
+    """A joint (detection-style) augmentation: the image and its target move together."""
+
+    def __call__(self, image, target):
+        shift = torch.rand(3)
+        return image + shift, {"label": target, "shift": shift}
+
+
+def test_seeded_dataset_plain_indices_and_joint_transforms():
+    data = [(torch.zeros(3), 0), (torch.full((3,), 5.0), 1)]
+    plain = SeededDataset(data, lambda image: image * 2)  # evaluation: deterministic, keys are indices
+    image, label = plain[1]
+    assert torch.equal(image, torch.full((3,), 10.0)) and label == 1 and len(plain) == 2
+    joint = SeededDataset(data, NoiseWithTarget(), joint=True)
+    image, target = joint[(1, 42)]
+    assert target["label"] == 1 and torch.equal(image, 5.0 + target["shift"])
+    again, _ = joint[(1, 42)]
+    assert torch.equal(again, image) and not torch.equal(joint[(1, 43)][0], image)
+
+
 def test_iterate_batches_from_iteration_k_gives_the_uninterrupted_batches():
     data = SeededDataset([(torch.tensor([float(i)]), i) for i in range(20)], RandomNoise())
     sampler = ResumableBatchSampler(dataset_size=20, global_batch_size=4, seed=1)
@@ -217,6 +241,85 @@ def test_training_checkpoint_round_trip_and_rng_restore(tmp_path):
     expected = (random.random(), torch.rand(2))
     restore_rng_state(load_training_checkpoint(save_training_checkpoint(tmp_path / "rng.pt", {"rng": rng}))["rng"])
     assert random.random() == expected[0] and torch.equal(torch.rand(2), expected[1])
+
+
+def _draws() -> tuple:
+    """One draw from each stream a checkpoint carries; numpy's first normal is the cached second half of
+    the last Box-Muller pair, so the gauss cache is read back too."""
+    return random.random(), float(np.random.standard_normal()), int(np.random.randint(1 << 30)), torch.rand(3)
+
+
+def test_resume_restores_this_ranks_rng_streams_numpy_included(tmp_path, capsys):
+    rng, expected = [], []
+    for rank in (0, 1):  # what each rank of a 2-process run saved, and what it drew next
+        random.seed(100 + rank)
+        np.random.seed(100 + rank)
+        torch.manual_seed(100 + rank)
+        np.random.standard_normal()  # leaves a cached gaussian
+        rng.append(capture_rng_state())
+        expected.append(_draws())
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule, scaler, window = LRSchedule(base_lr=0.1), torch.amp.GradScaler("cpu", enabled=False), MetricWindow()
+    path = save_training_checkpoint(tmp_path / "last.pt", {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict(), "window": window.state_dict(), "iteration": 5, "rng": rng, "config": {},
+    })  # fmt: skip
+    parts = dict(model=model, optimizer=optimizer, schedule=schedule, scaler=scaler, window=window)
+
+    def resume(rank: int, world_size: int, resume: str = "auto"):
+        random.seed(7)  # whatever the new process drew before resuming
+        np.random.seed(7)
+        torch.manual_seed(7)
+        ctx = DistributedContext(rank=rank, world_size=world_size, local_rank=rank, device=torch.device("cpu"))
+        return resume_training(resume, output_dir=tmp_path, config={}, ctx=ctx, **parts)
+
+    def assert_continues(streams: tuple) -> None:
+        draws = _draws()
+        assert draws[:3] == streams[:3] and torch.equal(draws[3], streams[3])
+
+    assert resume(1, 2)["iteration"] == 5
+    assert_continues(expected[1])  # rank 1 takes its own streams, not rank 0's
+    assert resume(0, 2, resume=str(path))["iteration"] == 5
+    assert_continues(expected[0])
+    resume(2, 3)  # another world size: every rank takes rank 0's streams
+    assert_continues(expected[0])
+    assert "resumed from" in capsys.readouterr().out
+    assert resume(0, 1, resume="") is None
+    assert resume_training("auto", output_dir=tmp_path / "fresh", config={}, ctx=CPU, **parts) is None
+
+
+class Pickled:
+    """Not a tensor nor a plain value: weights_only loading must refuse it (unpickling runs code)."""
+
+
+def test_checkpoint_is_written_beside_its_target_and_a_failed_write_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "new" / "folder" / "last.pt"
+    save_training_checkpoint(path, {"iteration": 1})  # creates the folders
+    renames = []
+    real_replace = training_checkpoint.os.replace
+    monkeypatch.setattr(training_checkpoint.os, "replace", lambda a, b: (renames.append((a, b)), real_replace(a, b)))
+    save_training_checkpoint(path, {"iteration": 2})
+    (source, target), = renames
+    assert Path(source).parent == path.parent and Path(target) == path  # a rename in one folder is atomic
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(training_checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_training_checkpoint(path, {"iteration": 3})
+    assert load_training_checkpoint(path)["iteration"] == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left behind
+
+
+def test_checkpoint_with_foreign_objects_or_a_newer_version_is_refused(tmp_path):
+    torch.save({"format": "resdet.training", "format_version": 1, "object": Pickled()}, tmp_path / "pickle.pt")
+    with pytest.raises(CheckpointError, match=r"cannot read training checkpoint .*pickle\.pt"):
+        load_training_checkpoint(tmp_path / "pickle.pt")
+    torch.save({"format": "resdet.training", "format_version": 2}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match=r"future\.pt: training checkpoint version 2 is newer than this code"):
+        load_training_checkpoint(tmp_path / "future.pt")
 
 
 def test_truncated_or_foreign_checkpoint_names_the_file(tmp_path):

@@ -2,8 +2,10 @@
 runs as 2 DDP processes, writes a serving checkpoint that initialises a detector backbone."""
 
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,6 +14,7 @@ from training_scripts import TORCHRUN_2_PROCESSES, kill_9_once_written, run_scri
 from backbone import create_model
 from backbone.checkpoint import load_classifier
 from backbone.pretrained import load_backbone_weights
+from training.checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
 from training.config import make_config
 from training.plots import read_metrics
 from training.pretrain import RECIPES, PretrainConfig, main
@@ -86,6 +89,31 @@ def test_resume_after_kill_9_continues_exactly(colour_data, tmp_path):
     final = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()][-1]
     assert final["kind"] == "final"
     assert final["top1_error_center"] == read_metrics(tmp_path / "reference" / "metrics.jsonl")[-1]["top1_error_center"]
+
+
+def test_resume_continues_the_rng_streams_of_the_checkpoint(colour_data, tmp_path):
+    """Pretraining draws nothing from the global streams after building the model (augmentations run under
+    per-sample seeds, loaders have their own generators), so its losses cannot show a lost RNG restore:
+    read the streams back instead. The checkpoint gets streams no fresh process would have."""
+    main(tiny_config(colour_data, tmp_path / "run", max_iterations=2, checkpoint_every=2, eval_every=2))
+    checkpoint = load_training_checkpoint(tmp_path / "run" / "last.pt")
+    outside = capture_rng_state()
+    random.seed(2024)
+    np.random.seed(2024)
+    torch.manual_seed(2024)
+    moved_on = capture_rng_state()
+    restore_rng_state(outside)
+    save_training_checkpoint(tmp_path / "run" / "last.pt", {**checkpoint, "rng": [moved_on]})
+
+    main(tiny_config(colour_data, tmp_path / "run", max_iterations=4, checkpoint_every=2, eval_every=2,
+                     resume="auto"))  # fmt: skip
+    saved = load_training_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["iteration"] == 4
+    streams = saved["rng"][0]
+    assert streams["python"] == moved_on["python"]
+    assert torch.equal(streams["torch"], moved_on["torch"])
+    assert torch.equal(streams["numpy"]["keys"], moved_on["numpy"]["keys"])
+    assert streams["numpy"]["position"] == moved_on["numpy"]["position"]
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ from torchvision import tv_tensors
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
+from backbone.checkpoint import load_classifier
+from backbone.preprocessing import ClassifierPreprocessing
 from backbone.weights import CheckpointError
 from training.checkpoint import save_training_checkpoint
 from training.classification_data import (
@@ -107,9 +109,9 @@ def test_corrupt_resume_checkpoint_is_named(tmp_path):
 
 def test_archive_is_extracted_once_into_the_cache_and_trained_on(tmp_path):
     source = tmp_path / "source" / "tiny"
-    for split in ("train", "val"):
+    for split, count_b in (("train", 4), ("val", 2)):  # 4 + 2 val images: an error is never 1 - itself
         write_images(source / split / "a", 4)
-        write_images(source / split / "b", 4, colour=(0, 200, 0))
+        write_images(source / split / "b", count_b, colour=(0, 200, 0))
     archive = tmp_path / "tiny.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(source, arcname="tiny")  # wrapped in one folder, like cifar10-jpeg.tar.gz
@@ -127,7 +129,16 @@ def test_archive_is_extracted_once_into_the_cache_and_trained_on(tmp_path):
     marker.unlink()
     results = main(quick_config(archive, tmp_path / "run", cache_dir=str(tmp_path / "cache2")))
     assert (tmp_path / "cache2" / "tiny" / "tiny" / "val" / "b").is_dir()
-    assert 0.0 <= results["top1_error_center"] <= 1.0
+    # the reported error is the serving checkpoint's own on the 6 val images
+    model, manifest = load_classifier(tmp_path / "run" / "model.safetensors")
+    preprocessing = manifest["preprocessing"]
+    view = ClassifierPreprocessing.from_manifest(preprocessing, stem=model.config["stem"]).transform()
+    val = source / "val"
+    images = torch.stack([view(Image.open(path).convert("RGB")) for path in sorted(val.glob("*/*.jpg"))])
+    labels = torch.tensor([0 if path.parent.name == "a" else 1 for path in sorted(val.glob("*/*.jpg"))])
+    with torch.no_grad():
+        wrong = int((model(images).argmax(dim=1) != labels).sum())
+    assert len(labels) == 6 and results["top1_error_center"] == pytest.approx(wrong / 6)
 
 
 # --- CIFAR-10 python batches ------------------------------------------------------------------------------

@@ -81,22 +81,84 @@ def test_ten_crop_and_multi_scale_agree_with_centre_crop_on_a_constant_image(sma
             torch.testing.assert_close(multi, center, rtol=1e-4, atol=1e-6)
 
 
-def test_evaluate_reports_the_same_errors_for_every_view_of_constant_images(small_resnet):
-    images = [(Image.new("RGB", (224, 224), (40 * k, 255 - 40 * k, 90)), k % 7) for k in range(6)]
+def _noise_photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    generator = torch.Generator().manual_seed(seed)
+    return Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy())
+
+
+def test_ten_crop_averages_the_four_corners_the_centre_and_their_mirrors(small_resnet):
+    """On a noise image every crop scores differently: the centre crop alone (or one corner, or no
+    mirrors) gives another answer than the average of the paper's ten views."""
+    photo = _noise_photo(112, 96)
+    crops = ten_crop_transform(resize=96, crop_size=64, **VIEW)(photo)
+    whole = whole_image_transform(**VIEW)(photo)  # already 96 on the shorter side: Resize(96) is the identity
+
+    def five(image):  # four corners and the centre
+        corners = [image[:, :64, :64], image[:, :64, -64:], image[:, -64:, :64], image[:, -64:, -64:]]
+        return [*corners, image[:, 16:80, 24:88]]
+
+    views = five(whole) + five(whole.flip(-1))  # and the same of the mirror image
+    centre = views[4]
+    torch.testing.assert_close(crops, torch.stack(views), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        per_view = predict_center(small_resnet, torch.stack(views))
+        ten = predict_ten_crop(small_resnet, crops[None])
+        centre_only = predict_center(small_resnet, centre[None])
+    torch.testing.assert_close(ten, per_view.mean(dim=0, keepdim=True), rtol=1e-5, atol=1e-6)
+    assert (ten - centre_only).abs().max() > 1e-3  # the image tells the ten views apart from the centre
+
+
+def test_multi_scale_averages_every_scale_over_the_whole_image(small_resnet):
+    image = whole_image_transform(**VIEW)(_noise_photo(96, 64, seed=1))
+    with torch.no_grad():
+        native = small_resnet(image[None]).softmax(dim=1)  # scale 64: the image as it is
+        doubled = small_resnet(
+            torch.nn.functional.interpolate(image[None], size=(128, 192), mode="bilinear", antialias=True)
+        ).softmax(dim=1)
+        both = predict_multi_scale(small_resnet, image, scales=(64, 128))
+    torch.testing.assert_close(both, (native + doubled) / 2, rtol=1e-4, atol=1e-6)
+    assert (native - doubled).abs().max() > 1e-3  # dropping either scale would change the answer
+
+
+class DominantChannelClassifier(torch.nn.Module):
+    """A classifier whose answers are known: class c scores channel c's mean (classes 0-2), classes 3-6
+    score fixed decreasing constants. Fully convolutional like ours (forward_features, last_stage, fc)."""
+
+    last_stage = "res5"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 7)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.weight[:3] = 10 * torch.eye(3)
+            self.fc.bias.copy_(torch.tensor([0.0, 0.0, 0.0, -30.0, -31.0, -32.0, -33.0]))
+
+    def forward_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"res5": images}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(images.mean(dim=(2, 3)))
+
+
+def test_evaluate_reports_the_known_errors_for_every_view():
+    model = DominantChannelClassifier()
+    red, green, blue = (230, 20, 20), (20, 230, 20), (20, 20, 230)
+    # predicted classes 0, 1, 2, 0, 1, 2 and top-5 {0, 1, 2, 3, 4}: two top-1 misses, one top-5 miss
+    labelled = [(red, 0), (green, 1), (blue, 2), (red, 1), (green, 6), (blue, 2)]
+    images = [(Image.new("RGB", (224, 224), colour), label) for colour, label in labelled]
 
     def errors(mode, transform, **kwargs):
-        loader = DataLoader(SeededDataset(images, transform), batch_size=1 if mode == "multi_scale" else 3,
+        loader = DataLoader(SeededDataset(images, transform), batch_size=1 if mode == "multi_scale" else 4,
                             collate_fn=collate_list if mode == "multi_scale" else None)  # fmt: skip
-        return evaluate(small_resnet, loader, mode=mode, ctx=CPU, **kwargs)
+        return evaluate(model, loader, mode=mode, ctx=CPU, **kwargs)
 
-    center = errors("center", ClassifierPreprocessing(size=224, resize=224).transform())
-    ten = errors("ten_crop", ten_crop_transform(resize=224, crop_size=224, **VIEW))
-    multi = errors("multi_scale", whole_image_transform(**VIEW), scales=(224,))
-    assert center == ten == multi and center["count"] == 6
-    all_scales = errors("multi_scale", whole_image_transform(**VIEW), scales=PAPER_TEST_SCALES)
-    assert all_scales["count"] == 6 and 0 <= all_scales["top1_error"] <= 1
+    expected = {"top1_error": pytest.approx(2 / 6), "top5_error": pytest.approx(1 / 6), "count": 6}
+    assert errors("center", ClassifierPreprocessing(size=224, resize=224).transform()) == expected
+    assert errors("ten_crop", ten_crop_transform(resize=256, crop_size=224, **VIEW)) == expected
+    assert errors("multi_scale", whole_image_transform(**VIEW), scales=PAPER_TEST_SCALES) == expected
     with pytest.raises(ValueError, match="mode must be one of"):
-        evaluate(small_resnet, [], mode="twelve_crop", ctx=CPU)
+        evaluate(model, [], mode="twelve_crop", ctx=CPU)
 
 
 def test_topk_errors_count_hits():

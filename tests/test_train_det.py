@@ -14,7 +14,7 @@ from backbone import create_model
 from backbone.checkpoint import read_manifest, save_classifier
 from backbone.weights import CheckpointError
 from detection import build_detector, save_detector
-from detection.data import generate_synthetic
+from detection.data import AnnotationError, generate_synthetic
 from detection.pretrained import initialise_detector
 from training.config import make_config
 from training.train_det import RECIPES, DetTrainConfig, main
@@ -40,6 +40,11 @@ def tiny_config(data: Path, output_dir: Path, **overrides) -> DetTrainConfig:
     return make_config(DetTrainConfig, values)
 
 
+def val_image_ids(shapes: Path) -> set[int]:
+    val_json = json.loads((shapes / "coco" / "annotations" / "instances_val.json").read_text())
+    return {image["id"] for image in val_json["images"]}
+
+
 def test_coco_layout_trains_evaluates_and_writes_every_output(shapes, tmp_path):
     results = main(tiny_config(shapes, tmp_path / "run"))
     run = tmp_path / "run"
@@ -57,6 +62,8 @@ def test_coco_layout_trains_evaluates_and_writes_every_output(shapes, tmp_path):
     assert sorted(losses) == list(range(1, 7))
     evaluation = json.loads((run / "eval.json").read_text())
     assert evaluation["headline"]["AP"] == results["AP"]
+    # an untrained detector still scores something on every image: an empty results file would be a bug
+    assert {d["image_id"] for d in json.loads((run / "detections.json").read_text())} == val_image_ids(shapes)
 
     # evaluation only, on the serving checkpoint: the same numbers
     again = main(tiny_config(shapes, tmp_path / "eval", eval_only=str(run / "model.safetensors")))
@@ -97,9 +104,7 @@ def test_two_gloo_processes_train_and_shard_evaluation(shapes, tmp_path):
     losses = train_losses(tmp_path / "ddp")
     assert sorted(losses) == [1, 2, 3, 4] and all(torch.isfinite(torch.tensor(list(losses.values()))))
     detections = json.loads((tmp_path / "ddp" / "detections.json").read_text())
-    val_json = json.loads((shapes / "coco" / "annotations" / "instances_val.json").read_text())
-    val_ids = {image["id"] for image in val_json["images"]}
-    assert {d["image_id"] for d in detections} <= val_ids
+    assert {d["image_id"] for d in detections} == val_image_ids(shapes)  # both ranks' shards, gathered
 
     checkpoint = str(tmp_path / "ddp" / "model.safetensors")
     run_script("train_det.py", tiny_config(shapes, tmp_path / "eval2", eval_only=checkpoint),
@@ -123,7 +128,7 @@ def test_malformed_annotation_file_names_the_file(shapes, tmp_path):
     broken = tmp_path / "broken"
     (broken / "annotations").mkdir(parents=True)
     (broken / "annotations" / "instances_val.json").write_text("{not json")
-    with pytest.raises(Exception, match="instances_val.json"):
+    with pytest.raises(AnnotationError, match=r"instances_val\.json.*not valid JSON"):
         main(tiny_config(shapes, tmp_path / "run", data_path=str(broken)))
 
 

@@ -1,6 +1,5 @@
 """Running training/pretrain.py and training/train_det.py as a user does: flags, subprocesses, kill -9."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from bench.processes import repo_env
 from training.plots import read_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def config_flags(config: Any) -> list[str]:
 
 
 def script_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return repo_env(OMP_NUM_THREADS="1")
 
 
 def script_command(script: str, config: Any, *, launcher: tuple[str, ...] = ()) -> list[str]:

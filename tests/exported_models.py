@@ -1,0 +1,80 @@
+"""Checkpoints and their ONNX exports, built once per test process and shared by test_export.py and
+test_triton.py (an export takes tens of seconds on a 2-core CPU)."""
+
+import atexit
+import shutil
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+from test_detector_torchvision import TEST_SETTINGS, randomised_torchvision
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
+from torchvision.ops import FrozenBatchNorm2d
+
+from detection import build_detector, convert_torchvision_detector, load_detector, save_detector
+from detection.export import export_checkpoint, write_triton_repository
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DETECTOR = REPO_ROOT / "service" / "models" / "demo_detector.safetensors"
+DEMO_CLASSIFIER = REPO_ROOT / "service" / "models" / "demo_classifier.safetensors"
+
+
+@cache
+def workdir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="resdet-export-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+@cache
+def r50_fpn_checkpoint() -> Path:
+    """torchvision's fasterrcnn_resnet50_fpn, randomised to behave like a trained one, through
+    `convert_torchvision_detector`, rebuilt with the small test inputs (320-480 px, 100 proposals)."""
+    weights = workdir() / "r50_fpn.pth"
+    torch.save(randomised_torchvision(fasterrcnn_resnet50_fpn).state_dict(), weights)
+    converted, _ = load_detector(convert_torchvision_detector(weights, workdir() / "r50_fpn_full.safetensors"))
+    small = build_detector(**{**converted.config, **TEST_SETTINGS}, class_names=converted.class_names)
+    small.load_state_dict(converted.state_dict())
+    return save_detector(workdir() / "r50_fpn.safetensors", model=small)
+
+
+@cache
+def c4_checkpoint() -> Path:
+    """A small ResNet-18 C4 detector whose random weights give spread-out, confident detections."""
+    torch.manual_seed(0)
+    model = build_detector(
+        backbone="resnet18", head="c4", num_classes=3, min_size=256, max_size=384, rpn_post_nms_top_n_test=100
+    )
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.0)
+                module.bias.uniform_(-0.1, 0.1)
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.3)
+        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, 0.01)
+    return save_detector(workdir() / "c4.safetensors", model=model)
+
+
+CHECKPOINTS = {
+    "demo": lambda: DEMO_DETECTOR,
+    "r50_fpn": r50_fpn_checkpoint,
+    "c4": c4_checkpoint,
+    "classifier": lambda: DEMO_CLASSIFIER,
+}
+
+
+@cache
+def triton_repository(name: str) -> Path:
+    """A Triton repository holding the named model (its model.onnx is the export the parity tests use)."""
+    return write_triton_repository(CHECKPOINTS[name](), workdir() / "triton", name=name)
+
+
+@cache
+def exported(name: str) -> Path:
+    """The ONNX file of "demo", "r50_fpn", "c4" or "classifier"; the demo models go through the Triton writer."""
+    if name in ("demo", "classifier"):
+        return triton_repository(name) / "1" / "model.onnx"
+    return export_checkpoint(CHECKPOINTS[name](), workdir() / f"{name}.onnx").path
