@@ -7,6 +7,7 @@ last.pt, best.pt, resume), meters, run_log (progress bar, metrics.jsonl, TensorB
 """
 
 from training.checkpoint import (
+    RunCheckpoints,
     capture_rng_state,
     load_training_checkpoint,
     restore_rng_state,
@@ -14,7 +15,17 @@ from training.checkpoint import (
 )
 from training.config import config_to_dict, format_config, parse_config
 from training.distributed import DistributedContext, init_distributed, shutdown_distributed
-from training.engine import iterate_batches, make_loader, prepare_model, train_step, unwrap_model
+from training.engine import (
+    BestMetric,
+    Step,
+    iterate_batches,
+    log_training,
+    make_loader,
+    prepare_model,
+    run_command,
+    train_step,
+    unwrap_model,
+)
 from training.meters import MetricWindow
 from training.plots import plot_error_curves, plot_run
 from training.precision import Precision
@@ -23,25 +34,30 @@ from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
 
 __all__ = [
+    "BestMetric",
     "DistributedContext",
     "LRSchedule",
     "MetricWindow",
     "Precision",
     "ResumableBatchSampler",
+    "RunCheckpoints",
     "RunLog",
     "SeededDataset",
+    "Step",
     "capture_rng_state",
     "config_to_dict",
     "format_config",
     "init_distributed",
     "iterate_batches",
     "load_training_checkpoint",
+    "log_training",
     "make_loader",
     "parse_config",
     "plot_error_curves",
     "plot_run",
     "prepare_model",
     "restore_rng_state",
+    "run_command",
     "save_training_checkpoint",
     "shutdown_distributed",
     "train_step",
