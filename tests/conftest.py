@@ -24,6 +24,15 @@ def coco_mini() -> Path:
     return shared_data("coco-mini")
 
 
+@pytest.fixture(autouse=True)
+def default_subnormals():
+    """A trainer run in-process flushes subnormal floats (training.precision.flush_denormals), a setting of
+    the whole process: put the default back so later tests (hypothesis' float strategies refuse to run
+    under flush-to-zero) see what a fresh process sees."""
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture
 def one_thread():
     """In-process training runs use one thread, as the subprocesses do (OMP_NUM_THREADS=1): on a busy
