@@ -67,15 +67,17 @@ class Detector(nn.Module):
         *,
         score_threshold: float | None = None,
         max_detections: int | None = None,
+        iou_threshold: float | None = None,
         targets_prepared: bool = False,
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Return (losses, detections) for a list of RGB float images [3, H, W] in [0, 1].
 
         Training mode: targets required, detections is empty. Eval mode: detections per image
         (boxes x1, y1, x2, y2 in original pixels, scores, labels 1..K), plus the same losses when
-        targets are given (a validation loss). score_threshold and max_detections override the
-        built-in box_score_thresh and box_detections_per_img for this call. targets_prepared: the targets
-        come from `detection.transform.batch_to_device`, checked on the CPU (checks here would sync a GPU).
+        targets are given (a validation loss). score_threshold, max_detections and iou_threshold override
+        the built-in box_score_thresh, box_detections_per_img and box_nms_thresh (per class) for this call.
+        targets_prepared: the targets come from `detection.transform.batch_to_device`, checked on the CPU
+        (checks here would sync a GPU).
         """
         check_images(images)
         if targets is None:
@@ -97,6 +99,7 @@ class Detector(nn.Module):
             targets,
             score_thresh=score_threshold,
             detections_per_img=max_detections,
+            nms_thresh=iou_threshold,
         )
         detections = to_original_coordinates(detections, batch.image_sizes, original_sizes)
         return {**rpn_losses, **head_losses}, detections
@@ -108,8 +111,12 @@ class Detector(nn.Module):
         max_detections: int = 100,
         *,
         batch_size: int = 4,
+        iou_threshold: float | None = None,
     ) -> list[dict[str, Any]]:
         """Detect objects in PIL images or uint8/uint16/float tensors of any size and mode.
+
+        iou_threshold: per-class NMS overlap above which the lower-scoring box is dropped (None: the
+        model's box_nms_thresh).
 
         Images are batched `batch_size` at a time, grouped by aspect ratio (less padding). Returns per
         image: boxes FloatTensor[N, 4] (x1, y1, x2, y2, original pixels), scores, labels (1..K),
@@ -130,8 +137,9 @@ class Detector(nn.Module):
                 for start in range(0, len(order), batch_size):
                     chunk = order[start : start + batch_size]
                     _, detections = self(
-                        [tensors[i] for i in chunk], score_threshold=score_threshold, max_detections=max_detections
-                    )
+                        [tensors[i] for i in chunk], score_threshold=score_threshold, max_detections=max_detections,
+                        iou_threshold=iou_threshold,
+                    )  # fmt: skip
                     for i, detection in zip(chunk, detections):
                         names = [self.class_names[label - 1] for label in detection["labels"].tolist()]
                         results[i] = {**detection, "names": names}

@@ -54,6 +54,7 @@ class RoIHeads(TorchvisionRoIHeads):
         *,
         score_thresh: float | None = None,
         detections_per_img: int | None = None,
+        nms_thresh: float | None = None,
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         losses = {}
         if targets is not None:
@@ -72,6 +73,7 @@ class RoIHeads(TorchvisionRoIHeads):
                 image_shapes,
                 score_thresh=self.score_thresh if score_thresh is None else score_thresh,
                 detections_per_img=self.detections_per_img if detections_per_img is None else detections_per_img,
+                nms_thresh=self.nms_thresh if nms_thresh is None else nms_thresh,
             )
         return detections, losses
 
@@ -91,6 +93,7 @@ class RoIHeads(TorchvisionRoIHeads):
         *,
         score_thresh: float,
         detections_per_img: int,
+        nms_thresh: float,
     ) -> list[dict[str, torch.Tensor]]:
         """torchvision's postprocess_detections, step for step, over the used classifier columns."""
         boxes_per_image = [len(boxes) for boxes in proposals]
@@ -112,7 +115,7 @@ class RoIHeads(TorchvisionRoIHeads):
             boxes, scores, columns = boxes[keep], scores[keep], columns[keep]
             keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
             boxes, scores, columns = boxes[keep], scores[keep], columns[keep]
-            keep = box_ops.batched_nms(boxes, scores, columns, self.nms_thresh)[:detections_per_img]
+            keep = box_ops.batched_nms(boxes, scores, columns, nms_thresh)[:detections_per_img]
             detections.append(
                 {"boxes": boxes[keep], "scores": scores[keep], "labels": self.column_to_label[columns[keep]]}
             )

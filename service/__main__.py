@@ -6,12 +6,15 @@ and how to get it instead of printing a startup traceback.
 
 import logging
 import sys
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.settings import DEMO_MODEL_DIR, get_settings
+from service.settings import DEMO_MODEL_DIR, Settings, get_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEMO_HINT = (
     "The demo models are trained by this project's own pipeline: `make demo-models` retrains them; "
@@ -20,7 +23,22 @@ DEMO_HINT = (
 )
 
 
+def settings_help() -> str:
+    """`python -m service --help`: every setting, its default and what it does, from service/settings.py."""
+    lines = [__doc__.split("\n\n")[0], "", "Settings are environment variables (e.g. `PORT=9000 python -m service`):"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "unset" if default in (None, []) else str(default)
+        if isinstance(default, Path) and default.is_relative_to(REPO_ROOT):
+            shown = str(default.relative_to(REPO_ROOT))  # never print this machine's paths
+        lines.append(f"  {name.upper()} (default: {shown})\n      {field.description}")
+    return "\n".join(lines)
+
+
 def main() -> int:
+    if any(argument in ("-h", "--help") for argument in sys.argv[1:]):
+        print(settings_help())
+        return 0
     try:
         settings = get_settings()
     except ValidationError as error:  # a setting that would silently weaken the service: refuse to start

@@ -14,14 +14,19 @@ from functools import partial
 
 import torch
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.body_limit import BodySizeLimitMiddleware
+from service.cors import SettingsCORSMiddleware
 from service.engine import BatchingEngine
 from service.errors import install_error_handlers
 from service.loading import ModelLoadError, load_served_models, select_device
 from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.openapi import install_openapi
 from service.request_id import RequestIdMiddleware
 from service.routers import classify, detect, health, metrics, models
+from service.routers.page import install_page
 from service.settings import Settings, get_settings, resolve_settings
 from service.state import ServiceState
 
@@ -29,7 +34,10 @@ log = logging.getLogger("service")
 
 DESCRIPTION = """Object detection (Faster R-CNN on ResNet) and image classification (ResNet, He et al. 2015).
 
-Upload images as multipart field `file` (or `files` for the batch forms). Every error answers
+Upload images as multipart field `file` (or `files` for the batch forms), or send one image as the raw
+request body with its Content-Type (`curl --data-binary @bus.jpg -H 'Content-Type: image/jpeg'`). The
+detection routes take `score_threshold`, `max_detections`, `iou_threshold`, `classes`, `box_format` and
+`normalized`; a query parameter a route does not take is a 422 naming it. Every error answers
 `{"detail": "...", "request_id": "..."}`; every response carries `X-Request-ID` (yours, when sane).
 With `API_KEY` set, the inference routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`;
 health, readiness, models and metrics stay open.
@@ -58,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         served_models = await asyncio.to_thread(load_served_models, settings, device)
     except ModelLoadError as error:
         log.error("startup failed: %s", error)
+        app.state.startup_error = str(error)  # logged in one line: QuietStartupFailure drops the traceback
         raise
     service_metrics: ServiceMetrics = app.state.metrics
     for role, served in served_models.items():
@@ -87,19 +96,47 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         del app.state.service
 
 
+class QuietStartupFailure:
+    """A model that cannot be served is a user error, already logged in one line by the lifespan: Starlette
+    would also hand uvicorn the whole traceback to print, for a file in the wrong format."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_traceback(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and getattr(scope["app"].state, "startup_error", None):
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, send_without_traceback)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app; `settings` (else `get_settings()`, from the environment) is read when it starts."""
-    app = FastAPI(title="resdet", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the package's copy, not from a CDN,
+    # so they work in an air-gapped deployment.
+    app = FastAPIOffline(title="resdet", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
     app.state.metrics = ServiceMetrics()
     install_error_handlers(app)
     for router in (health.router, models.router, detect.router, classify.router, metrics.router):
         app.include_router(router)
+    install_page(app)
+    install_openapi(app)
     # Added last = outermost: metrics also count the 413s the body limit answers.
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response it passes carries the id
+    # Outermost, so errors (413 from the body limit, 401, 503) carry the CORS headers too and a page on
+    # another origin can read their detail.
+    app.add_middleware(SettingsCORSMiddleware)
+    app.add_middleware(QuietStartupFailure)
     return app
 
 

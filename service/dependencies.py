@@ -1,8 +1,11 @@
-"""Typed dependencies the routers declare: settings, service state, and each served model when ready."""
+"""Typed dependencies the routers declare: settings, service state, each served model when ready, and the
+check that a request names only query parameters its route takes."""
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
 from service.errors import ServiceUnavailable
 from service.loading import ServedModel
@@ -42,3 +45,24 @@ def get_classifier(state: StateDep) -> ServedModel:
 
 DetectorDep = Annotated[ServedModel, Depends(get_detector)]
 ClassifierDep = Annotated[ServedModel, Depends(get_classifier)]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {parameter.alias for parameter in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """422 naming a query parameter the route does not take (a typo like `score=0.3` would else be ignored)."""
+    route: APIRoute = request.scope["route"]
+    allowed = _query_names(route.dependant)  # a walk of a few nodes; routes are unhashable, so not cached
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise HTTPException(
+            422,
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''} {names}; "
+            f"{request.url.path} takes: {', '.join(sorted(allowed)) or 'none'}",
+        )

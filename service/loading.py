@@ -4,7 +4,6 @@ import hashlib
 import logging
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,6 @@ from service.predictors import ClassifierPredictor, DetectorPredictor
 from service.settings import Settings
 
 log = logging.getLogger("service")
-
-# torchvision detector weight files (state dicts), converted by detection.convert on load.
-TORCHVISION_SUFFIXES = (".pth", ".pt")
 
 
 class ModelLoadError(RuntimeError):
@@ -120,6 +116,22 @@ def _check_exists(path: Path, setting: str) -> None:
         raise ModelLoadError(f"{setting}: checkpoint {path} ({mode}) is not readable by this user (uid {os.getuid()})")
 
 
+def served_name(path: Path, manifest: dict[str, Any], *, setting: str | None) -> str:
+    """The name answers carry: the setting, else the run a trainer's model.safetensors came from, else the stem.
+
+    train_det.py and pretrain.py write OUTPUT_DIR/model.safetensors, so every trained model would be "model";
+    their manifest records the command's output_dir, which names the run (runs/person_car -> "person_car").
+    """
+    if setting:
+        return setting
+    if manifest.get("name"):
+        return str(manifest["name"])
+    output_dir = manifest.get("provenance", {}).get("config", {}).get("output_dir")
+    if path.stem == "model" and output_dir:
+        return Path(output_dir).name
+    return path.stem
+
+
 def _load_classifier(path: Path, *, settings: Settings, device: torch.device) -> ServedModel:
     _check_exists(path, "CLASSIFIER_CHECKPOINT")
     try:
@@ -134,30 +146,34 @@ def _load_classifier(path: Path, *, settings: Settings, device: torch.device) ->
         optimize=settings.optimize,
         bf16=settings.bf16,
     )
-    log.info("classifier %s (%s) loaded from %s on %s", path.stem, manifest["architecture"], path, device)
-    return ServedModel(role="classifier", name=path.stem, version=file_version(path), path=path, manifest=manifest,
+    name = served_name(path, manifest, setting=settings.classifier_name)
+    log.info("classifier %s (%s) loaded from %s on %s", name, manifest["architecture"], path, device)
+    return ServedModel(role="classifier", name=name, version=file_version(path), path=path, manifest=manifest,
                        predictor=predictor)  # fmt: skip
 
 
 def _load_detector(path: Path, *, settings: Settings, device: torch.device) -> ServedModel:
     _check_exists(path, "DETECTOR_CHECKPOINT")
     # Imported only when a detector is configured: a classifier-only server does not load the detection package.
-    from detection import convert_torchvision_detector, load_detector
+    from detection import load_detector
+    from detection.data.voc import read_class_names
 
+    class_names = None
+    if settings.detector_class_names is not None:  # load_detector refuses them for a checkpoint with a manifest
+        try:
+            class_names = read_class_names(settings.detector_class_names)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(f"DETECTOR_CLASS_NAMES: {error}") from error
     try:
-        if path.suffix in TORCHVISION_SUFFIXES:
-            # torchvision's COCO weights: converted at every start; `python -m detection.convert` once saves that.
-            with tempfile.TemporaryDirectory(prefix="resdet-convert-") as folder:
-                converted = convert_torchvision_detector(path, Path(folder) / f"{path.stem}.safetensors")
-                model, manifest = load_detector(converted)
-        else:
-            model, manifest = load_detector(path)
+        # A torchvision .pth is converted in memory at every start; `python -m detection.convert` saves that once.
+        model, manifest = load_detector(path, class_names=class_names)
     except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as error:
         raise ModelLoadError(f"DETECTOR_CHECKPOINT: cannot load {path}: {error}") from error
     model = model.to(device)
     if settings.optimize or settings.bf16:
         model.optimize_for_inference(fold_bn=settings.optimize, channels_last=settings.optimize, bf16=settings.bf16)
-    log.info("detector %s (%s, %s) loaded from %s on %s", path.stem, manifest["architecture"],
+    name = served_name(path, manifest, setting=settings.detector_name)
+    log.info("detector %s (%s, %s) loaded from %s on %s", name, manifest["architecture"],
              manifest["architecture_kwargs"].get("backbone"), path, device)  # fmt: skip
-    return ServedModel(role="detector", name=path.stem, version=file_version(path), path=path, manifest=manifest,
+    return ServedModel(role="detector", name=name, version=file_version(path), path=path, manifest=manifest,
                        predictor=DetectorPredictor(model, device=device))  # fmt: skip

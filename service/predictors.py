@@ -33,6 +33,7 @@ class DetectorModel(Protocol):
         max_detections: int = 100,
         *,
         batch_size: int = 4,
+        iou_threshold: float | None = None,
     ) -> list[dict[str, Any]]: ...
 
 
@@ -55,6 +56,11 @@ class DetectRequest:
     image: ResizedImage
     score_threshold: float
     max_detections: int
+    iou_threshold: float | None = None  # per-class NMS overlap; None: the model's own
+    labels: frozenset[int] | None = None  # the classes to keep (labels 1..K); None: all
+
+
+UNCAPPED = 1 << 30  # "no cap" for the detector's max_detections: every box above the score threshold
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -139,19 +145,26 @@ class DetectorPredictor:
 
     @torch.inference_mode()
     def run(self, batch: Sequence[DetectRequest]) -> list[list[dict[str, Any]]]:
-        groups: dict[tuple[int, int], list[int]] = {}
+        # One forward pass per padded input shape and NMS overlap: NMS at one overlap cannot be undone into
+        # another's answer, so requests asking for different ones do not share a pass.
+        groups: dict[tuple[tuple[int, int], float | None], list[int]] = {}
         for index, request in enumerate(batch):
-            groups.setdefault(self.model.input_size(*request.image.pixels.shape[-2:], padded=True), []).append(index)
+            shape = self.model.input_size(*request.image.pixels.shape[-2:], padded=True)
+            groups.setdefault((shape, request.iou_threshold), []).append(index)
         results: list[list[dict[str, Any]]] = [[] for _ in batch]
-        for indices in groups.values():
+        for (_, iou_threshold), indices in groups.items():
             requests = [batch[index] for index in indices]
-            # NMS only lets a higher score suppress a lower one, so the loosest threshold and largest cap
-            # give every request a superset of its own answer, sorted by score; each is then cut to its own.
+            # NMS is per class and only lets a higher score suppress a lower one, so the loosest threshold and
+            # largest cap give every request a superset of its own answer, sorted by score; each is then cut to
+            # its own classes, threshold and count. A class filter lifts the cap: the top N of all classes may
+            # hold fewer than N of the chosen ones.
+            filtered = any(request.labels is not None for request in requests)
             outputs = self.model.predict(
                 [request.image.pixels.to(self.device) for request in requests],
                 score_threshold=min(request.score_threshold for request in requests),
-                max_detections=max(request.max_detections for request in requests),
+                max_detections=UNCAPPED if filtered else max(request.max_detections for request in requests),
                 batch_size=len(requests),
+                iou_threshold=iou_threshold,
             )
             for index, output in zip(indices, outputs):
                 results[index] = _cut_detections(output, batch[index])
@@ -161,7 +174,10 @@ class DetectorPredictor:
 def _cut_detections(output: dict[str, Any], request: DetectRequest) -> list[dict[str, Any]]:
     scores = output["scores"].float().cpu()
     order = scores.argsort(descending=True)
-    keep = order[scores[order] >= request.score_threshold][: request.max_detections]
+    order = order[scores[order] >= request.score_threshold]
+    if request.labels is not None:
+        order = order[torch.isin(output["labels"].cpu()[order], torch.tensor(sorted(request.labels)))]
+    keep = order[: request.max_detections]
     boxes = _to_original_pixels(output["boxes"].float().cpu()[keep], request.image)
     labels = output["labels"].cpu()[keep]
     names = [output["names"][int(index)] for index in keep]

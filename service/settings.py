@@ -2,10 +2,11 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
 
@@ -20,13 +21,29 @@ class Settings(BaseSettings):
 
     detector_checkpoint: Path | None = Field(
         DEMO_MODEL_DIR / "demo_detector.safetensors",
-        description="Detector in the resdet checkpoint format, or a torchvision COCO .pth converted on load. "
-        "Empty disables /detect.",
+        description="Detector in the resdet checkpoint format, or a torchvision Faster R-CNN .pth converted on load "
+        "(its class names from DETECTOR_CLASS_NAMES). Empty disables /detect.",
     )
     classifier_checkpoint: Path | None = Field(
         DEMO_MODEL_DIR / "demo_classifier.safetensors",
         description="Classifier in the resdet checkpoint format. Empty disables /classify.",
     )
+    model_dir: Path | None = Field(
+        None,
+        description="Folder in which relative DETECTOR_CHECKPOINT, CLASSIFIER_CHECKPOINT and DETECTOR_CLASS_NAMES "
+        "are found (compose sets /models, the mounted folder). Default: the working directory.",
+    )
+    detector_class_names: Path | None = Field(
+        None,
+        description="For a torchvision .pth detector: a text file of its class names, one per line in label order "
+        "(as `detection.convert --class-names`). Default: COCO's names for a 91-output file, else class_1..K.",
+    )
+    detector_name: str | None = Field(
+        None,
+        description="The detector's name in answers and /models. Default: the run named in the checkpoint's "
+        "manifest when the file is a trainer's model.safetensors, else the file name without extension.",
+    )
+    classifier_name: str | None = Field(None, description="The classifier's name, as DETECTOR_NAME.")
 
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
@@ -49,6 +66,25 @@ class Settings(BaseSettings):
         "authentication; set but empty (or with surrounding spaces) refuses to start.",
     )
 
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins whose browser pages may call the API (CORS), comma-separated, e.g. "
+        "`https://app.example.com,http://localhost:3000`; `*` for any. Default: none (same origin only).",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: str | list[str] | None) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = value.split(",")
+        origins = [origin.strip().rstrip("/") for origin in value if origin.strip()]
+        for origin in origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com (or *)")
+        return origins
+
     @model_validator(mode="before")
     @classmethod
     def _empty_means_unset(cls, values: dict) -> dict:
@@ -67,6 +103,15 @@ class Settings(BaseSettings):
                 f"API_KEY is set but {problem}; give a key, or unset API_KEY to run without authentication"
             )
         return key
+
+    @model_validator(mode="after")
+    def _paths_in_model_dir(self) -> "Settings":
+        if self.model_dir is not None:
+            for field in ("detector_checkpoint", "classifier_checkpoint", "detector_class_names"):
+                path = getattr(self, field)
+                if path is not None and not path.is_absolute():
+                    setattr(self, field, self.model_dir / path)
+        return self
 
     @model_validator(mode="after")
     def _batch_fits_queue(self) -> "Settings":

@@ -1,19 +1,22 @@
-"""One uploaded file to a prepared model input, off the event loop, with errors naming the file.
+"""One uploaded file (a multipart part or the raw request body) to a prepared model input, off the event loop,
+with errors naming the file.
 
 The decoded image lives only as long as `prepare` needs it (unless the route draws on it): a queued
 request holds the model-sized input. After a large image the freed heap is handed back to the system.
 """
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Request, UploadFile
+from fastapi import Depends, File, HTTPException, Request, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
-from service.images import check_content_type, decode_image
+from service.images import ImageRejected, check_content_type, decode_image
 from service.memory import LARGE_IMAGE_PIXELS, release_free_memory
 
 
@@ -31,13 +34,57 @@ class DecodedUpload:
             release_free_memory()
 
 
-async def one_file_part(request: Request) -> None:
-    """422 for two or more `file` parts in a single-image route (FastAPI would silently keep the last)."""
-    parts = len((await request.form()).getlist("file"))  # the form FastAPI already parsed (cached)
-    if parts > 1:
-        raise HTTPException(
-            422, f"file: {parts} parts named 'file'; send one, or several as `files` to the batch route"
-        )
+RAW_BODY_HINT = (
+    "send the image as multipart field `file`, or as the request body with its Content-Type (e.g. image/jpeg)"
+)
+
+
+async def image_upload(
+    request: Request,
+    file: Annotated[
+        UploadFile | None,
+        File(
+            description="The image (JPEG, PNG, WebP, BMP, GIF, TIFF, ...). Or send no form at all: the image "
+            "itself as the request body, with its image Content-Type (`curl --data-binary @bus.jpg "
+            "-H 'Content-Type: image/jpeg'`).",
+        ),
+    ] = None,
+) -> UploadFile:
+    """The one image of a single-image route: the multipart part `file`, or the raw request body.
+
+    A raw body (as TorchServe and Triton clients send) goes through the same limits: MAX_UPLOAD_BYTES
+    as it arrives, its declared type (415 when not an image), MAX_IMAGE_PIXELS when decoded.
+    """
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data":
+        parts = len((await request.form()).getlist("file"))  # the form FastAPI already parsed (cached)
+        if parts > 1:
+            raise HTTPException(
+                422, f"file: {parts} parts named 'file'; send one, or several as `files` to the batch route"
+            )
+        if file is None:
+            raise HTTPException(422, f"file: no part named 'file' in the form; {RAW_BODY_HINT}")
+        return file
+    if media_type == "application/x-www-form-urlencoded":  # curl --data-binary without -H 'Content-Type: ...'
+        raise ImageRejected(
+            415, "the body is declared as application/x-www-form-urlencoded, not an image: "
+            f"{RAW_BODY_HINT} (curl: add -H 'Content-Type: image/jpeg')",
+        )  # fmt: skip
+    check_content_type(content_type, label="the request body")
+    body = await request.body()
+    if not body:
+        raise HTTPException(422, f"file: no image in the request; {RAW_BODY_HINT}")
+    return UploadFile(file=io.BytesIO(body), size=len(body), headers=Headers({"content-type": content_type}))
+
+
+ImageUpload = Annotated[UploadFile, Depends(image_upload)]
+# A single-image route's OpenAPI `openapi_extra`: the raw body beside the multipart form.
+RAW_IMAGE_BODY = {
+    "requestBody": {
+        "content": {"image/*": {"schema": {"type": "string", "format": "binary", "description": "The image itself."}}}
+    }
+}
 
 
 def upload_label(upload: UploadFile, index: int | None = None) -> str:

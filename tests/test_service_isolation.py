@@ -98,7 +98,8 @@ EXTREME = {
 @pytest.mark.parametrize("route", ["/detect", "/classify"])
 def test_extreme_aspect_ratios_are_served(client, route, name):
     data, (width, height) = EXTREME[name]
-    response = client.post(route, files={"file": ("x", data, "image/png")}, params={"score_threshold": 0.0})
+    params = {"score_threshold": 0.0} if route == "/detect" else {}  # /classify refuses a parameter it lacks
+    response = client.post(route, files={"file": ("x", data, "image/png")}, params=params)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["image"] == {"width": width, "height": height}

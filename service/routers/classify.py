@@ -5,22 +5,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
-from service.dependencies import ClassifierDep, SettingsDep
+from service.dependencies import ClassifierDep, SettingsDep, reject_unknown_query
 from service.errors import INFERENCE_ERRORS
 from service.inference import Answer, infer, model_ref
 from service.predictors import ClassifyRequest
 from service.schemas import ClassifyResponse, ImageSize, Prediction
 from service.security import KeyCheckedRoute, api_key_schemes
-from service.uploads import one_file_part
+from service.uploads import RAW_IMAGE_BODY, ImageUpload
 
 router = APIRouter(
     tags=["classification"],
-    dependencies=[Depends(api_key_schemes)],
+    dependencies=[Depends(api_key_schemes), Depends(reject_unknown_query)],
     responses=INFERENCE_ERRORS,
     route_class=KeyCheckedRoute,
 )
 
-TopK = Annotated[int, Query(ge=1, le=1000, description="How many classes to return (at most the model's classes).")]
+TopK = Annotated[
+    int, Query(ge=1, le=1000, description="How many classes to return (at most the model's classes).", examples=[5])
+]
 
 
 def _response(served, answer: Answer, started: float) -> ClassifyResponse:
@@ -34,13 +36,15 @@ def _response(served, answer: Answer, started: float) -> ClassifyResponse:
 
 
 @router.post(
-    "/classify", response_model=ClassifyResponse, summary="Classify one image", dependencies=[Depends(one_file_part)]
+    "/classify",
+    response_model=ClassifyResponse,
+    summary="Classify one image",
+    openapi_extra=RAW_IMAGE_BODY,
+    description="The image as multipart field `file`, or as the raw request body with its image Content-Type. "
+    "Answers the `top_k` most probable classes.",
 )
 async def classify(
-    classifier: ClassifierDep,
-    settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="The image (JPEG, PNG, WebP, BMP, GIF, TIFF, ...).")],
-    top_k: TopK = 5,
+    classifier: ClassifierDep, settings: SettingsDep, file: ImageUpload, top_k: TopK = 5
 ) -> ClassifyResponse:
     started = time.perf_counter()
     (answer,) = await infer(
@@ -50,7 +54,12 @@ async def classify(
     return _response(classifier, answer, started)
 
 
-@router.post("/classify/batch", response_model=list[ClassifyResponse], summary="Classify several images")
+@router.post(
+    "/classify/batch",
+    response_model=list[ClassifyResponse],
+    summary="Classify several images",
+    description="Up to MAX_FILES images as repeated multipart fields `files`; one answer per image, in order.",
+)
 async def classify_batch(
     classifier: ClassifierDep,
     settings: SettingsDep,

@@ -9,12 +9,25 @@ from service.schemas import Health, Readiness
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Health, summary="The process is alive and answering")
+@router.get(
+    "/healthz",
+    response_model=Health,
+    summary="The process is alive and answering",
+    description="Liveness for orchestrators: 200 as long as the process answers, models loaded or not. Open "
+    "without an API key.",
+)
 async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Readiness, responses=NOT_READY_ERROR, summary="Models loaded and warmed up")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses=NOT_READY_ERROR,
+    summary="Models loaded and warmed up",
+    description="Readiness: 200 once every configured model is loaded and has run once; 503 with Retry-After "
+    "while warming up, 503 without it when warm-up failed. Open without an API key.",
+)
 async def readyz(state: StateDep) -> Readiness:
     if state.warmup_error is not None:
         raise ServiceUnavailable(state.warmup_error, retry=False)

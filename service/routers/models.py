@@ -9,7 +9,15 @@ from service.schemas import ModelInfo, ModelsResponse, ServingInfo
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=ModelsResponse, responses=NOT_READY_ERROR, summary="The served models")
+@router.get(
+    "/models",
+    response_model=ModelsResponse,
+    responses=NOT_READY_ERROR,
+    summary="The served models",
+    description="Each served model's name, weights' hash, manifest (classes, architecture, preprocessing, "
+    "provenance, measured metrics) and whether it is a demo model; and the batching settings. Open without "
+    "an API key.",
+)
 async def list_models(state: StateDep) -> ModelsResponse:
     settings = state.settings
     return ModelsResponse(
