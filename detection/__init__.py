@@ -6,11 +6,12 @@
     results = model.eval().predict([pil_image], score_threshold=0.5)
 
 Label ids: 0 is background inside the model; class_names[i - 1] names label i (1..K).
+The package imports no command module (convert, predict, data.synthetic): runpy warns when
+`python -m` runs a module its package has already imported.
 """
 
 from detection.builder import DETECTOR_BACKBONES, build_detector
-from detection.checkpoint import load_detector, save_detector
-from detection.convert import convert_torchvision_detector
+from detection.checkpoint import convert_torchvision_detector, load_detector, save_detector
 from detection.detector import Detector
 from detection.options import DetectorOptions
 from detection.torchvision_compat import COCO_CATEGORY_IDS, COCO_CLASS_NAMES

@@ -105,3 +105,11 @@ def load_detector(
         raise CheckpointError(f"{path}: architecture_kwargs do not build a detector: {error}") from error
     load_checked(model, state_dict, source=str(path))
     return model.eval(), manifest
+
+
+def convert_torchvision_detector(
+    src: str | os.PathLike, dst: str | os.PathLike, *, class_names: list[str] | None = None
+) -> Path:
+    """Read a torchvision Faster R-CNN state dict from `src`, write our checkpoint to `dst`."""
+    model, provenance = load_torchvision_detector(src, class_names=class_names)
+    return save_detector(dst, model=model, provenance=provenance)

@@ -10,30 +10,31 @@ detection/torchvision_compat.py for the id mapping). Nothing is downloaded.
 """
 
 import argparse
-import os
+from collections.abc import Sequence
 from pathlib import Path
 
+from backbone.flags import FlagParser
 from backbone.weights import CheckpointError
-from detection.checkpoint import save_detector
+from detection.checkpoint import convert_torchvision_detector
 from detection.data.annotations import AnnotationError
 from detection.data.voc import read_class_names
-from detection.torchvision_compat import load_torchvision_detector
 
 
-def convert_torchvision_detector(
-    src: str | os.PathLike, dst: str | os.PathLike, *, class_names: list[str] | None = None
-) -> Path:
-    """Read a torchvision Faster R-CNN state dict from `src`, write our checkpoint to `dst`."""
-    model, provenance = load_torchvision_detector(src, class_names=class_names)
-    return save_detector(dst, model=model, provenance=provenance)
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags (`--class-names` or `--class_names`)."""
+    parser = FlagParser(description=__doc__)
+    parser.add_argument(
+        "src", help="The torchvision weight file (.pth), e.g. fasterrcnn_resnet50_fpn_coco-258fb6c6.pth."
+    )
+    parser.add_argument("dst", help="The checkpoint to write (.safetensors).")
+    parser.add_argument(
+        "--class-names", type=Path, help="A text file with one foreground class name per line, in label order."
+    )
+    return parser
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="torchvision weight file (.pth), e.g. fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
-    parser.add_argument("dst", help="output checkpoint (.safetensors)")
-    parser.add_argument("--class-names", type=Path, help="text file, one foreground class name per line, label order")
-    args = parser.parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     class_names = None
     try:
         if args.class_names is not None:

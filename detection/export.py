@@ -23,6 +23,7 @@ import torch
 from onnxscript import opset18 as op
 
 from backbone.checkpoint import load_classifier, read_manifest
+from backbone.flags import FlagParser
 from backbone.weights import CheckpointError
 from detection.checkpoint import load_detector
 from detection.exportable import ExportableDetector, build_input_transform, prepare_detector_inputs
@@ -200,16 +201,20 @@ def write_triton_repository(
     return model_dir
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags, each in both spellings (`--triton-repo`, `--triton_repo`)."""
+    parser = FlagParser(prog="python -m detection.export", description=__doc__)
+    parser.add_argument("checkpoint", type=Path, help="A resdet .safetensors checkpoint (detector or classifier).")
+    parser.add_argument("--format", choices=["onnx"], default="onnx", help="The export format (ONNX, opset 18).")
+    parser.add_argument("--output", "-o", type=Path, help="The .onnx file to write.")
+    parser.add_argument("--triton-repo", type=Path, help="Write a Triton model repository here instead.")
+    parser.add_argument("--name", help="The model's name in the Triton repository (default: the checkpoint's stem).")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="Triton's max_batch_size (default: 8).")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m detection.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoint", type=Path, help="a resdet .safetensors checkpoint (detector or classifier)")
-    parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (ONNX, opset 18)")
-    parser.add_argument("--output", "-o", type=Path, help="the .onnx file to write")
-    parser.add_argument("--triton-repo", type=Path, help="write a Triton model repository here instead")
-    parser.add_argument("--name", help="model name in the Triton repository (default: the checkpoint's stem)")
-    parser.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size (default 8)")
+    parser = build_parser()
     args = parser.parse_args(argv)
     if (args.output is None) == (args.triton_repo is None):
         parser.error("give exactly one of --output FILE.onnx and --triton-repo DIR")

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from backbone.devices import resolve_device
 from backbone.files import write_atomically
+from backbone.flags import FlagParser
 from backbone.weights import CheckpointError
 from detection.annotate import draw_detections
 from detection.checkpoint import load_detector
@@ -477,24 +478,39 @@ def predict_files(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m detection.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("sources", nargs="+", metavar="SOURCE", help="image, folder, glob, .txt list of paths, video")
+    """The command's flags, each in both spellings (`--class-names` or `--class_names`)."""
+    parser = FlagParser(prog="python -m detection.predict", description=__doc__)
     parser.add_argument(
-        "--checkpoint", required=True, help="our detector .safetensors or a torchvision Faster R-CNN .pth"
+        "sources", nargs="+", metavar="SOURCE", help="An image, folder, glob, .txt list of paths or video."
     )
-    parser.add_argument("--output", "--output-dir", required=True, help="folder for predictions.jsonl (and pictures)")
-    parser.add_argument("--class-names", help="for a .pth: text file, one class name per line, label order")
-    parser.add_argument("--save-annotated", action="store_true", help="also write OUTPUT/annotated/ pictures, videos")
-    parser.add_argument("--coco-results", help="also write a COCO results json (needs --coco-annotations)")
-    parser.add_argument("--coco-annotations", help="COCO instances json giving image ids (by file name), category ids")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (changes numerics slightly)")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
-    parser.add_argument("--max-detections", type=int, default=100, help="at most this many detections per image")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="decoding threads")
+    parser.add_argument(
+        "--checkpoint", required=True, help="Our detector .safetensors or a torchvision Faster R-CNN .pth."
+    )
+    parser.add_argument(
+        "--output", "--output-dir", required=True, help="The folder for predictions.jsonl (and pictures)."
+    )
+    parser.add_argument("--class-names", help="For a .pth: a text file with one class name per line, in label order.")
+    parser.add_argument(
+        "--save-annotated", action="store_true", help="Also write pictures and videos to OUTPUT/annotated/."
+    )
+    parser.add_argument("--coco-results", help="Also write a COCO results json (needs --coco-annotations).")
+    parser.add_argument(
+        "--coco-annotations", help="A COCO instances json giving the image ids (by file name) and category ids."
+    )
+    parser.add_argument(
+        "--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda", "cuda:1" and so on.'
+    )
+    parser.add_argument("--bf16", action="store_true", help="Run in bfloat16 autocast (changes numerics slightly).")
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.5, help="Keep detections scoring at least this (default: 0.5)."
+    )
+    parser.add_argument(
+        "--max-detections", type=int, default=100, help="At most this many detections per image (default: 100)."
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="Images per forward pass (default: 4).")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help=f"Decoding threads (default: {DEFAULT_WORKERS})."
+    )
     return parser
 
 

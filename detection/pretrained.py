@@ -3,14 +3,45 @@ from a classifier (ours or torchvision's ResNet; for C4, res5 goes to the per-Ro
 
 import os
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-from backbone.checkpoint import load_checkpoint
+from backbone.checkpoint import load_checkpoint, read_manifest
 from backbone.pretrained import read_backbone_state
 from backbone.registry import MODELS
 from backbone.weights import load_checked, read_state_dict
-from detection.torchvision_compat import rename_torchvision_detector
+from detection.options import DetectorOptions
+from detection.torchvision_compat import describe_torchvision_detector, rename_torchvision_detector
+
+# The detector options that decide which tensors exist and what they mean: a whole-detector --init
+# takes them from the file (stride_in_1x1 keeps every shape but moves the stride: v1.5 weights in the
+# paper's layout would load and compute something else).
+DETECTOR_ARCHITECTURE_OPTIONS = (
+    "stride_in_1x1", "base_width", "shortcut", "fpn_channels", "fpn_norm", "anchor_sizes", "anchor_ratios",
+    "rpn_conv_depth", "box_head", "representation_size",
+)  # fmt: skip
+
+
+def detector_architecture(path: str | os.PathLike) -> dict[str, Any]:
+    """The build_detector arguments a detector file fixes (backbone, head, DETECTOR_ARCHITECTURE_OPTIONS);
+    {} for a classifier, which only initialises a backbone."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init file not found: {path}")
+    if path.suffix == ".safetensors":
+        manifest = read_manifest(path)
+        if manifest["kind"] != "detector":
+            return {}
+        config = manifest["architecture_kwargs"]
+    else:
+        state_dict = read_state_dict(path)
+        if not any(key.startswith("backbone.body.") for key in state_dict):
+            return {}
+        # what the file does not say (width, FPN channels, anchors) is torchvision's, our defaults
+        config = {**DetectorOptions().to_dict(), **describe_torchvision_detector(state_dict)}
+    keys = ("backbone", "head", *DETECTOR_ARCHITECTURE_OPTIONS)
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in config.items() if key in keys}
 
 
 def initialise_detector(detector: nn.Module, path: str | os.PathLike) -> str:

@@ -4,8 +4,10 @@ Checks that the checkpoint files exist first, so a fresh checkout says which fil
 and how to get it instead of printing a startup traceback.
 """
 
+import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
@@ -24,8 +26,8 @@ DEMO_HINT = (
 
 
 def settings_help() -> str:
-    """`python -m service --help`: every setting, its default and what it does, from service/settings.py."""
-    lines = [__doc__.split("\n\n")[0], "", "Settings are environment variables (e.g. `PORT=9000 python -m service`):"]
+    """Every setting, its default and what it does, from service/settings.py (`python -m service --help`)."""
+    lines = ["Settings are environment variables (e.g. `PORT=9000 python -m service`):"]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
         shown = "unset" if default in (None, []) else str(default)
@@ -35,10 +37,30 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    if any(argument in ("-h", "--help") for argument in sys.argv[1:]):
-        print(settings_help())
+def build_parser() -> argparse.ArgumentParser:
+    """No flags besides --help: every setting is an environment variable."""
+    return argparse.ArgumentParser(
+        prog="python -m service",
+        description=__doc__.split("\n\n")[0],
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until stopped; `argv` (default: the command line) may only ask for --help."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if any(argument in ("-h", "--help") for argument in argv):
+        print(parser.format_help())
         return 0
+    if argv:
+        print(
+            f"python -m service takes no arguments (got {' '.join(argv)}): settings are environment variables, "
+            "e.g. `PORT=9000 python -m service`; `python -m service --help` lists them",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = get_settings()
     except ValidationError as error:  # a setting that would silently weaken the service: refuse to start

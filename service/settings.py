@@ -46,9 +46,9 @@ class Settings(BaseSettings):
     classifier_name: str | None = Field(None, description="The classifier's name, as DETECTOR_NAME.")
 
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads of torch; 0 keeps torch's default.")
     optimize: bool = Field(True, description="Fold BN into convs and use channels_last (bench/backbone.py).")
-    bf16: bool = Field(False, description="bfloat16 autocast for inference (bench/detector.py); fp32 when off.")
+    bf16: bool = Field(False, description="Inference in bfloat16 autocast (bench/detector.py); fp32 when off.")
 
     max_batch: int = Field(8, ge=1, le=256, description="Most images in one forward pass; 1 turns batching off.")
     max_batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest wait for a batch to fill.")

@@ -3,11 +3,20 @@ with errors naming the file.
 
 The decoded image lives only as long as `prepare` needs it (unless the route draws on it): a queued
 request holds the model-sized input. After a large image the freed heap is handed back to the system.
+
+A large image (from LARGE_IMAGE_PIXELS up) costs seconds of CPU and hundreds of MB to decode, so one
+decodes at a time, in a thread of the lowest CPU priority: it takes what the other requests leave and
+slows only itself (bench/soak.py measures this). A second large image arriving meanwhile gets a 503 with
+Retry-After instead of waiting, which also bounds the memory of large decodes to one image.
 """
 
+import asyncio
 import io
+import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -18,6 +27,30 @@ from starlette.datastructures import Headers
 
 from service.images import ImageRejected, check_content_type, decode_image
 from service.memory import LARGE_IMAGE_PIXELS, release_free_memory
+
+
+def _lowest_cpu_priority() -> None:
+    try:  # Linux gives each thread its own nice value
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # elsewhere the large image just runs at normal priority
+        pass
+
+
+# Threads start on first use, so importing this module stays free of side effects.
+_large_image_decoder = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="large-image", initializer=_lowest_cpu_priority
+)
+large_image_slot = threading.BoundedSemaphore(1)
+
+
+def header_pixels(data: bytes) -> int:
+    """Width x height from the image's header alone (nothing decoded); 0 when the header cannot be read
+    (decode_image then names what is wrong)."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            return probe.width * probe.height
+    except Exception:  # noqa: BLE001 - any header the decoder rejects is reported by decode_image
+        return 0
 
 
 @dataclass
@@ -109,6 +142,17 @@ async def decode_upload(
             release_free_memory()
         return decoded
 
-    decoded = await run_in_threadpool(decode_and_prepare)
+    pixels = header_pixels(data)
+    if LARGE_IMAGE_PIXELS <= pixels <= max_pixels:
+        if not large_image_slot.acquire(blocking=False):
+            raise HTTPException(
+                503, f"{label}: another large image is being decoded; retry shortly", headers={"Retry-After": "1"}
+            )
+        try:
+            decoded = await asyncio.wrap_future(_large_image_decoder.submit(decode_and_prepare))
+        finally:
+            large_image_slot.release()
+    else:
+        decoded = await run_in_threadpool(decode_and_prepare)
     decoded.decode_ms = (time.perf_counter() - started) * 1e3
     return decoded

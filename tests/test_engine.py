@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from backbone.flags import option
 from backbone.weights import CheckpointError
 from training import checkpoint as training_checkpoint
 from training.checkpoint import (
@@ -46,7 +47,7 @@ CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device
 
 @dataclass
 class ToyConfig:
-    lr: float = 0.1  # learning rate at batch 256
+    lr: float = option(0.1, "Learning rate at batch 256.")
     steps: int = 10
     name: str = "toy"
     amp: bool = False
@@ -79,10 +80,10 @@ def test_config_rejects_bad_values_and_unknown_flags(capsys):
         make_config(ToyConfig, {"bogus": 1})
 
 
-def test_help_text_comes_from_the_field_comments(capsys):
+def test_help_text_comes_from_the_field_itself(capsys):
     with pytest.raises(SystemExit):
         parse_config(ToyConfig, ["--help"])
-    assert "learning rate at batch 256 (default: 0.1)" in " ".join(capsys.readouterr().out.split())
+    assert "Learning rate at batch 256. (default: 0.1)" in " ".join(capsys.readouterr().out.split())
 
 
 # --- sampler ------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def test_voc_layout_with_multi_word_classes_and_default_splits(own_voc, tmp_path
 
 def test_training_from_scratch_with_frozen_layers_stops_with_what_to_pass(own_voc, tmp_path):
     defaults = DetTrainConfig()
-    assert (defaults.frozen_bn, defaults.freeze_at, defaults.init) == (True, 2, "")
+    assert (defaults.detector.frozen_bn, defaults.detector.freeze_at, defaults.init) == (True, 2, "")
     with pytest.raises(ValueError, match="--frozen_bn false --freeze_at 0"):
         main(tiny(own_voc, tmp_path / "run"))
     assert not (tmp_path / "run" / "last.pt").exists()

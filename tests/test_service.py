@@ -526,7 +526,7 @@ def test_main_command_names_the_missing_model_file(monkeypatch, tmp_path, capsys
     monkeypatch.setenv("CLASSIFIER_CHECKPOINT", "")
     get_settings.cache_clear()
     try:
-        assert service_main() == 2
+        assert service_main([]) == 2
     finally:
         get_settings.cache_clear()
     assert "DETECTOR_CHECKPOINT: checkpoint not found" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,24 @@ TORCHRUN_2_PROCESSES = ("-m", "torch.distributed.run", "--standalone", "--nproc_
 def config_flags(config: Any) -> list[str]:
     """The command line that gives `config` (what a user types): only the fields off their defaults."""
     args = []
+    defaults = type(config)()
     for field in fields(config):
         value = getattr(config, field.name)
-        if value == field.default:
-            continue
-        values = value if isinstance(value, tuple) else (value,)
-        args += [f"--{field.name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+        if is_dataclass(value):  # the detector's options: flags of their own names
+            args += config_flags_against(value, getattr(defaults, field.name))
+        elif value != getattr(defaults, field.name):
+            args += flag(field.name, value)
     return args
+
+
+def config_flags_against(options: Any, defaults: Any) -> list[str]:
+    return [arg for f in fields(options) if getattr(options, f.name) != getattr(defaults, f.name)
+            for arg in flag(f.name, getattr(options, f.name))]  # fmt: skip
+
+
+def flag(name: str, value: Any) -> list[str]:
+    values = value if isinstance(value, tuple) else (value,)
+    return [f"--{name}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
 
 
 def script_env() -> dict[str, str]:

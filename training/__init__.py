@@ -6,6 +6,8 @@ the iteration loop, one optimizer step, logging and the best metric), checkpoint
 last.pt, best.pt, resume), meters, run_log (progress bar, metrics.jsonl, TensorBoard), plots (PNG curves).
 """
 
+import importlib
+
 from training.checkpoint import (
     RunCheckpoints,
     capture_rng_state,
@@ -27,11 +29,21 @@ from training.engine import (
     unwrap_model,
 )
 from training.meters import MetricWindow
-from training.plots import plot_error_curves, plot_run
 from training.precision import Precision
 from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
+
+# The plots come on first use: they need matplotlib (the `train` extra), and `python -m training.plots`
+# runs that module itself, which runpy warns about when the package has imported it already.
+LAZY = {"plot_error_curves": "training.plots", "plot_run": "training.plots"}
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name]), name)
+    raise AttributeError(f"module 'training' has no attribute {name!r}")
+
 
 __all__ = [
     "BestMetric",

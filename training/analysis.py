@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from backbone.checkpoint import load_classifier
+from backbone.flags import FlagParser
 from backbone.weights import CheckpointError
 from training.classification_data import DatasetError
 from training.device_data import DeviceEvalBatches, DeviceImages, Normalizer, load_cifar_arrays
@@ -128,17 +129,22 @@ def layer_responses(
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The command and its sub-command's flags, each in both spellings (`--batch-size`, `--batch_size`)."""
+    parser = FlagParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    responses = commands.add_parser("layer_responses", help="Fig. 7: std of each 3x3 layer's responses")
-    responses.add_argument("checkpoints", nargs="+", help="model.safetensors files of CIFAR classifiers")
-    responses.add_argument("--data", required=True, help="CIFAR-10: packed .pt, JPEG tarball or class folders")
-    responses.add_argument("-o", "--output", default="fig7.png", help="the plot")
-    responses.add_argument("--json", default="", help="also write {label: [std per layer]} here")
-    responses.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    responses.add_argument("--batch_size", type=int, default=500)
-    args = parser.parse_args(argv)
+    responses = commands.add_parser("layer_responses", help="Fig. 7: the std of each 3x3 layer's responses.")
+    responses.add_argument("checkpoints", nargs="+", help="The model.safetensors files of CIFAR classifiers.")
+    responses.add_argument("--data", required=True, help="CIFAR-10: a packed .pt, the JPEG tarball or class folders.")
+    responses.add_argument("-o", "--output", default="fig7.png", help="The plot to write (default: fig7.png).")
+    responses.add_argument("--json", default="", help="Also write {label: [std per layer]} to this file.")
+    responses.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda" (default: auto).')
+    responses.add_argument("--batch_size", type=int, default=500, help="Images per forward pass (default: 500).")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     try:
         stds = layer_responses(args.checkpoints, data=args.data, device=device, batch_size=args.batch_size)

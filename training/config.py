@@ -1,21 +1,24 @@
-"""Training configs are dataclasses; this turns one into `--key value` command-line flags and back.
+"""Training configs are dataclasses; this turns one into command-line flags and back.
 
-Every field becomes a flag of its own type (bool flags take true/false, tuples take several
-values), named presets ("recipes") replace the defaults before the flags apply, and the result is
-printed at start and stored in every checkpoint as a plain dict. Nothing is evaluated or
-interpolated: a value is parsed by its field's type and nothing else.
+Every field becomes a flag of its own type, spelled `--data_path` or `--data-path`; bool flags (and
+"auto"/"true"/"false" fields marked `switch`) take a value or stand alone (`--channels-last`,
+`--no-channels-last`); tuples take several values. A
+field whose type is itself a dataclass (the detector's `DetectorOptions`) contributes its fields as
+flags of their own names. Help comes from each field's metadata (`backbone.flags.option`), whole.
+Named presets ("recipes") replace the defaults before the flags apply, and the result is printed at
+start and stored in every checkpoint as a plain dict. Nothing is evaluated or interpolated: a value
+is parsed by its field's type and nothing else.
 """
 
 import argparse
 import dataclasses
-import inspect
-import io
 import json
-import tokenize
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
+
+from backbone.flags import FlagParser, spellings
 
 ConfigT = TypeVar("ConfigT")
 
@@ -36,8 +39,9 @@ def _field_flag_kwargs(annotation: Any) -> dict[str, Any]:
     """argparse keyword arguments for one field type: bool, int, float, str or a tuple of one of them."""
     origin = typing.get_origin(annotation)
     if origin is tuple:
-        item_type = typing.get_args(annotation)[0]
-        return {**_field_flag_kwargs(item_type), "nargs": "*"}
+        item_types = typing.get_args(annotation)
+        fixed_length = Ellipsis not in item_types
+        return {**_field_flag_kwargs(item_types[0]), "nargs": len(item_types) if fixed_length else "*"}
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"config fields must have one type, got {annotation}")
     if annotation is bool:
@@ -47,32 +51,59 @@ def _field_flag_kwargs(annotation: Any) -> dict[str, Any]:
     raise TypeError(f"config field type {annotation} is not supported (bool, int, float, str, tuple[...])")
 
 
-def field_comments(config_class: type) -> dict[str, str]:
-    """The comment at the end of each field's line in the class source: the flag's --help text."""
-    try:
-        source = inspect.getsource(config_class)
-    except (OSError, TypeError):
-        return {}
-    comments, names_on_line = {}, {}
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        line = token.start[0]
-        if token.type == tokenize.NAME and line not in names_on_line:
-            names_on_line[line] = token.string
-        elif token.type == tokenize.COMMENT and line in names_on_line:
-            comments[names_on_line[line]] = token.string.lstrip("#").strip()
-    return comments
-
-
-def build_parser(config_class: type, *, description: str = "", recipes: Mapping[str, Mapping] | None = None):
-    """An ArgumentParser with one `--field value` flag per dataclass field (plus `--recipe`)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    if recipes:
-        parser.add_argument("--recipe", choices=sorted(recipes), help="named preset applied before the other flags")
+def _nested_classes(config_class: type) -> dict[str, type]:
+    """{field name: dataclass type} for the fields that hold a whole dataclass (e.g. DetectorOptions)."""
     hints = typing.get_type_hints(config_class)
-    comments = field_comments(config_class)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config_class) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _flag_fields(config_class: type) -> list[tuple[dataclasses.Field, Any, Any]]:
+    """(field, type, default) of every flag: the config's own fields, a nested dataclass's in its place."""
+    hints = typing.get_type_hints(config_class)
+    nested = _nested_classes(config_class)
+    defaults = config_class()
+    result = []
     for field in dataclasses.fields(config_class):
-        help_text = f"{comments.get(field.name, '')} (default: {field.default!r})".strip()
-        parser.add_argument(f"--{field.name}", default=None, help=help_text, **_field_flag_kwargs(hints[field.name]))
+        if field.name in nested:
+            inner_hints = typing.get_type_hints(nested[field.name])
+            inner_default = getattr(defaults, field.name)
+            for inner in dataclasses.fields(nested[field.name]):
+                result.append((inner, inner_hints[inner.name], getattr(inner_default, inner.name)))
+        else:
+            result.append((field, hints[field.name], getattr(defaults, field.name)))
+    return result
+
+
+def flag_help(config_class: type) -> dict[str, str]:
+    """{flag name: its help text without the default} for every flag of `config_class`."""
+    return {field.name: field.metadata.get("help", "") for field, _, _ in _flag_fields(config_class)}
+
+
+def build_parser(
+    config_class: type, *, description: str = "", recipes: Mapping[str, Mapping] | None = None
+) -> argparse.ArgumentParser:
+    """An ArgumentParser with one `--field value` flag per dataclass field (plus `--recipe`)."""
+    parser = FlagParser(description=description)
+    if recipes:
+        parser.add_argument("--recipe", choices=sorted(recipes), help="A named preset applied before the other flags.")
+    for field, annotation, default in _flag_fields(config_class):
+        help_text = f"{field.metadata.get('help', '')} (default: {default!r})"
+        kwargs = _field_flag_kwargs(annotation)
+        on, off = (True, False) if annotation is bool else ("true", "false")
+        switch = annotation is bool or field.metadata.get("switch", False)
+        if switch:
+            kwargs.update(nargs="?", const=on)
+            hyphenated = field.name.replace("_", "-")
+            help_text += f"; --{hyphenated} alone means {str(on).lower()}, --no-{hyphenated} {str(off).lower()}"
+        parser.add_argument(f"--{field.name}", default=None, help=help_text, **kwargs)
+        if switch:
+            parser.add_argument(
+                *spellings(f"--no-{field.name}"),
+                dest=field.name,
+                action="store_const",
+                const=off,
+                help=argparse.SUPPRESS,
+            )
     return parser
 
 
@@ -94,33 +125,72 @@ def parse_config(
     return make_config(config_class, values)
 
 
+def _typed(config_class: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Lists (a JSON round trip) become tuples again where the field is a tuple."""
+    hints = typing.get_type_hints(config_class)
+    return {
+        key: tuple(value) if typing.get_origin(hints[key]) is tuple and value is not None else value
+        for key, value in values.items()
+    }
+
+
 def make_config(config_class: type[ConfigT], values: Mapping[str, Any]) -> ConfigT:
-    """Build a config from a dict (e.g. one stored in a checkpoint); lists become tuples again."""
+    """Build a config from a dict: flags, a recipe, or one stored in a checkpoint (nested or flat).
+
+    A nested dataclass field takes a dict or an instance under its own name, and its fields may
+    also be given at the top level: the flat form of recipes and of checkpoints written before
+    the nesting.
+    """
     names = {field.name for field in dataclasses.fields(config_class)}
-    unknown = sorted(set(values) - names)
+    nested = _nested_classes(config_class)
+    inner_names = {name: {f.name for f in dataclasses.fields(cls)} for name, cls in nested.items()}
+    unknown = sorted(key for key in values if key not in names and not any(key in n for n in inner_names.values()))
     if unknown:
         raise ValueError(f"unknown {config_class.__name__} fields: {', '.join(unknown)}")
-    hints = typing.get_type_hints(config_class)
-    converted = {
-        key: tuple(value) if typing.get_origin(hints[key]) is tuple else value for key, value in values.items()
-    }
+    own = {key: value for key, value in values.items() if key in names and key not in nested}
+    converted = _typed(config_class, own)
+    defaults = config_class()
+    for name, cls in nested.items():
+        given = values.get(name, {})
+        given = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given)
+        given.update({key: value for key, value in values.items() if key in inner_names[name]})
+        unknown_inner = sorted(set(given) - inner_names[name])
+        if unknown_inner:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown_inner)}")
+        converted[name] = dataclasses.replace(getattr(defaults, name), **_typed(cls, given))
     return config_class(**converted)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """JSON-able dict of a config (tuples become lists)."""
+    """JSON-able dict of a config (tuples become lists, a nested dataclass a nested dict)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def format_config(config: Any) -> str:
-    """One `key: value` line per field, in declaration order, for the start of a log."""
-    width = max(len(field.name) for field in dataclasses.fields(config))
-    lines = [f"{type(config).__name__}:"]
+def _flat_items(config: Any) -> list[tuple[str, Any]]:
+    items = []
     for field in dataclasses.fields(config):
-        lines.append(f"  {field.name:<{width}}  {getattr(config, field.name)!r}")
-    return "\n".join(lines)
+        value = getattr(config, field.name)
+        items += _flat_items(value) if dataclasses.is_dataclass(value) else [(field.name, value)]
+    return items
+
+
+def format_config(config: Any) -> str:
+    """One `key: value` line per flag, in declaration order, for the start of a log."""
+    items = _flat_items(config)
+    width = max(len(name) for name, _ in items)
+    return "\n".join([f"{type(config).__name__}:"] + [f"  {name:<{width}}  {value!r}" for name, value in items])
+
+
+def _flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(_flatten(value) if isinstance(value, Mapping) else {key: value})
+    return flat
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Fields whose values differ between two config dicts: {name: (old, new)}."""
-    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)}
+    """Settings both config dicts hold (nested or flat) whose values differ: {name: (old, new)}.
+
+    A setting only one of them knows (added to the code since the checkpoint) is not a change."""
+    old, new = _flatten(old), _flatten(new)
+    return {key: (old[key], new[key]) for key in sorted(set(old) & set(new)) if old[key] != new[key]}

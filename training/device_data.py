@@ -28,6 +28,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from backbone.files import write_atomically
+from backbone.flags import FlagParser
 from training.classification_data import DatasetError, build_dataset, extract_once, find_split_root
 from training.sampler import ResumableBatchSampler
 
@@ -299,16 +300,25 @@ class DeviceEvalBatches:
             yield self.normalizer(images), self.split.labels[chunk.to(self.split.labels.device)].cpu()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The command and its sub-command's flags, each in both spellings (`--cache-dir`, `--cache_dir`)."""
+    parser = FlagParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    pack_parser = commands.add_parser("pack", help="decode CIFAR-10 once into one uint8 .pt file")
-    pack_parser.add_argument("source", help="JPEG tarball, class-folder root, or folder of the python batches")
-    pack_parser.add_argument("-o", "--output", required=True, help=f"the packed file (*{PACKED_SUFFIX})")
+    pack_parser = commands.add_parser("pack", help="Decode CIFAR-10 once into one uint8 .pt file.")
+    pack_parser.add_argument(
+        "source", help="The JPEG tarball, a class-folder root, or the folder of the python batches."
+    )
+    pack_parser.add_argument("-o", "--output", required=True, help=f"The packed file to write (*{PACKED_SUFFIX}).")
     pack_parser.add_argument("--dataset", default="folder", choices=("folder", "cifar10"),
-                             help="folder: <split>/<class>/<images>; cifar10: the python batches")  # fmt: skip
-    pack_parser.add_argument("--cache_dir", default="data_cache", help="where a tarball is extracted")
-    args = parser.parse_args(argv)
+                             help='"folder": <split>/<class>/<images>; "cifar10": the python batches.')  # fmt: skip
+    pack_parser.add_argument(
+        "--cache_dir", default="data_cache", help="Where a tarball is extracted (default: data_cache)."
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         arrays = load_cifar_arrays(args.source, kind=args.dataset, cache_dir=args.cache_dir)
         output = pack(arrays, args.output)

@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from backbone.flags import FlagParser
+
+try:
+    import matplotlib
+except ImportError as error:  # serving installs leave it out (about 140 MB with its dependencies)
+    raise ImportError(
+        "training's plots need matplotlib, part of the `train` extra: pip install -e '.[train]'"
+    ) from error
 
 matplotlib.use("Agg")  # files only; no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
@@ -152,12 +159,17 @@ def plot_detection_run(run_dir: str | os.PathLike, *, precision_recall: Mapping[
     return written
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("metrics", nargs="+", help="metrics.jsonl files; each run is labelled by its folder name")
-    parser.add_argument("-o", "--output", default="error.png")
-    parser.add_argument("--title", default="")
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    parser = FlagParser(description=__doc__)
+    parser.add_argument("metrics", nargs="+", help="The metrics.jsonl files; each run is labelled by its folder name.")
+    parser.add_argument("-o", "--output", default="error.png", help="The PNG file to write (default: error.png).")
+    parser.add_argument("--title", default="", help="A title above the figure (default: none).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     runs = {Path(path).parent.name: path for path in args.metrics}
     print(plot_error_curves(runs, args.output, title=args.title))
 

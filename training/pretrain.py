@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from backbone import create_model
 from backbone.checkpoint import load_classifier, save_classifier
+from backbone.flags import option
 from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ClassifierPreprocessing
 from backbone.weights import CheckpointError
 from training.checkpoint import RunCheckpoints
@@ -83,64 +84,85 @@ class PretrainConfig:
     """Every setting of a pretraining run. The defaults are the paper's ImageNet recipe (Sec. 3.4)."""
 
     # --- data
-    dataset: str = "folder"  # "folder": data_path/<split>/<class>/<images>; "cifar10": the python batches
-    data_path: str = ""  # a folder, or a .tar/.tar.gz of one (extracted once into cache_dir)
-    train_split: str = "train"
-    val_split: str = "val"
-    cache_dir: str = ""  # where archives are extracted; "" = data_cache/ in the repository (gitignored)
-    decoder: str = "pil"  # "pil" or "torchvision" (torchvision.io.decode_image)
-    workers: int = 4  # DataLoader worker processes (per rank)
-    # CIFAR only: the whole set as uint8 on the training device, cropped and flipped there in batches
-    # (training.device_data): the same pixels as the per-sample path, without a DataLoader.
-    data_on_device: bool = False
+    dataset: str = option(
+        "folder", '"folder": data_path/<split>/<class>/<images>; "cifar10": the python batches (cifar-10-batches-py).'
+    )
+    data_path: str = option("", "A folder, or a .tar/.tar.gz of one (extracted once into cache_dir).")
+    train_split: str = option("train", "The training split: a sub-folder of data_path (or a CIFAR-10 part).")
+    val_split: str = option("val", "The validation split: a sub-folder of data_path (CIFAR-10: test).")
+    cache_dir: str = option("", 'Where archives are extracted; "" means data_cache/ in the repository (gitignored).')
+    decoder: str = option("pil", '"pil" or "torchvision" (torchvision.io.decode_image) JPEG decoding.')
+    workers: int = option(4, "DataLoader worker processes per rank.")
+    data_on_device: bool = option(
+        False, "CIFAR only: the whole set as uint8 on the training device, cropped and flipped there in batches "
+        "(training.device_data): the same pixels as the per-sample path, without a DataLoader.",
+    )  # fmt: skip
     # --- model
-    model: str = "resnet50"  # any name of backbone.list_models(); the classifier gets one output per class
-    norm: str = "bn"
-    zero_init_residual: bool = False  # paper: not used (Goyal et al. 2017)
+    model: str = option("resnet50", "Any name of backbone.list_models(); the classifier gets one output per class.")
+    norm: str = option("bn", '"bn" (batch norm, as in the paper) or "frozen_bn" (fixed statistics and affine).')
+    zero_init_residual: bool = option(
+        False, "Start each residual branch's last BN at zero (Goyal et al. 2017; the paper does not use it)."
+    )
     # --- optimisation: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 for batch 256 (Sec. 3.4); no dropout
-    batch_size: int = 256  # global: over all processes together
-    lr: float = 0.1  # at lr_reference_batch; scaled linearly with batch_size (Goyal et al. 2017)
-    lr_reference_batch: int = 256
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_milestones: tuple[int, ...] = (30, 60)  # lr /10 at each (in schedule_unit)
-    schedule_unit: str = "epochs"  # "epochs" or "iterations"
+    batch_size: int = option(256, "Global batch size: over all processes together.")
+    lr: float = option(0.1, "Learning rate at lr_reference_batch, scaled linearly with batch_size (Goyal et al. 2017).")
+    lr_reference_batch: int = option(256, "The batch size at which lr applies unscaled.")
+    momentum: float = option(0.9, "SGD momentum (paper: 0.9).")
+    weight_decay: float = option(1e-4, "SGD weight decay (paper: 0.0001).")
+    lr_milestones: tuple[int, ...] = option((30, 60), "The learning rate is divided by 10 at each, in schedule_unit.")
     # paper: /10 when the error plateaus, up to 60e4 iterations (~120 epochs); fixed steps are the
     # reproducible standard (torchvision's reference). --plateau_patience N gives the paper's rule.
-    epochs: int = 90
-    max_iterations: int = 0  # when > 0, overrides epochs
-    plateau_patience: int = 0  # evaluations without improvement before lr /10; 0 = off
-    warmup_iterations: int = 0  # upper bound on the warm-up
-    warmup_factor: float = 1.0  # lr multiplier during warm-up
-    warmup_until_error: float = 0.0  # end the warm-up once training error falls below this (Sec. 4.2: 0.8)
+    schedule_unit: str = option("epochs", '"epochs" or "iterations": the unit of lr_milestones.')
+    epochs: int = option(90, "Training length in epochs (unless max_iterations is set).")
+    max_iterations: int = option(0, "Training length in iterations; when above 0 it overrides epochs.")
+    plateau_patience: int = option(
+        0, "Evaluations without improvement before the learning rate is divided by 10 (the paper's rule); 0 is off."
+    )
+    warmup_iterations: int = option(0, "Upper bound on the warm-up, in iterations.")
+    warmup_factor: float = option(1.0, "Learning rate multiplier during the warm-up.")
+    warmup_until_error: float = option(
+        0.0, "End the warm-up once the training error falls below this (Sec. 4.2, ResNet-110: 0.8)."
+    )
     # --- augmentation
-    augmentation: str = "imagenet"  # "imagenet" (scale + crop + flip + PCA lighting) or "cifar" (pad + crop + flip)
-    train_scale_range: tuple[int, ...] = (256, 480)  # shorter side sampled uniformly (Sec. 3.4)
-    crop_size: int = 224
-    eval_resize: int = 256  # shorter side before the centre crop / 10 crops
-    padding: int = 4  # CIFAR: pixels padded on each side before the random crop
-    lighting_std: float = 0.1  # PCA colour augmentation of AlexNet; 0 = off
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    augmentation: str = option(
+        "imagenet", '"imagenet" (scale + crop + flip + PCA lighting) or "cifar" (pad + crop + flip).'
+    )
+    train_scale_range: tuple[int, ...] = option(
+        (256, 480), "Shorter side sampled uniformly from this range (Sec. 3.4)."
+    )
+    crop_size: int = option(224, "Side of the square training crop and of the centre crop, in pixels.")
+    eval_resize: int = option(256, "Shorter side before the centre crop or the 10 crops, in pixels.")
+    padding: int = option(4, "CIFAR: pixels padded on each side before the random crop.")
+    lighting_std: float = option(0.1, "Strength of AlexNet's PCA colour augmentation; 0 is off.")
+    mean: tuple[float, ...] = option(IMAGENET_MEAN, "Per-channel mean subtracted from RGB inputs in [0, 1].")
+    std: tuple[float, ...] = option(IMAGENET_STD, "Per-channel standard deviation the inputs are divided by.")
     # --- evaluation
-    eval_every: int = 0  # iterations between evaluations (centre crop); 0 = once per epoch
-    final_eval: tuple[str, ...] = ("center", "ten_crop", "multi_scale")  # at the end of training
-    test_scales: tuple[int, ...] = PAPER_TEST_SCALES
-    eval_batch_size: int = 0  # per rank; 0 = the training batch per rank
-    eval_only: str = ""  # a model.safetensors to evaluate (final_eval modes) instead of training
+    eval_every: int = option(0, "Iterations between evaluations (centre crop); 0 means once per epoch.")
+    final_eval: tuple[str, ...] = option(
+        ("center", "ten_crop", "multi_scale"), "Evaluations at the end of training: center, ten_crop, multi_scale."
+    )
+    test_scales: tuple[int, ...] = option(
+        PAPER_TEST_SCALES, "Shorter sides of the multi-scale evaluation (paper: 224, 256, 384, 480, 640)."
+    )
+    eval_batch_size: int = option(0, "Evaluation batch per rank; 0 means the training batch per rank.")
+    eval_only: str = option("", "A model.safetensors to evaluate (final_eval modes) instead of training.")
     # --- infrastructure
-    output_dir: str = "runs/pretrain"
-    device: str = "auto"  # "auto", "cuda" or "cpu"
-    amp: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), "none", "bf16", "fp16"
-    channels_last: bool = True
-    compile: bool = False
-    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (small nets on CUDA)
-    sync_bn: bool = False  # paper: BN statistics per GPU; True = over the global batch (CUDA only)
-    seed: int = 0
-    log_every: int = 20  # iterations between metrics.jsonl records (and DDP metric reductions)
-    checkpoint_every: int = 0  # iterations between last.pt writes; 0 = at every evaluation
-    resume: str = ""  # a last.pt/best.pt, or "auto": output_dir/last.pt when it exists
-    tensorboard: bool = True
+    output_dir: str = option("runs/pretrain", "Folder for checkpoints, metrics.jsonl, TensorBoard logs and plots.")
+    device: str = option("auto", '"auto", "cuda" or "cpu".')
+    amp: str = option(
+        "auto", '"auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), "none", "bf16" or "fp16".'
+    )
+    channels_last: bool = option(True, "Run the model in the channels-last memory format.")
+    compile: bool = option(False, "Compile the model with torch.compile.")
+    compile_mode: str = option(
+        "default", 'The torch.compile mode; "reduce-overhead" adds CUDA graphs (small nets on CUDA).'
+    )
+    sync_bn: bool = option(False, "Batch norm statistics over the global batch (CUDA only); the paper's are per GPU.")
+    seed: int = option(0, "Seed of every random stream (data order, augmentation, initialisation).")
+    log_every: int = option(20, "Iterations between metrics.jsonl records (and DDP metric reductions).")
+    checkpoint_every: int = option(0, "Iterations between last.pt writes; 0 means at every evaluation.")
+    resume: str = option("", 'A last.pt or best.pt to continue from, or "auto": output_dir/last.pt when it exists.')
+    tensorboard: bool = option(True, "Write TensorBoard event files to output_dir/tensorboard.")
 
 
 CIFAR10_RECIPE = dict(

@@ -44,7 +44,12 @@ class RunLog:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(start_iteration)
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard: only on the main rank
+            try:  # imports TensorBoard: only on the main rank
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise ImportError(
+                    "TensorBoard logs need the `train` extra (pip install -e '.[train]'), or pass --no-tensorboard"
+                ) from error
 
             self.writer = SummaryWriter(
                 log_dir=str(self.output_dir / "tensorboard"), purge_step=start_iteration or None

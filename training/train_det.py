@@ -33,8 +33,9 @@ from pathlib import Path
 
 import torch
 
+from backbone.flags import option
 from backbone.weights import CheckpointError
-from detection import build_detector, load_detector, save_detector
+from detection import DetectorOptions, build_detector, load_detector, save_detector
 from detection.data import (
     DEFAULT_WORKERS,
     VOC_CLASSES,
@@ -48,10 +49,10 @@ from detection.data import (
 )
 from detection.data import collate_fn as detection_collate
 from detection.evaluation import to_coco_results, write_json
-from detection.pretrained import initialise_detector
+from detection.pretrained import detector_architecture, initialise_detector
 from detection.transform import batch_to_device
 from training.checkpoint import RunCheckpoints
-from training.config import config_to_dict, format_config, parse_config
+from training.config import config_to_dict, format_config, make_config, parse_config
 from training.det_evaluation import detect_shard, score
 from training.distributed import barrier
 from training.engine import (
@@ -78,66 +79,85 @@ from training.schedule import LRSchedule
 DEFAULT_SPLITS = {"coco": (("train2017",), "val2017"), "voc": (("train",), "val")}
 
 
+# Multi-scale training (detectron2's and torchvision's "1x"): one shorter side drawn per image, the last for testing.
+TRAIN_MIN_SIZES = (640, 672, 704, 736, 768, 800)
+
+
 @dataclass
 class DetTrainConfig:
-    """Every setting of a detection run. Defaults: the modern "1x" schedule (detectron2/torchvision)."""
+    """Every setting of a detection run. Defaults: the modern "1x" schedule (detectron2/torchvision).
+
+    The detector's own options are one nested `DetectorOptions` (detection/options.py): its fields are
+    flags of this command under their own names (`--min_size`, `--box_head`) and go to build_detector whole.
+    """
 
     # --- data
-    dataset: str = ""  # "coco" (any COCO-format instances json) or "voc" (VOC folder layout)
-    data_path: str = ""  # COCO: holds annotations/instances_<split>.json and <split>/; VOC: holds the VOC folders
-    train_split: tuple[str, ...] = ()  # () = train2017 (COCO), train (VOC); several concatenate; VOC: VOC2007/trainval
-    val_split: str = ""  # "" = val2017 (COCO), val (VOC); VOC: e.g. "VOC2007/test"
-    keep_empty: bool = False  # keep training images without boxes (torchvision's reference drops them)
-    flip_prob: float = 0.5  # horizontal flip (paper: flip, Faster R-CNN's only augmentation)
-    group_aspect_ratio: bool = True  # batches of similar aspect ratio (less padding)
-    workers: int = DEFAULT_WORKERS  # DataLoader workers per rank (default: 4, at most the cores this process has)
-    # --- model (see detection.DetectorOptions for what each means)
-    backbone: str = "resnet50"  # resnet18..152 or plain18..152
-    head: str = "fpn"  # "fpn", or "c4" (the paper's appendix)
-    stride_in_1x1: bool = True  # paper's bottleneck; torchvision weights need False
-    base_width: int = 64
-    frozen_bn: bool = True  # paper: BN fixed when fine-tuning; without --init pass false (or the run stops)
-    freeze_at: int = 2  # stem + res2 frozen (paper does not say; detectron2 and torchvision do); 0 without --init
-    min_size: tuple[int, ...] = (640, 672, 704, 736, 768, 800)  # shorter side, one drawn per training image
-    # paper: 600 (one scale); the last entry is the test size
-    max_size: int = 1333  # paper: 1000
-    anchor_sizes: tuple[int, ...] = ()  # () = the head's default
-    fpn_channels: int = 256
-    representation_size: int = 1024  # the FPN box head's two fc layers
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_test: int = 1000  # paper: 300 proposals at test time
-    rpn_batch_size_per_image: int = 256
-    box_batch_size_per_image: int = 512  # paper (Fast R-CNN): 128
-    box_detections_per_img: int = 100
-    init: str = ""  # "": from scratch; a classifier (.safetensors of pretrain.py, torchvision ResNet .pth) for
-    # the backbone; a detector (our .safetensors, torchvision Faster R-CNN .pth) for the whole model
+    dataset: str = option("", '"coco" (any COCO-format instances json) or "voc" (VOC folder layout).')
+    data_path: str = option(
+        "", "COCO: the folder holding annotations/instances_<split>.json and <split>/; VOC: the folder holding the "
+        "VOC folders.",
+    )  # fmt: skip
+    train_split: tuple[str, ...] = option(
+        (), "Training splits, several are concatenated; none given means train2017 (COCO) or train (VOC); VOC "
+        "names a folder too, e.g. VOC2007/trainval.",
+    )  # fmt: skip
+    val_split: str = option("", 'The validation split; "" means val2017 (COCO) or val (VOC); e.g. "VOC2007/test".')
+    keep_empty: bool = option(False, "Keep training images without boxes (torchvision's reference drops them).")
+    flip_prob: float = option(
+        0.5, "Probability of a horizontal flip (paper: flipping, Faster R-CNN's only augmentation)."
+    )
+    group_aspect_ratio: bool = option(True, "Batch images of similar aspect ratio together (less padding).")
+    workers: int = option(DEFAULT_WORKERS, "DataLoader workers per rank: 4, or the cores this process has if fewer.")
+    # --- model
+    backbone: str = option("resnet50", "The backbone: resnet18..152 or plain18..152.")
+    head: str = option("fpn", '"fpn", or "c4" (the paper\'s appendix).')
+    detector: DetectorOptions = option(
+        DetectorOptions(min_size=TRAIN_MIN_SIZES), "The detector's options (each is a flag of its own)."
+    )
+    init: str = option(
+        "", '"" trains from scratch; a classifier (.safetensors of pretrain.py, torchvision ResNet .pth) initialises '
+        "the backbone; a detector (our .safetensors, torchvision Faster R-CNN .pth) initialises the whole model "
+        "and fixes its architecture.",
+    )  # fmt: skip
     # --- optimisation: SGD; the "1x" schedule: lr 0.02 at batch 16, steps at 2/3 and 8/9, 1000-it warm-up
-    batch_size: int = 16  # global: over all processes together
-    lr: float = 0.02  # at lr_reference_batch, scaled linearly with batch_size (Goyal et al. 2017)
-    lr_reference_batch: int = 16
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    max_iterations: int = 90000
-    lr_milestones: tuple[int, ...] = ()  # lr /10 at each iteration; () = 2/3 and 8/9 of max_iterations
-    warmup_iterations: int = 1000
-    warmup_factor: float = 0.001  # linear ramp from lr * warmup_factor
-    max_grad_norm: float = 0.0  # 0 = no clipping
+    batch_size: int = option(16, "Global batch size: over all processes together.")
+    lr: float = option(
+        0.02, "Learning rate at lr_reference_batch, scaled linearly with batch_size (Goyal et al. 2017)."
+    )
+    lr_reference_batch: int = option(16, "The batch size at which lr applies unscaled.")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(1e-4, "SGD weight decay.")
+    max_iterations: int = option(90000, "Training length in iterations.")
+    lr_milestones: tuple[int, ...] = option(
+        (), "Iterations at which the learning rate is divided by 10; none given means 2/3 and 8/9 of max_iterations."
+    )
+    warmup_iterations: int = option(1000, "Iterations of the linear warm-up.")
+    warmup_factor: float = option(0.001, "The warm-up ramps linearly from lr * warmup_factor.")
+    max_grad_norm: float = option(0.0, "Gradient norm clipping threshold; 0 means no clipping.")
     # --- evaluation
-    metrics: tuple[str, ...] = ()  # "coco" and/or "voc"; () = coco for COCO, both for VOC
-    eval_every: int = 0  # iterations between evaluations; 0 = once per epoch
-    eval_batch_size: int = 2  # per rank
-    eval_only: str = ""  # a model.safetensors to evaluate instead of training
+    metrics: tuple[str, ...] = option(
+        (), '"coco" and/or "voc"; none given means coco for COCO data, both for VOC data.'
+    )
+    eval_every: int = option(0, "Iterations between evaluations; 0 means once per epoch.")
+    eval_batch_size: int = option(2, "Evaluation batch per rank.")
+    eval_only: str = option("", "A model.safetensors to evaluate instead of training.")
     # --- infrastructure
-    output_dir: str = "runs/detection"
-    device: str = "auto"  # "auto", "cuda" or "cpu"
-    amp: str = "auto"  # "auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), "none", "bf16", "fp16"
-    channels_last: str = "auto"  # "auto": on for CPU, off for CUDA (measured per device), "true", "false"
-    compile: bool = False  # torch.compile the feature extractor (backbone + FPN)
-    seed: int = 0
-    log_every: int = 20
-    checkpoint_every: int = 0  # iterations between last.pt writes; 0 = at every evaluation
-    resume: str = ""  # a last.pt/best.pt, or "auto": output_dir/last.pt when it exists
-    tensorboard: bool = True
+    output_dir: str = option("runs/detection", "Folder for checkpoints, metrics, reports and plots.")
+    device: str = option("auto", '"auto", "cuda" or "cpu".')
+    amp: str = option(
+        "auto", '"auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), "none", "bf16" or "fp16".'
+    )
+    channels_last: str = option(
+        "auto", '"auto" (on for CPU, off for CUDA: measured per device), "true" or "false": the model in the '
+        "channels-last memory format.",
+        switch=True,
+    )  # fmt: skip
+    compile: bool = option(False, "Compile the feature extractor (backbone + FPN) with torch.compile.")
+    seed: int = option(0, "Seed of every random stream (data order, augmentation, initialisation).")
+    log_every: int = option(20, "Iterations between metrics.jsonl records (and DDP metric reductions).")
+    checkpoint_every: int = option(0, "Iterations between last.pt writes; 0 means at every evaluation.")
+    resume: str = option("", 'A last.pt or best.pt to continue from, or "auto": output_dir/last.pt when it exists.')
+    tensorboard: bool = option(True, "Write TensorBoard event files to output_dir/tensorboard.")
 
 
 RECIPES = {
@@ -180,13 +200,27 @@ def resolve_splits(cfg: DetTrainConfig) -> tuple[tuple[str, ...], str]:
 def check_frozen_layers(cfg: DetTrainConfig) -> None:
     """Frozen layers only make sense on pretrained weights: frozen random layers never learn, and a frozen
     BN with its initial statistics is the identity (no normalisation at all)."""
-    if cfg.init or cfg.eval_only or not (cfg.frozen_bn or cfg.freeze_at > 0):
+    frozen_bn, freeze_at = cfg.detector.frozen_bn, cfg.detector.freeze_at
+    if cfg.init or cfg.eval_only or not (frozen_bn or freeze_at > 0):
         return
     raise ValueError(
-        f"training from scratch (no --init) with frozen_bn={str(cfg.frozen_bn).lower()}, freeze_at={cfg.freeze_at} "
+        f"training from scratch (no --init) with frozen_bn={str(frozen_bn).lower()}, freeze_at={freeze_at} "
         "would keep randomly initialised layers fixed: pass --frozen_bn false --freeze_at 0 to train every layer, "
         "or --init with pretrained weights (a classifier or detector checkpoint)"
     )
+
+
+def with_init_architecture(cfg: DetTrainConfig) -> DetTrainConfig:
+    """A whole-detector --init (our .safetensors or a torchvision Faster R-CNN .pth, v1 or v2) fixes the
+    architecture: backbone, head and the options that decide which tensors exist come from the file."""
+    architecture = detector_architecture(cfg.init) if cfg.init and not cfg.eval_only else {}
+    if not architecture:
+        return cfg
+    own = {"backbone": cfg.backbone, "head": cfg.head, **cfg.detector.to_dict()}
+    changed = {key: value for key, value in architecture.items() if own[key] != value}
+    if changed:
+        print(f"--init {cfg.init} is a detector of another architecture; taking from it: {changed}", flush=True)
+    return make_config(DetTrainConfig, {**config_to_dict(cfg), **architecture})
 
 
 def detection_channels_last(setting: str, device: torch.device) -> bool:
@@ -265,6 +299,7 @@ def write_reports(output_dir: Path, *, flat: dict, full: dict, predictions: dict
 
 
 def main(cfg: DetTrainConfig) -> dict[str, float]:
+    cfg = with_init_architecture(cfg)
     ctx = start_process(device=cfg.device, seed=cfg.seed)
     output_dir = Path(cfg.output_dir)
     if ctx.is_main:
@@ -318,18 +353,9 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     checkpoint_every = cfg.checkpoint_every or eval_every
 
     # --- model and optimizer
-    options = dict(
-        stride_in_1x1=cfg.stride_in_1x1, base_width=cfg.base_width, frozen_bn=cfg.frozen_bn, freeze_at=cfg.freeze_at,
-        min_size=cfg.min_size, max_size=cfg.max_size, rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-        box_batch_size_per_image=cfg.box_batch_size_per_image, box_detections_per_img=cfg.box_detections_per_img,
-        fpn_channels=cfg.fpn_channels, representation_size=cfg.representation_size,
-        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
-    )  # fmt: skip
-    if cfg.anchor_sizes:
-        options["anchor_sizes"] = cfg.anchor_sizes
     model = build_detector(
         backbone=cfg.backbone, head=cfg.head, num_classes=len(val_data.class_names),
-        class_names=val_data.class_names, **options,
+        class_names=val_data.class_names, **cfg.detector.to_dict(),
     )  # fmt: skip
     if cfg.init:
         described = initialise_detector(model, cfg.init)

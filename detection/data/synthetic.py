@@ -5,18 +5,24 @@ python -m detection.data.synthetic --out runs/shapes --num-train 1000 --num-val 
 
 import argparse
 
+from backbone.flags import FlagParser
 from detection.data.synthetic_shapes import SHAPE_CLASSES, generate_synthetic
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags (`--num-train` or `--num_train`)."""
+    parser = FlagParser(description=__doc__)
+    parser.add_argument("--out", required=True, help="The output folder (it gets coco/ and voc/).")
+    parser.add_argument("--num-train", type=int, default=1000, help="Training images (default: 1000).")
+    parser.add_argument("--num-val", type=int, default=200, help="Held-out images (default: 200).")
+    parser.add_argument("--image-size", type=int, default=192, help="Square image side in pixels (default: 192).")
+    parser.add_argument("--seed", type=int, default=0, help="The same seed gives the same bytes (default: 0).")
+    parser.add_argument("--max-objects", type=int, default=4, help="Objects per image, at most (default: 4).")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output folder (gets coco/ and voc/)")
-    parser.add_argument("--num-train", type=int, default=1000, help="training images (default 1000)")
-    parser.add_argument("--num-val", type=int, default=200, help="held-out images (default 200)")
-    parser.add_argument("--image-size", type=int, default=192, help="square image side in pixels (default 192)")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
-    parser.add_argument("--max-objects", type=int, default=4, help="objects per image, at most (default 4)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     layout = generate_synthetic(
         args.out,
         num_train=args.num_train,
