@@ -1,4 +1,10 @@
-"""ResNet backbones of He et al. 2015: the model family, feature extraction and torchvision weights."""
+"""ResNet backbones of He et al. 2015: the model family, feature extraction and torchvision weights.
+
+The lowest layer, so the pieces every package shares live here, each in its module: `weights`
+(CheckpointError, read_state_dict, load_checked), `files` (write_atomically), `preprocessing`
+(IMAGENET_MEAN/STD, ClassifierPreprocessing), `pretrained` (the one backbone-weight loader) and
+`devices` (resolve_device).
+"""
 
 from backbone.registry import create_model, list_models
 from backbone.resnet import FeatureInfo, ResNet, convert_to_frozen_batchnorm

@@ -67,11 +67,12 @@ def make_shortcut(
     return None
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (Fig. 5 left), used by ResNet-18/34 and the CIFAR nets."""
+class ResidualBlock(nn.Module):
+    """What both blocks share: the keywords the ResNet builder passes, the shortcut (none in a plain net,
+    `residual=False`), and adding it before the last ReLU. Subclasses make their layers in `build`."""
 
-    expansion = 1
-    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+    expansion: int
+    conv_bn_pairs: tuple[tuple[str, str], ...]
 
     def __init__(
         self,
@@ -86,56 +87,61 @@ class BasicBlock(nn.Module):
         norm_layer: NormLayer,
     ) -> None:
         super().__init__()
-        del bottleneck_channels, stride_in_1x1  # only meaningful for the bottleneck block
         self.residual = residual
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = norm_layer(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.bn2 = norm_layer(out_channels)
+        self.build(in_channels=in_channels, out_channels=out_channels, bottleneck_channels=bottleneck_channels,
+                   stride=stride, stride_in_1x1=stride_in_1x1, norm_layer=norm_layer)  # fmt: skip
         self.shortcut = (
             make_shortcut(
-                option=shortcut,
-                in_channels=in_channels,
-                out_channels=out_channels,
-                stride=stride,
+                option=shortcut, in_channels=in_channels, out_channels=out_channels, stride=stride,
                 norm_layer=norm_layer,
-            )
+            )  # fmt: skip
             if residual
             else None
         )
 
+    def build(self, **kwargs) -> None:
+        raise NotImplementedError
+
     @property
     def last_bn(self) -> nn.Module:
-        return self.bn2
+        """The BN before the addition (zero_init_residual zeroes its weight): the last of `conv_bn_pairs`."""
+        return getattr(self, self.conv_bn_pairs[-1][1])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
-        out = self.bn2(self.conv2(out))
+    def add_shortcut(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The block's output: F(x) + x (or its projection), then ReLU; a plain block returns ReLU(F(x))."""
         if self.residual:
             out += x if self.shortcut is None else self.shortcut(x)
         return F.relu(out, inplace=True)
 
 
-class Bottleneck(nn.Module):
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convolutions (Fig. 5 left), used by ResNet-18/34 and the CIFAR nets."""
+
+    expansion = 1
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
+    def build(self, *, in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer, **unused) -> None:
+        del unused  # bottleneck_channels, stride_in_1x1: only meaningful for the bottleneck block
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = norm_layer(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = norm_layer(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return self.add_shortcut(self.bn2(self.conv2(out)), x)
+
+
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3, 1x1 expand (Fig. 5 right), used by ResNet-50/101/152."""
 
     expansion = 4
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        out_channels: int,
-        bottleneck_channels: int,
-        stride: int,
-        residual: bool,
-        shortcut: str,
-        stride_in_1x1: bool,
+    def build(
+        self, *, in_channels: int, out_channels: int, bottleneck_channels: int, stride: int, stride_in_1x1: bool,
         norm_layer: NormLayer,
-    ) -> None:
-        super().__init__()
-        self.residual = residual
+    ) -> None:  # fmt: skip
         # stride_in_1x1=True is the paper's layout (and Caffe's/detectron2's "MSRA" weights);
         # False puts the stride in the 3x3, torchvision's "ResNet v1.5" (+0.3 GMACs, better accuracy).
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
@@ -147,29 +153,11 @@ class Bottleneck(nn.Module):
         self.bn2 = norm_layer(bottleneck_channels)
         self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, 1, bias=False)
         self.bn3 = norm_layer(out_channels)
-        self.shortcut = (
-            make_shortcut(
-                option=shortcut,
-                in_channels=in_channels,
-                out_channels=out_channels,
-                stride=stride,
-                norm_layer=norm_layer,
-            )
-            if residual
-            else None
-        )
-
-    @property
-    def last_bn(self) -> nn.Module:
-        return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out += x if self.shortcut is None else self.shortcut(x)
-        return F.relu(out, inplace=True)
+        return self.add_shortcut(self.bn3(self.conv3(out)), x)
 
 
 BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}

@@ -7,7 +7,6 @@ unpickles anything. Training checkpoints (optimizer, RNG, ...) are a separate, r
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from backbone.files import write_atomically
 from backbone.resnet import ResNet
-from backbone.torchvision_compat import CheckpointError, load_checked
+from backbone.weights import CheckpointError, load_checked
 
 FORMAT_NAME = "resdet.checkpoint"
 FORMAT_VERSION = 1
@@ -52,21 +52,11 @@ def make_manifest(
 
 
 def save_checkpoint(path: str | os.PathLike, *, state_dict: Mapping[str, torch.Tensor], manifest: Mapping) -> Path:
-    """Write atomically (temp file in the same folder, then rename): a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (`backbone.files.write_atomically`): a crash never leaves half a file."""
     # safetensors refuses tensors that share storage (tied or viewed weights): store plain copies.
     tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in state_dict.items()}
     metadata = {"resdet_manifest": json.dumps(manifest, sort_keys=True)}
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        save_file(tensors, str(tmp_path), metadata=metadata)
-        os.chmod(tmp_path, 0o644)  # NamedTemporaryFile makes it 0600: a served model must be readable by other users
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

@@ -4,33 +4,36 @@ torchvision's ResNets are the "v1.5" layout (stride in the 3x3 of the bottleneck
 only reproduce its logits in a model built with `stride_in_1x1=False`.
 """
 
-import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
-from torch import nn
 
-# (torchvision pattern, our replacement); applied in order, each at most once per key.
-TORCHVISION_TO_OURS = (
-    (r"^conv1\.", "stem.conv."),
-    (r"^bn1\.", "stem.bn."),
-    (r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}."),
-    (r"\.downsample\.0\.", ".shortcut.conv."),
-    (r"\.downsample\.1\.", ".shortcut.bn."),
-)
-OURS_TO_TORCHVISION = (
-    (r"^stem\.conv\.", "conv1."),
-    (r"^stem\.bn\.", "bn1."),
-    (r"^res(\d)\.", lambda m: f"layer{int(m.group(1)) - 1}."),
-    (r"\.shortcut\.conv\.", ".downsample.0."),
-    (r"\.shortcut\.bn\.", ".downsample.1."),
+from backbone.weights import CheckpointError
+
+# torchvision's name <-> ours for the parts named differently ("^": at the start of a key); its stages
+# layer1..4 are our res2..5. Both directions are made from this one table.
+NAME_PAIRS = (
+    ("^conv1.", "^stem.conv."),
+    ("^bn1.", "^stem.bn."),
+    (".downsample.0.", ".shortcut.conv."),
+    (".downsample.1.", ".shortcut.bn."),
 )
 
 
-class CheckpointError(RuntimeError):
-    """A weight file that cannot be read, or whose tensors do not fit the model."""
+def _rename_table(*, to_ours: bool) -> tuple:
+    """(pattern, replacement) pairs for `rename_keys`, each applied at most once per key."""
+    source_stage, target_stage, offset = ("layer", "res", 1) if to_ours else ("res", "layer", -1)
+    table = [(rf"^{source_stage}(\d)\.", lambda m: f"{target_stage}{int(m.group(1)) + offset}.")]
+    for torchvision_name, our_name in NAME_PAIRS:
+        source, target = (torchvision_name, our_name) if to_ours else (our_name, torchvision_name)
+        anchor = "^" if source.startswith("^") else ""
+        table.append((anchor + re.escape(source.removeprefix("^")), target.removeprefix("^")))
+    return tuple(table)
+
+
+TORCHVISION_TO_OURS = _rename_table(to_ours=True)
+OURS_TO_TORCHVISION = _rename_table(to_ours=False)
 
 
 def rename_keys(state_dict: Mapping[str, torch.Tensor], table) -> dict[str, torch.Tensor]:
@@ -53,59 +56,11 @@ def to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return rename_keys(state_dict, OURS_TO_TORCHVISION)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a weight file without unpickling arbitrary objects; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        if pickled:  # torch.save(model): code to unpickle, which we never run
-            raise CheckpointError(
-                f"{path} holds a whole pickled Python object ({pickled.group(1)}), not a state dict of tensors: "
-                "load it where its class is defined and save the weights with torch.save(model.state_dict(), path)"
-            ) from None
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot read {path} as a PyTorch weight file: {first_line}") from error
-    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]  # torchvision's reference scripts save {"model": ..., "optimizer": ...}
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return dict(state)
-
-
-def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """load_state_dict that reports every missing, unexpected and mis-shaped key at once."""
-    expected = model.state_dict()
-    # BatchNorm's step counter is bookkeeping, not a weight; FrozenBatchNorm2d has none.
-    ignorable = re.compile(r"\.num_batches_tracked$")
-    missing = sorted(k for k in expected if k not in state_dict and not ignorable.search(k))
-    unexpected = sorted(k for k in state_dict if k not in expected and not ignorable.search(k))
-    mismatched = sorted(
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and state_dict[k].shape != expected[k].shape
-    )
-    if missing or unexpected or mismatched:
-        lines = [f"weights from {source} do not fit {type(model).__name__}:"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if keys:
-                lines.append(f"  {title} ({len(keys)}): {', '.join(keys[:20])}" + (" ..." if len(keys) > 20 else ""))
-        raise CheckpointError("\n".join(lines))
-    model.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
-
-
-def load_torchvision_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a torchvision ResNet weight file (e.g. resnet50-0676ba61.pth) into our model."""
-    if getattr(model, "config", {}).get("block") == "bottleneck" and model.config["stride_in_1x1"]:
-        raise ValueError(
-            "torchvision ResNets put the stride in the 3x3 (v1.5); build the model with "
+def require_torchvision_layout(config: Mapping, *, source: str) -> None:
+    """torchvision's bottleneck ResNets put the stride in the 3x3 ("v1.5"): their weights compute something
+    else in the paper's layout (stride in the first 1x1), so refuse to load them there."""
+    if config.get("block") == "bottleneck" and config.get("stride_in_1x1", False):
+        raise CheckpointError(
+            f"{source}: torchvision ResNets put the stride in the 3x3 (v1.5); build the model with "
             "stride_in_1x1=False to load them"
         )
-    state_dict = from_torchvision(read_state_dict(path))
-    if getattr(model, "num_classes", 1) == 0:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    load_checked(model, state_dict, source=str(path))
-    return model

@@ -18,7 +18,8 @@ import torchvision
 
 from backbone import create_model
 from backbone.inference import fold_batchnorm
-from backbone.torchvision_compat import from_torchvision, load_checked
+from backbone.torchvision_compat import from_torchvision
+from backbone.weights import load_checked
 
 
 def build_variants(*, compile_models: bool) -> dict[str, tuple[torch.nn.Module, torch.memory_format]]:

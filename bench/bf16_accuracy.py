@@ -30,13 +30,13 @@ import matplotlib
 import torch
 
 from backbone.checkpoint import load_classifier
+from backbone.preprocessing import ClassifierPreprocessing
 from bench.detector_bf16 import AP_BUDGET_POINTS
 from bench.detector_bf16 import evaluate as evaluate_detector
 from detection import load_detector
 from detection.data import CocoDetection, generate_synthetic
 from training.classification_data import build_dataset, extract_once, find_split_root
 from training.plots import read_metrics
-from training.transforms import center_crop_transform
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -154,8 +154,9 @@ def demo_classifier_rows(*, images: int) -> list[dict]:
     preprocessing = manifest["preprocessing"]
     root = find_split_root(extract_once(archive, REPO_ROOT / "data_cache"), "test")
     dataset = build_dataset(kind="folder", root=root, split="test")
-    transform = center_crop_transform(resize=preprocessing["resize"], crop_size=preprocessing["size"],
-                                      mean=preprocessing["mean"], std=preprocessing["std"])  # fmt: skip
+    # the checkpoint's own preprocessing, as training's evaluation and the service build it
+    stem = model.config.get("stem", "imagenet")
+    transform = ClassifierPreprocessing.from_manifest(preprocessing, stem=stem).transform()
     # every class alike: the first images/10 of each
     per_class = max(1, images // len(dataset.classes))
     indices = [i for c in range(len(dataset.classes)) for i in

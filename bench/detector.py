@@ -31,7 +31,7 @@ from torch import nn
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from backbone import convert_to_frozen_batchnorm
-from backbone.torchvision_compat import load_checked, read_state_dict
+from backbone.weights import load_checked, read_state_dict
 from detection import COCO_CATEGORY_IDS, Detector, build_detector
 from detection.images import to_float_image
 from detection.torchvision_compat import (

@@ -37,7 +37,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from backbone.torchvision_compat import load_checked
+from backbone.weights import load_checked
 from bench import detector as detector_bench
 from bench import pretrain as pretrain_bench
 from bench import train_det as train_det_bench

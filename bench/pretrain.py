@@ -30,7 +30,8 @@ import torch.nn.functional as F
 import torchvision
 
 from backbone import create_model
-from backbone.torchvision_compat import from_torchvision, load_checked
+from backbone.torchvision_compat import from_torchvision
+from backbone.weights import load_checked
 from bench.timing import autocast, ratio_table, time_round_robin
 from training.classification_data import build_dataset, extract_once, find_split_root
 from training.distributed import DistributedContext

@@ -28,7 +28,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FrozenBatchNorm2d
 
-from backbone.torchvision_compat import load_checked
+from backbone.weights import load_checked
 from bench.timing import autocast, ratio_table, synchronize
 from detection import build_detector
 from detection.data import CocoDetection, build_transforms, collate_fn, generate_synthetic

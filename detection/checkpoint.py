@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from backbone.checkpoint import load_checkpoint, make_manifest, save_checkpoint
-from backbone.torchvision_compat import CheckpointError, load_checked
+from backbone.weights import CheckpointError, load_checked
 from detection.builder import build_detector
 from detection.detector import Detector
 from detection.torchvision_compat import TORCHVISION_SUFFIXES, load_torchvision_detector

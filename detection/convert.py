@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backbone.flags import FlagParser
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from detection.checkpoint import convert_torchvision_detector
 from detection.data.annotations import AnnotationError
 from detection.data.voc import read_class_names

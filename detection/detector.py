@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from backbone.torchvision_compat import load_checked
+from backbone.weights import load_checked
 from detection.images import to_float_image
 from detection.inference import optimize_detector
 from detection.postprocess import to_original_coordinates

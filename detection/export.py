@@ -24,7 +24,7 @@ from onnxscript import opset18 as op
 
 from backbone.checkpoint import load_classifier, read_manifest
 from backbone.flags import FlagParser
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from detection.checkpoint import load_detector
 from detection.exportable import ExportableDetector, build_input_transform, prepare_detector_inputs
 

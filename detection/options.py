@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from backbone.flags import option
+from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 HEADS = ("fpn", "c4")
 BOX_HEADS = ("mlp", "conv_fc")
@@ -52,11 +53,11 @@ class DetectorOptions:
     max_size: int = option(1333, "Longer image side at most, in pixels (paper: 1000).")
     size_divisible: int = option(32, "Batched images are padded to a multiple of this many pixels.")
     image_mean: tuple[float, float, float] = option(
-        (0.485, 0.456, 0.406), "Per-channel mean subtracted from RGB inputs in [0, 1] (torchvision's ImageNet "
+        IMAGENET_MEAN, "Per-channel mean subtracted from RGB inputs in [0, 1] (torchvision's ImageNet "
         "statistics).",
     )  # fmt: skip
     image_std: tuple[float, float, float] = option(
-        (0.229, 0.224, 0.225), "Per-channel standard deviation the inputs are divided by."
+        IMAGENET_STD, "Per-channel standard deviation the inputs are divided by."
     )
 
     # Feature pyramid (head="fpn" only).

@@ -31,8 +31,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
+from backbone.devices import resolve_device
+from backbone.files import write_atomically
 from backbone.flags import FlagParser
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from detection.annotate import draw_detections
 from detection.checkpoint import load_detector
 from detection.data.annotations import AnnotationError
@@ -292,21 +294,20 @@ def save_annotated_image(output: Path, item: Decoded, detections: list[dict[str,
     path = annotated_path(output, item.file)
     if path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
         path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial{path.suffix}")
-    F.to_pil_image(draw_detections(pixels, detections)).save(temporary)
-    os.replace(temporary, path)
+    write_atomically(path, F.to_pil_image(draw_detections(pixels, detections)).save)
 
 
 def save_annotated_video(output: Path, file: str, records: dict[tuple[str, int | None], dict[str, Any]]) -> None:
     """Re-read the video and draw each frame's detections from its records; written once, atomically."""
-    av = import_av()
     path = annotated_path(output, file, suffix=".mp4")
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial.mp4")
-    with av.open(file) as source, av.open(str(temporary), mode="w") as target:
+    if not path.exists():
+        write_atomically(path, lambda temporary: encode_annotated_video(file, records, temporary))
+
+
+def encode_annotated_video(file: str, records: dict[tuple[str, int | None], dict[str, Any]], target_path: Path) -> None:
+    """Encode `file`'s frames with their detections drawn to `target_path` (MPEG-4)."""
+    av = import_av()
+    with av.open(file) as source, av.open(str(target_path), mode="w") as target:
         video = source.streams.video[0]
         stream = target.add_stream("mpeg4", rate=video.average_rate or 25)
         stream.width, stream.height, stream.pix_fmt = video.codec_context.width, video.codec_context.height, "yuv420p"
@@ -319,7 +320,6 @@ def save_annotated_video(output: Path, file: str, records: dict[tuple[str, int |
         except av.FFmpegError:
             pass  # a damaged tail: the frames read before it (the records name the frame that failed)
         target.mux(stream.encode())
-    os.replace(temporary, path)
 
 
 # --- COCO results ----------------------------------------------------------------------------------------
@@ -366,18 +366,6 @@ def write_coco_results(
 # --- the run ---------------------------------------------------------------------------------------------
 
 
-def resolve_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(choice)
-    except RuntimeError as error:
-        raise PredictError(f"--device {choice!r} is not a torch device: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError(f"--device {choice} but torch sees no CUDA device (use --device cpu or auto)")
-    return device
-
-
 def run_batches(
     model: Detector,
     items: Iterator[Decoded],
@@ -418,7 +406,7 @@ def run_batches(
 
 def load_model(args: argparse.Namespace) -> tuple[Detector, dict[str, Any], torch.device]:
     """The checkpoint, on its device, optimized for inference (the fp32 detections stay the same)."""
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, setting="--device ", error=PredictError)
     class_names = read_class_names(args.class_names) if args.class_names else None
     model, manifest = load_detector(args.checkpoint, class_names=class_names)
     model.to(device).optimize_for_inference(bf16=args.bf16)  # docs/BENCHMARKS.md: same fp32 detections

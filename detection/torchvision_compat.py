@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from backbone.torchvision_compat import CheckpointError, from_torchvision, load_checked, read_state_dict
+from backbone.torchvision_compat import from_torchvision
+from backbone.weights import CheckpointError, load_checked, read_state_dict
 from detection.builder import build_detector
 from detection.detector import Detector
 

@@ -7,8 +7,9 @@ app starts after the cut is replaced by ours.
 
 import json
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from service.middleware import HTTPMiddleware
 from service.request_id import request_id_of
 from service.settings import resolve_settings
 
@@ -17,16 +18,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class BodySizeLimitMiddleware:
+class BodySizeLimitMiddleware(HTTPMiddleware):
     """ASGI middleware reading the limit from the app's settings on each request."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = resolve_settings(scope["app"]).max_upload_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:

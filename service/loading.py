@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from backbone.checkpoint import load_classifier, read_manifest
-from backbone.torchvision_compat import CheckpointError
+from backbone.devices import resolve_device
+from backbone.weights import CheckpointError
 from service.engine import BatchingEngine
 from service.predictors import ClassifierPredictor, DetectorPredictor
 from service.settings import Settings
@@ -107,15 +108,7 @@ def _format_metric(value: Any) -> str:
 
 def select_device(choice: str) -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA on a machine without it is a startup error."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(choice)
-    except RuntimeError as error:
-        raise ModelLoadError(f"DEVICE={choice!r} is not a torch device: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"DEVICE={choice!r} but torch sees no CUDA device (use DEVICE=cpu or auto)")
-    return device
+    return resolve_device(choice, setting="DEVICE=", error=ModelLoadError)
 
 
 def file_version(path: Path) -> str:

@@ -14,16 +14,11 @@ from typing import Any, Protocol
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.functional import pil_modes_mapping
 from torchvision.transforms.v2 import functional as F
 
 from backbone import ResNet
 from backbone.inference import optimize_for_inference
-
-# Used only when a classifier's manifest does not say how it was trained (ImageNet statistics).
-DEFAULT_MEAN = (0.485, 0.456, 0.406)
-DEFAULT_STD = (0.229, 0.224, 0.225)
+from backbone.preprocessing import ClassifierPreprocessing
 
 
 class DetectorModel(Protocol):
@@ -73,7 +68,7 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 class ClassifierPredictor:
-    """ResNet classifier: resize + centre crop + normalise from the manifest, softmax, top-k."""
+    """ResNet classifier: the manifest's preprocessing (`backbone.preprocessing`), softmax, top-k."""
 
     def __init__(
         self,
@@ -85,20 +80,8 @@ class ClassifierPredictor:
         optimize: bool,
         bf16: bool,
     ) -> None:
-        stem = model.config.get("stem", "imagenet")
-        self.size = int(preprocessing.get("size", 32 if stem == "cifar" else 224))
-        # Shorter side first, then the centre crop; torchvision's ImageNet evaluation resizes to 256 for 224.
-        self.resize = int(preprocessing.get("resize", self.size if stem == "cifar" else round(self.size * 256 / 224)))
-        if self.resize < self.size:
-            raise ValueError(f"preprocessing: resize {self.resize} is smaller than the crop size {self.size}")
-        self.resample = pil_modes_mapping[InterpolationMode(preprocessing.get("interpolation", "bilinear"))]
-        self.normalize = v2.Compose(
-            [
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(
-                    mean=list(preprocessing.get("mean", DEFAULT_MEAN)), std=list(preprocessing.get("std", DEFAULT_STD))
-                ),
-            ]
+        self.preprocessing = ClassifierPreprocessing.from_manifest(
+            preprocessing, stem=model.config.get("stem", "imagenet")
         )
         self.class_names = list(class_names)
         self.device = device
@@ -107,32 +90,13 @@ class ClassifierPredictor:
         self.channels_last = optimize
         self.model = optimize_for_inference(model) if optimize else model
 
-    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """The region of the image that resize-shorter-side-then-centre-crop keeps, in its own pixels.
-
-        Resizing only that region straight to size x size gives the same pixels within one 8-bit level
-        (the filter still reads the neighbours outside it) while the longer side never grows: a
-        1 x 1,000,000 image costs a crop, not a 32 x 32,000,000 intermediate. Sizes and offsets are
-        torchvision's Resize and CenterCrop.
-        """
-        shorter, longer = min(width, height), max(width, height)
-        resized_longer = int(self.resize * longer / shorter)
-        resized_width, resized_height = (
-            (self.resize, resized_longer) if width <= height else (resized_longer, self.resize)
-        )
-        left = int(round((resized_width - self.size) / 2.0))
-        top = int(round((resized_height - self.size) / 2.0))
-        x_scale, y_scale = width / resized_width, height / resized_height
-        return (left * x_scale, top * y_scale, (left + self.size) * x_scale, (top + self.size) * y_scale)
-
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """8-bit resize and crop of the region the model sees, then float: [3, size, size] normalised."""
-        box = self.crop_box(*image.size)
-        cropped = image.resize((self.size, self.size), resample=self.resample, box=box)
-        return self.normalize(F.pil_to_tensor(cropped))
+        return self.preprocessing.prepare(image)
 
     def warmup_request(self) -> ClassifyRequest:
-        return ClassifyRequest(pixels=self.prepare(Image.new("RGB", (self.size, self.size), (128, 128, 128))), top_k=1)
+        size = self.preprocessing.size
+        return ClassifyRequest(pixels=self.prepare(Image.new("RGB", (size, size), (128, 128, 128))), top_k=1)
 
     @torch.inference_mode()
     def run(self, batch: Sequence[ClassifyRequest]) -> list[list[dict[str, Any]]]:

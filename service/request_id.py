@@ -7,7 +7,9 @@ else (too long, spaces, control characters) is replaced by a fresh one, so it ca
 import re
 import uuid
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from service.middleware import HTTPMiddleware
 
 HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -18,16 +20,10 @@ def request_id_of(scope: Scope) -> str:
     return scope.setdefault("state", {}).setdefault("request_id", uuid.uuid4().hex)
 
 
-class RequestIdMiddleware:
+class RequestIdMiddleware(HTTPMiddleware):
     """Outermost of our middleware: picks the id and adds the header to every response that passes it."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         offered = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"")
         offered = offered.decode("latin-1")
         chosen = offered if SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex

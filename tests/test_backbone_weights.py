@@ -15,12 +15,9 @@ from backbone.checkpoint import (
     save_classifier,
 )
 from backbone.inference import optimize_for_inference
-from backbone.torchvision_compat import (
-    CheckpointError,
-    from_torchvision,
-    load_torchvision_weights,
-    to_torchvision,
-)
+from backbone.pretrained import load_backbone_weights
+from backbone.torchvision_compat import from_torchvision, to_torchvision
+from backbone.weights import CheckpointError
 
 
 def randomised_torchvision(depth: int) -> nn.Module:
@@ -41,7 +38,7 @@ def test_torchvision_weights_give_same_logits(depth, tmp_path):
     reference = randomised_torchvision(depth)
     path = tmp_path / f"resnet{depth}.pth"
     torch.save(reference.state_dict(), path)  # exactly as torchvision saves its weight files
-    ours = load_torchvision_weights(create_model(f"resnet{depth}", stride_in_1x1=False), path).eval()
+    ours = load_backbone_weights(create_model(f"resnet{depth}", stride_in_1x1=False), path, with_fc=True).eval()
     x = torch.randn(2, 3, 64, 64) if depth > 50 else torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         assert (ours(x) - reference(x)).abs().max().item() < 1e-4
@@ -67,8 +64,8 @@ def test_key_map_round_trips():
 def test_paper_layout_refuses_torchvision_weights(tmp_path):
     path = tmp_path / "resnet50.pth"
     torch.save(randomised_torchvision(50).state_dict(), path)
-    with pytest.raises(ValueError, match="stride_in_1x1=False"):
-        load_torchvision_weights(create_model("resnet50"), path)
+    with pytest.raises(CheckpointError, match="stride_in_1x1=False"):
+        load_backbone_weights(create_model("resnet50"), path, with_fc=True)
 
 
 def test_wrong_and_truncated_files_name_the_keys(tmp_path):
@@ -76,21 +73,21 @@ def test_wrong_and_truncated_files_name_the_keys(tmp_path):
     wrong = tmp_path / "wrong.pth"
     torch.save(state, wrong)
     with pytest.raises(CheckpointError) as error:
-        load_torchvision_weights(create_model("resnet34", stride_in_1x1=False), wrong)
+        load_backbone_weights(create_model("resnet34", stride_in_1x1=False), wrong, with_fc=True)
     assert "missing" in str(error.value) and "res2.2.conv1.weight" in str(error.value)
 
     extra = dict(state, **{"layer5.0.conv1.weight": torch.zeros(1)})
     extra_path = tmp_path / "extra.pth"
     torch.save(extra, extra_path)
     with pytest.raises(CheckpointError, match=r"unexpected \(1\): res6.0.conv1.weight"):
-        load_torchvision_weights(create_model("resnet18"), extra_path)
+        load_backbone_weights(create_model("resnet18"), extra_path, with_fc=True)
 
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(wrong.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="truncated.pth"):
-        load_torchvision_weights(create_model("resnet18"), truncated)
+        load_backbone_weights(create_model("resnet18"), truncated, with_fc=True)
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-        load_torchvision_weights(create_model("resnet18"), tmp_path / "nowhere.pth")
+        load_backbone_weights(create_model("resnet18"), tmp_path / "nowhere.pth", with_fc=True)
 
 
 def test_mismatched_shapes_are_reported(tmp_path):
@@ -98,9 +95,9 @@ def test_mismatched_shapes_are_reported(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="shape mismatch.*fc.weight"):
-        load_torchvision_weights(create_model("resnet18", num_classes=10), path)
+        load_backbone_weights(create_model("resnet18", num_classes=10), path, with_fc=True)
     # a pure backbone (num_classes=0) takes the same file and drops the classifier
-    backbone = load_torchvision_weights(create_model("resnet18", num_classes=0), path)
+    backbone = load_backbone_weights(create_model("resnet18", num_classes=0), path)
     assert torch.equal(backbone.stem.conv.weight, state["conv1.weight"])
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from backbone.checkpoint import load_classifier
+from backbone.preprocessing import ClassifierPreprocessing
 from detection import load_detector
 from detection.data.synthetic_shapes import SHAPE_CLASSES, render_image
-from training.transforms import center_crop_transform
 
 MODELS = Path(__file__).resolve().parents[1] / "service" / "models"
 # the order of CIFAR-10's batches.meta label_names, which torchvision's CIFAR10.classes keeps
@@ -61,8 +61,7 @@ def test_demo_classifier_is_a_cifar10_resnet20_answering_with_probabilities():
     assert manifest["architecture"] == "cifar_resnet20" and manifest["class_names"] == CIFAR10_CLASSES
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(0.27e6, rel=0.01)  # the paper's 0.27M
     preprocessing = manifest["preprocessing"]
-    view = center_crop_transform(resize=preprocessing["resize"], crop_size=preprocessing["size"],
-                                 mean=preprocessing["mean"], std=preprocessing["std"])  # fmt: skip
+    view = ClassifierPreprocessing.from_manifest(preprocessing, stem=model.config["stem"]).transform()
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (8, 3, 48, 40), dtype=torch.uint8, generator=generator)
     images[4:] = images[4:] // 4  # darker halves: another input, another answer

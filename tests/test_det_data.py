@@ -7,21 +7,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
 from detection.data import (
-    TRANSFORM_PRESETS,
     AnnotationError,
     CocoDetection,
     ConcatDetection,
-    GroupedBatchSampler,
     VocDetection,
     aspect_ratio_group_ids,
     build_transforms,
     collate_fn,
-    preset_transforms,
 )
+from training.sampler import ResumableBatchSampler, SeededDataset
 
 
 def _write_image(path: Path, width: int, height: int) -> None:
@@ -237,38 +235,13 @@ def _sample(height: int, width: int) -> tuple[tv_tensors.Image, dict]:
     return image, {"boxes": boxes, "labels": torch.tensor([3]), "image_id": 7}
 
 
-def test_resize_shorter_side_with_max_size_moves_boxes():
-    image, target = build_transforms(min_sizes=[600], max_size=1000)(*_sample(100, 200))
-    # shorter side 100 -> 600 would make the longer 1200 > 1000: the longer side wins, scale 5
-    assert image.shape == (3, 500, 1000) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
-    assert target["boxes"].tolist() == [[50.0, 100.0, 250.0, 200.0]] and tuple(target["boxes"].canvas_size) == (
-        500,
-        1000,
-    )
-    assert target["labels"].tolist() == [3] and target["image_id"] == 7
-    image, _ = build_transforms(min_sizes=[600], max_size=1000)(*_sample(300, 400))
-    assert image.shape == (3, 600, 800)
-
-
-def test_multiscale_samples_each_size_and_flip_mirrors_boxes():
-    torch.manual_seed(0)
-    transform = build_transforms(min_sizes=[64, 80, 96], max_size=1000, to_float=False)
-    heights = {transform(*_sample(32, 48))[0].shape[1] for _ in range(40)}
-    assert heights == {64, 80, 96}
+def test_flip_mirrors_boxes_and_nothing_resizes():
+    """The detector resizes (DetectorOptions.min_size / max_size): the data pipeline keeps the size."""
     image, target = build_transforms(flip_prob=1.0, to_float=False)(*_sample(100, 200))
-    assert image.dtype == torch.uint8 and target["boxes"].tolist() == [[150.0, 20.0, 190.0, 40.0]]
-
-
-def test_presets():
-    assert TRANSFORM_PRESETS["paper"].train_min_sizes == (600,) and TRANSFORM_PRESETS["paper"].max_size == 1000
-    assert TRANSFORM_PRESETS["modern"].test_min_size == 800 and TRANSFORM_PRESETS["modern"].max_size == 1333
-    torch.manual_seed(0)
-    sizes = {min(preset_transforms("modern", train=True)(*_sample(100, 120))[0].shape[1:]) for _ in range(40)}
-    assert sizes <= set(TRANSFORM_PRESETS["modern"].train_min_sizes) and len(sizes) > 2
-    image, target = preset_transforms("paper", train=False)(*_sample(100, 120))
-    assert image.shape == (3, 100, 120) and target["boxes"].tolist() == [[10.0, 20.0, 50.0, 40.0]]  # detector resizes
-    with pytest.raises(KeyError, match="unknown transform preset 'huge'"):
-        preset_transforms("huge", train=True)
+    assert image.dtype == torch.uint8 and image.shape == (3, 100, 200)
+    assert target["boxes"].tolist() == [[150.0, 20.0, 190.0, 40.0]] and target["labels"].tolist() == [3]
+    image, target = build_transforms()(*_sample(100, 200))
+    assert image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1 and target["image_id"] == 7
 
 
 class _Sizes:
@@ -282,29 +255,20 @@ class _Sizes:
         return self.sizes[index]
 
 
-def test_aspect_ratio_groups_and_grouped_batches():
+def test_aspect_ratio_groups():
     sizes = [(480, 640), (640, 480), (500, 500), (300, 900), (640, 427), (427, 640), (480, 640), (640, 480)] * 5
     groups = aspect_ratio_group_ids(_Sizes(sizes))
     assert groups[:4] == [5, 2, 4, 7] and groups[1] == groups[4] and groups[0] == groups[5]
     assert aspect_ratio_group_ids(_Sizes(sizes), bins_per_side=0) == [1, 0, 1, 1, 0, 1, 1, 0] * 5
-    for drop_last in (False, True):
-        generator = torch.Generator().manual_seed(0)
-        sampler = torch.utils.data.RandomSampler(range(len(sizes)), generator=generator)
-        batches = list(GroupedBatchSampler(sampler, groups, batch_size=3, drop_last=drop_last))
-        assert len(batches) == len(GroupedBatchSampler(sampler, groups, batch_size=3, drop_last=drop_last))
-        assert len(batches) == (13 if drop_last else 14)
-        used = [index for batch in batches for index in batch]
-        assert len(used) == len(set(used)) and len(used) == (39 if drop_last else 40)
-        mixed = [batch for batch in batches if len({groups[i] for i in batch}) > 1]
-        assert len(mixed) <= len(set(groups)) - 1  # only the leftovers of the pass mix groups
-    with pytest.raises(ValueError, match="batch_size"):
-        GroupedBatchSampler(sampler, groups, batch_size=0)
 
 
 def test_loader_over_voc_with_grouping_and_collate(tmp_path):
-    dataset = VocDetection(_write_voc(tmp_path, VOC_FILES), "trainval", transforms=build_transforms())
-    sampler = GroupedBatchSampler(SequentialSampler(dataset), aspect_ratio_group_ids(dataset), batch_size=2)
-    images, targets = next(iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn)))
+    dataset = VocDetection(_write_voc(tmp_path, VOC_FILES), "trainval")
+    sampler = ResumableBatchSampler(dataset_size=len(dataset), global_batch_size=2,
+                                    group_ids=aspect_ratio_group_ids(dataset))  # fmt: skip
+    loader = DataLoader(SeededDataset(dataset, build_transforms(), joint=True), batch_sampler=sampler,
+                        collate_fn=collate_fn)  # fmt: skip
+    images, targets = next(iter(loader))
     assert isinstance(images, list) and isinstance(targets, list) and len(images) == len(targets) >= 1
     assert all(image.dtype == torch.float32 and image.shape[0] == 3 for image in images)
     assert {target["image_id"] for target in targets} <= {0, 1, 2}
@@ -314,7 +278,7 @@ def test_coco_mini_loads_real_annotations(coco_mini):
     dataset = CocoDetection(
         coco_mini / "annotations" / "instances_train2017.json",
         coco_mini / "train2017",
-        transforms=preset_transforms("paper", train=True),
+        transforms=build_transforms(flip_prob=0.5),
     )
     assert len(dataset) == 80 and len(dataset.class_names) == 80
     assert dataset.class_names[0] == "person" and dataset.category_ids[-1] == 90
@@ -324,8 +288,7 @@ def test_coco_mini_loads_real_annotations(coco_mini):
     assert sum(len(a.boxes) for a in dataset.annotations) + dataset.num_degenerate_boxes == len(all_entries)
     image, target = dataset[0]
     height, width = dataset.get_image_size(0)
-    assert min(image.shape[1:]) == 600 or max(image.shape[1:]) == 1000
-    assert image.shape[1] / image.shape[2] == pytest.approx(height / width, rel=0.01)
+    assert tuple(image.shape[1:]) == (height, width)  # the detector resizes, not the dataset
     names = [dataset.class_names[label - 1] for label in target["labels"].tolist()]
     category_of_name = {c["name"]: c["id"] for c in dataset.coco.dataset["categories"]}
     image_id = dataset.annotations[0].image_id

@@ -7,7 +7,7 @@ import torch
 
 from backbone import create_model
 from backbone.checkpoint import load_checkpoint, make_manifest, read_manifest, save_checkpoint, save_classifier
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from detection import build_detector, load_detector, save_detector
 
 TINY = dict(base_width=8, min_size=64, max_size=96, fpn_channels=32, representation_size=64)

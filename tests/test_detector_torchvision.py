@@ -14,7 +14,7 @@ from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn, fa
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from detection import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, convert_torchvision_detector, load_detector
 from detection.images import to_float_image
 from detection.torchvision_compat import TORCHVISION_UNUSED_COCO_IDS

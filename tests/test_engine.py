@@ -1,6 +1,7 @@
 """The shared training engine: config flags, resumable sampling, LR schedule, checkpoints, logs, plots."""
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from backbone.flags import option
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from training import checkpoint as training_checkpoint
 from training.checkpoint import (
+    RunCheckpoints,
     capture_rng_state,
     load_training_checkpoint,
     restore_rng_state,
@@ -23,7 +25,16 @@ from training.checkpoint import (
 )
 from training.config import config_to_dict, format_config, make_config, parse_config
 from training.distributed import DistributedContext
-from training.engine import iterate_batches, prepare_model, train_step, unwrap_model
+from training.engine import (
+    BestMetric,
+    Step,
+    iterate_batches,
+    log_training,
+    prepare_model,
+    run_command,
+    train_step,
+    unwrap_model,
+)
 from training.meters import MetricWindow
 from training.plots import plot_error_curves, plot_run, read_metrics
 from training.precision import Precision, flush_denormals
@@ -169,9 +180,13 @@ def test_iterate_batches_from_iteration_k_gives_the_uninterrupted_batches():
     data = SeededDataset([(torch.tensor([float(i)]), i) for i in range(20)], RandomNoise())
     sampler = ResumableBatchSampler(dataset_size=20, global_batch_size=4, seed=1)
     loader = DataLoader(data, batch_sampler=sampler)
-    full = [(it, b[0].clone()) for _, it, b in iterate_batches(loader, sampler, start_iteration=0, max_iterations=13)]
+    full = [(s.iteration, s.batch[0].clone()) for s in iterate_batches(loader, sampler, start_iteration=0,
+                                                                        max_iterations=13)]  # fmt: skip
     tail = iterate_batches(loader, sampler, start_iteration=7, max_iterations=13)
-    resumed = [(it, b[0].clone()) for _, it, b in tail]
+    resumed = [(s.iteration, s.batch[0].clone()) for s in tail]
+    assert [s.due(5) for s in iterate_batches(loader, sampler, start_iteration=8, max_iterations=13)] == [
+        False, True, False, False, True  # done 9, 10, 11, 12, and 13 (the end)
+    ]  # fmt: skip
     assert [it for it, _ in full] == list(range(13))
     assert [it for it, _ in resumed] == list(range(7, 13))
     for (it_a, a), (it_b, b) in zip(full[7:], resumed):
@@ -322,6 +337,55 @@ def test_truncated_or_foreign_checkpoint_names_the_file(tmp_path):
         load_training_checkpoint(foreign)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_training_checkpoint(tmp_path / "missing.pt")
+
+
+def test_run_checkpoints_write_last_and_best_and_resume_the_best_metric(tmp_path):
+    def parts():
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        return dict(model=model, optimizer=optimizer, schedule=LRSchedule(base_lr=0.1), window=MetricWindow(),
+                    scaler=Precision(amp="none", device=torch.device("cpu")).scaler)  # fmt: skip
+
+    saved = RunCheckpoints(output_dir=tmp_path, ctx=CPU, config={"lr": 0.1}, class_names=["a", "b"],
+                           best=BestMetric(key="best_map", higher_is_better=True), **parts())  # fmt: skip
+    assert saved.best.update(0.25) and not saved.best.update(0.2) and saved.best.value == 0.25
+    saved.save(iteration=4, epoch=0, is_best=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    saved.save(iteration=6, epoch=1, is_best=True)
+    assert load_training_checkpoint(tmp_path / "best.pt")["iteration"] == 6
+
+    resumed = RunCheckpoints(output_dir=tmp_path, ctx=CPU, config={"lr": 0.1}, class_names=["a", "b"],
+                             best=BestMetric(key="best_map", higher_is_better=True), **parts())  # fmt: skip
+    assert resumed.resume("auto") == 6 and resumed.best.value == 0.25
+    assert not resumed.best.update(0.25) and resumed.best.update(0.3)
+    fresh = RunCheckpoints(output_dir=tmp_path / "new", ctx=CPU, config={}, class_names=[],
+                           best=BestMetric(key="best_top1_error", higher_is_better=False), **parts())  # fmt: skip
+    assert fresh.resume("auto") == 0 and fresh.best.value == math.inf
+
+
+def test_log_training_stops_a_diverged_run_and_logs_the_epoch(tmp_path):
+    run_log = RunLog(output_dir=tmp_path, ctx=CPU, total_iterations=10, tensorboard=False)
+    window = MetricWindow()
+    window.update({"loss": torch.tensor(2.0)})
+    step = Step(epoch=0, iteration=4, batch=None, max_iterations=10)
+    assert log_training(window, step=step, lr=0.1, steps_per_epoch=10, ctx=CPU, run_log=run_log) == {"loss": 2.0}
+    window.update({"loss": torch.tensor(float("nan"))})
+    with pytest.raises(FloatingPointError, match="loss is nan at iteration 5: training diverged"):
+        log_training(window, step=step, lr=0.1, steps_per_epoch=10, ctx=CPU, run_log=run_log)
+    run_log.close()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["loss"], r["epoch"]) for r in records] == [(5, 2.0, 0.5)]
+
+
+def test_run_command_ends_a_user_error_in_one_line_and_lets_bugs_through():
+    def missing_folder(config):
+        raise FileNotFoundError(f"--data_path {config} is not a folder")
+
+    with pytest.raises(SystemExit, match="^error: --data_path nowhere is not a folder$"):
+        run_command(missing_folder, "nowhere", user_errors=(FileNotFoundError, ValueError))
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        run_command(lambda config: config["absent"], {}, user_errors=(FileNotFoundError, ValueError))
 
 
 # --- the step, the meters, the logs -----------------------------------------------------------------

@@ -140,7 +140,7 @@ def resume_parts(*, fp16_scaler: bool) -> dict:
 
 
 def test_resuming_a_bf16_checkpoint_with_fp16_names_both_settings(tmp_path):
-    from backbone.torchvision_compat import CheckpointError
+    from backbone.weights import CheckpointError
     from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
     from training.distributed import DistributedContext
 

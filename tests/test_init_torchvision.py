@@ -11,7 +11,7 @@ from backbone import create_model
 from backbone.checkpoint import save_classifier
 from detection import build_detector, save_detector
 from detection.data import generate_synthetic
-from training.backbone_init import detector_architecture, initialise_detector
+from detection.pretrained import detector_architecture, initialise_detector
 from training.config import make_config
 from training.train_det import RECIPES, DetTrainConfig, main, with_init_architecture
 

@@ -13,7 +13,7 @@ from training_scripts import TORCHRUN_2_PROCESSES, kill_9_once_written, run_scri
 
 from backbone import create_model
 from backbone.checkpoint import load_classifier
-from training.backbone_init import load_backbone_weights
+from backbone.pretrained import load_backbone_weights
 from training.checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
 from training.config import make_config
 from training.plots import read_metrics

@@ -14,7 +14,8 @@ from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
 from backbone.checkpoint import load_classifier
-from backbone.torchvision_compat import CheckpointError
+from backbone.preprocessing import ClassifierPreprocessing
+from backbone.weights import CheckpointError
 from training.checkpoint import save_training_checkpoint
 from training.classification_data import (
     CheckedCIFAR10,
@@ -25,7 +26,7 @@ from training.classification_data import (
 )
 from training.config import make_config
 from training.pretrain import RECIPES, PretrainConfig, main
-from training.transforms import PCALighting, center_crop_transform, cifar_train_transform, imagenet_train_transform
+from training.transforms import PCALighting, cifar_train_transform, imagenet_train_transform
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,8 +132,7 @@ def test_archive_is_extracted_once_into_the_cache_and_trained_on(tmp_path):
     # the reported error is the serving checkpoint's own on the 6 val images
     model, manifest = load_classifier(tmp_path / "run" / "model.safetensors")
     preprocessing = manifest["preprocessing"]
-    view = center_crop_transform(resize=preprocessing["resize"], crop_size=preprocessing["size"],
-                                 mean=preprocessing["mean"], std=preprocessing["std"])  # fmt: skip
+    view = ClassifierPreprocessing.from_manifest(preprocessing, stem=model.config["stem"]).transform()
     val = source / "val"
     images = torch.stack([view(Image.open(path).convert("RGB")) for path in sorted(val.glob("*/*.jpg"))])
     labels = torch.tensor([0 if path.parent.name == "a" else 1 for path in sorted(val.glob("*/*.jpg"))])

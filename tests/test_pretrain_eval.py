@@ -8,8 +8,9 @@ from torch.utils.data import DataLoader
 
 from backbone import create_model
 from backbone.checkpoint import save_classifier
-from backbone.torchvision_compat import CheckpointError
-from training.backbone_init import load_backbone_weights
+from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ClassifierPreprocessing
+from backbone.pretrained import load_backbone_weights
+from backbone.weights import CheckpointError
 from training.distributed import DistributedContext
 from training.evaluation import (
     PAPER_TEST_SCALES,
@@ -22,13 +23,7 @@ from training.evaluation import (
     topk_errors,
 )
 from training.sampler import SeededDataset
-from training.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    center_crop_transform,
-    ten_crop_transform,
-    whole_image_transform,
-)
+from training.transforms import ten_crop_transform, whole_image_transform
 
 CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 VIEW = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -50,7 +45,7 @@ def test_view_shapes_and_probabilities(small_resnet):
     photo = Image.new("RGB", (300, 260), (30, 90, 200))
     crops = ten_crop_transform(resize=256, crop_size=224, **VIEW)(photo)
     assert crops.shape == (10, 3, 224, 224)
-    center = center_crop_transform(resize=256, crop_size=224, **VIEW)(photo)
+    center = ClassifierPreprocessing(size=224, resize=256).transform()(photo)
     assert center.shape == (3, 224, 224)
     whole = whole_image_transform(**VIEW)(photo)
     assert whole.shape == (3, 260, 300)
@@ -77,7 +72,8 @@ def test_ten_crop_and_multi_scale_agree_with_centre_crop_on_a_constant_image(sma
     with torch.no_grad():
         for colour in ((200, 30, 60), (10, 240, 120)):
             photo = Image.new("RGB", (256, 256), colour)
-            center = predict_center(small_resnet, center_crop_transform(resize=256, crop_size=224, **VIEW)(photo)[None])
+            view = ClassifierPreprocessing(size=224, resize=256).transform()
+            center = predict_center(small_resnet, view(photo)[None])
             ten = predict_ten_crop(small_resnet, ten_crop_transform(resize=256, crop_size=224, **VIEW)(photo)[None])
             torch.testing.assert_close(ten, center, rtol=1e-5, atol=1e-6)
             square = whole_image_transform(**VIEW)(Image.new("RGB", (224, 224), colour))
@@ -158,7 +154,7 @@ def test_evaluate_reports_the_known_errors_for_every_view():
         return evaluate(model, loader, mode=mode, ctx=CPU, **kwargs)
 
     expected = {"top1_error": pytest.approx(2 / 6), "top5_error": pytest.approx(1 / 6), "count": 6}
-    assert errors("center", center_crop_transform(resize=224, crop_size=224, **VIEW)) == expected
+    assert errors("center", ClassifierPreprocessing(size=224, resize=224).transform()) == expected
     assert errors("ten_crop", ten_crop_transform(resize=256, crop_size=224, **VIEW)) == expected
     assert errors("multi_scale", whole_image_transform(**VIEW), scales=PAPER_TEST_SCALES) == expected
     with pytest.raises(ValueError, match="mode must be one of"):

@@ -12,10 +12,10 @@ from training_scripts import REPO_ROOT, TORCHRUN_2_PROCESSES, kill_9_once_writte
 
 from backbone import create_model
 from backbone.checkpoint import read_manifest, save_classifier
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from detection import build_detector, save_detector
 from detection.data import AnnotationError, generate_synthetic
-from training.backbone_init import initialise_detector
+from detection.pretrained import initialise_detector
 from training.config import make_config
 from training.train_det import RECIPES, DetTrainConfig, main
 

@@ -2,14 +2,14 @@
 
 Engine pieces, one concept per module: config (dataclass <-> flags), distributed (torchrun setup),
 sampler (resumable distributed batches), precision (AMP), schedule (LR), engine (model wrapping,
-the iteration loop, one optimizer step), checkpoint (atomic resumable checkpoints), meters,
-run_log (progress bar, metrics.jsonl, TensorBoard), plots (PNG curves), backbone_init.
+the iteration loop, one optimizer step, logging and the best metric), checkpoint (resumable checkpoints:
+last.pt, best.pt, resume), meters, run_log (progress bar, metrics.jsonl, TensorBoard), plots (PNG curves).
 """
 
 import importlib
 
-from training.backbone_init import load_backbone_weights
 from training.checkpoint import (
+    RunCheckpoints,
     capture_rng_state,
     load_training_checkpoint,
     restore_rng_state,
@@ -17,7 +17,17 @@ from training.checkpoint import (
 )
 from training.config import config_to_dict, format_config, parse_config
 from training.distributed import DistributedContext, init_distributed, shutdown_distributed
-from training.engine import iterate_batches, make_loader, prepare_model, train_step, unwrap_model
+from training.engine import (
+    BestMetric,
+    Step,
+    iterate_batches,
+    log_training,
+    make_loader,
+    prepare_model,
+    run_command,
+    train_step,
+    unwrap_model,
+)
 from training.meters import MetricWindow
 from training.precision import Precision
 from training.run_log import RunLog
@@ -36,26 +46,30 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BestMetric",
     "DistributedContext",
     "LRSchedule",
     "MetricWindow",
     "Precision",
     "ResumableBatchSampler",
+    "RunCheckpoints",
     "RunLog",
     "SeededDataset",
+    "Step",
     "capture_rng_state",
     "config_to_dict",
     "format_config",
     "init_distributed",
     "iterate_batches",
-    "load_backbone_weights",
     "load_training_checkpoint",
+    "log_training",
     "make_loader",
     "parse_config",
     "plot_error_curves",
     "plot_run",
     "prepare_model",
     "restore_rng_state",
+    "run_command",
     "save_training_checkpoint",
     "shutdown_distributed",
     "train_step",

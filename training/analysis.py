@@ -25,7 +25,7 @@ from torch import nn
 
 from backbone.checkpoint import load_classifier
 from backbone.flags import FlagParser
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from training.classification_data import DatasetError
 from training.device_data import DeviceEvalBatches, DeviceImages, Normalizer, load_cifar_arrays
 

@@ -9,14 +9,15 @@ resuming; serving uses the safetensors format of `backbone.checkpoint`.
 import os
 import random
 import socket
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from backbone.torchvision_compat import CheckpointError
+from backbone.files import write_atomically
+from backbone.weights import CheckpointError
 from training.config import config_differences
 from training.distributed import DistributedContext, all_gather_objects
 
@@ -25,21 +26,9 @@ FORMAT_VERSION = 1
 
 
 def save_training_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write to a temp file in the same folder, fsync, then rename: a kill -9 leaves the old file whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (`backbone.files.write_atomically`): a kill -9 leaves the old file whole."""
     payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **state}
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-        try:
-            torch.save(payload, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
-    os.replace(tmp_path, path)
-    return path
+    return write_atomically(path, lambda temporary: torch.save(payload, temporary))
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -157,3 +146,50 @@ def checkpoint_on_every_rank(path: Path, *, ctx: DistributedContext, required: b
         f"training checkpoint {path} is missing on rank(s) {missing} (host(s) {', '.join(hosts)}) of {len(seen)}: "
         "put the output directory on a filesystem every node shares, or copy the checkpoint to each node"
     )
+
+
+@dataclass(kw_only=True)
+class RunCheckpoints:
+    """last.pt and best.pt of one run: what they hold (everything an exact resume needs), and resuming."""
+
+    output_dir: Path
+    ctx: DistributedContext
+    config: dict[str, Any]
+    class_names: list[str]
+    model: torch.nn.Module  # the unwrapped module, never the DDP or compiled wrapper
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    scaler: Any
+    window: Any
+    best: Any  # a training.engine.BestMetric, kept under its key
+
+    def resume(self, resume: str) -> int:
+        """Restore from `resume` (a path, "auto" or ""; see `resume_training`); the iteration to start at."""
+        state = resume_training(
+            resume, output_dir=self.output_dir, config=self.config, ctx=self.ctx, model=self.model,
+            optimizer=self.optimizer, schedule=self.schedule, scaler=self.scaler, window=self.window,
+        )  # fmt: skip
+        if state is None:
+            return 0
+        self.best.value = state[self.best.key]
+        return state["iteration"]
+
+    def save(self, *, iteration: int, epoch: int, is_best: bool) -> None:
+        """Write last.pt (and best.pt when `is_best`) after `iteration` iterations; every rank must call it."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "window": self.window.state_dict(),
+            "iteration": iteration,
+            "epoch": epoch,
+            self.best.key: self.best.value,
+            "rng": all_gather_objects(capture_rng_state(), self.ctx),  # every rank's own streams
+            "config": self.config,
+            "class_names": self.class_names,
+        }
+        if self.ctx.is_main:
+            save_training_checkpoint(self.output_dir / "last.pt", state)
+            if is_best:
+                save_training_checkpoint(self.output_dir / "best.pt", state)

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from backbone.files import write_atomically
 from backbone.flags import FlagParser
 from training.classification_data import DatasetError, build_dataset, extract_once, find_split_root
 from training.sampler import ResumableBatchSampler
@@ -185,15 +186,11 @@ def load_cifar_arrays(
 
 
 def pack(arrays: CifarArrays, output: str | os.PathLike) -> Path:
-    """Write the arrays to one .pt file (temp file + rename, so a killed pack leaves nothing half-written)."""
+    """Write the arrays to one .pt file (atomically: a killed pack leaves nothing half-written)."""
     output = Path(output)
     if not output.name.endswith(PACKED_SUFFIX):
         raise ValueError(f"packed file must end with {PACKED_SUFFIX}, got {output}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    torch.save({"format": PACKED_FORMAT, **vars(arrays)}, tmp)
-    os.replace(tmp, output)
-    return output
+    return write_atomically(output, lambda temporary: torch.save({"format": PACKED_FORMAT, **vars(arrays)}, temporary))
 
 
 class DeviceImages(torch.utils.data.Dataset):

@@ -3,13 +3,16 @@
 `start_process` joins torchrun's process group and seeds the process, `prepare_model` wraps a model
 for this process (channels_last, torch.compile, DDP),
 `iterate_batches` walks epochs from any iteration (exact mid-epoch resume through
-`ResumableBatchSampler`), and `train_step` does one optimizer step under autocast. The scripts keep the
-loop itself, flat, so each reads top to bottom.
+`ResumableBatchSampler`) and yields `Step`s that say when logging, evaluation and checkpoints are due,
+`train_step` does one optimizer step under autocast, `log_training` reads the metric window (stopping on
+a non-finite loss), and `BestMetric` tracks the best evaluation so far. The scripts keep the loop itself,
+flat, so each reads top to bottom.
 """
 
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -17,8 +20,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
-from training.distributed import DistributedContext, init_distributed
+from training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from training.meters import MetricWindow
 from training.precision import Precision, flush_denormals
+from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler
 
 LossFunction = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -93,10 +98,32 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+class Step(NamedTuple):
+    """One training iteration: its epoch, its 0-based index, its batch, and when it is due to report."""
+
+    epoch: int
+    iteration: int
+    batch: Any
+    max_iterations: int
+
+    @property
+    def done(self) -> int:
+        """Iterations completed once this one is: what logs and checkpoints count."""
+        return self.iteration + 1
+
+    @property
+    def finished(self) -> bool:
+        return self.done == self.max_iterations
+
+    def due(self, every: int) -> bool:
+        """Whether something done every `every` iterations (and always at the end) is due after this one."""
+        return self.done % every == 0 or self.finished
+
+
 def iterate_batches(
     loader: DataLoader, sampler: ResumableBatchSampler, *, start_iteration: int, max_iterations: int
-) -> Iterator[tuple[int, int, Any]]:
-    """Yield (epoch, iteration, batch) from `start_iteration` up to `max_iterations`, epoch after epoch.
+) -> Iterator[Step]:
+    """Yield a `Step` per iteration from `start_iteration` up to `max_iterations`, epoch after epoch.
 
     The sampler is told where in the epoch to start, so iteration k gets the same batch whether
     the run started at 0 or resumed at k.
@@ -106,7 +133,7 @@ def iterate_batches(
         epoch, step = divmod(iteration, sampler.steps_per_epoch)
         sampler.set_epoch(epoch, start_step=step)
         for batch in loader:
-            yield epoch, iteration, batch
+            yield Step(epoch=epoch, iteration=iteration, batch=batch, max_iterations=max_iterations)
             iteration += 1
             if iteration >= max_iterations:
                 return
@@ -120,12 +147,16 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     precision: Precision,
     max_grad_norm: float = 0.0,
+    cuda_graphs: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Forward under autocast, backward (scaled for fp16), optional clipping, optimizer step.
 
     `compute_loss(model, batch)` returns (total loss, {name: detached scalar}) and moves the batch
     to the device itself. Returns the detached metrics plus "loss"; nothing here syncs with the GPU.
+    `cuda_graphs`: the model is compiled with CUDA graphs, whose previous outputs are consumed by now.
     """
+    if cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
     with precision.autocast():
         loss, metrics = compute_loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
@@ -136,6 +167,33 @@ def train_step(
     precision.scaler.step(optimizer)
     precision.scaler.update()
     return {"loss": loss.detach(), **metrics}
+
+
+def log_training(
+    window: MetricWindow, *, step: Step, lr: float, steps_per_epoch: int, ctx: DistributedContext, run_log: RunLog
+) -> dict[str, float]:
+    """Average the window over its steps and the ranks, stop a diverged run, and record the values."""
+    values = window.reduce(ctx)  # the only sync point of a training iteration
+    if not math.isfinite(values["loss"]):
+        raise FloatingPointError(f"loss is {values['loss']} at iteration {step.done}: training diverged")
+    run_log.log("train", step.done, {**values, "lr": lr, "epoch": round(step.done / steps_per_epoch, 3)})
+    return values
+
+
+class BestMetric:
+    """The best value of one evaluation metric so far; checkpoints keep it under `key` (best.pt follows it)."""
+
+    def __init__(self, *, key: str, higher_is_better: bool) -> None:
+        self.key = key
+        self.higher_is_better = higher_is_better
+        self.value = -math.inf if higher_is_better else math.inf
+
+    def update(self, value: float) -> bool:
+        """Record an evaluation; True when it is a new best."""
+        improved = value > self.value if self.higher_is_better else value < self.value
+        if improved:
+            self.value = value
+        return improved
 
 
 def make_loader(
@@ -170,3 +228,15 @@ def make_loader(
         generator=torch.Generator(),
         prefetch_factor=4 if workers > 0 else None,
     )
+
+
+def run_command(main: Callable[[Any], Any], config: Any, *, user_errors: tuple[type[Exception], ...]) -> None:
+    """Run a training script's `main(config)`, then leave the process group (`main` itself does not: a test
+    or a notebook calls it in a process that goes on). A user's input error (a missing folder, a checkpoint
+    on some nodes only, ...) ends the command with one line saying what, without a traceback through our
+    internals."""
+    try:
+        main(config)
+    except user_errors as error:
+        raise SystemExit(f"error: {error}") from error
+    shutdown_distributed()

@@ -25,9 +25,9 @@ tensorboard/, error.png (Fig. 4/6 style), loss.png, lr.png, and model.safetensor
 checkpoint: /classify serves it, detection training initialises its backbone from it).
 """
 
-import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from backbone import create_model
 from backbone.checkpoint import load_classifier, save_classifier
 from backbone.flags import option
-from backbone.torchvision_compat import CheckpointError
-from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
+from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ClassifierPreprocessing
+from backbone.weights import CheckpointError
+from training.checkpoint import RunCheckpoints
 from training.classification_data import DatasetError, build_dataset, extract_once, find_split_root
 from training.config import config_to_dict, format_config, parse_config
 from training.device_data import (
@@ -47,8 +48,17 @@ from training.device_data import (
     Normalizer,
     load_cifar_arrays,
 )
-from training.distributed import all_gather_objects, barrier, shutdown_distributed
-from training.engine import iterate_batches, make_loader, prepare_model, start_process, train_step
+from training.distributed import barrier
+from training.engine import (
+    BestMetric,
+    iterate_batches,
+    log_training,
+    make_loader,
+    prepare_model,
+    run_command,
+    start_process,
+    train_step,
+)
 from training.evaluation import PAPER_TEST_SCALES, collate_list, evaluate
 from training.meters import MetricWindow
 from training.plots import plot_run
@@ -60,9 +70,6 @@ from training.schedule import LRSchedule
 from training.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    center_crop_transform,
     cifar_train_transform,
     imagenet_train_transform,
     ten_crop_transform,
@@ -192,6 +199,95 @@ RECIPES = {
 }
 
 
+def classification_loss(
+    net: torch.nn.Module, batch, *, device: torch.device, memory_format: torch.memory_format
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Cross-entropy of a batch of (images, labels), with the batch's error rate as a detached metric."""
+    images, labels = batch
+    images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    labels = labels.to(device, non_blocking=True)
+    logits = net(images)
+    return F.cross_entropy(logits, labels), {"error": (logits.argmax(dim=1) != labels).float().mean()}
+
+
+def train_transform_for(cfg: PretrainConfig):
+    """The training augmentation the config names: the paper's ImageNet (Sec. 3.4) or CIFAR (Sec. 4.2) one."""
+    if cfg.augmentation == "imagenet":
+        return imagenet_train_transform(
+            scale_range=tuple(cfg.train_scale_range), crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std,
+            lighting_std=cfg.lighting_std,
+        )  # fmt: skip
+    if cfg.augmentation == "cifar":
+        return cifar_train_transform(crop_size=cfg.crop_size, padding=cfg.padding, mean=cfg.mean, std=cfg.std)
+    raise ValueError(f"augmentation must be 'imagenet' or 'cifar', got {cfg.augmentation!r}")
+
+
+class EvalLoaders:
+    """This rank's loader for each evaluation view, built on first use and kept (its workers persist)."""
+
+    def __init__(
+        self, cfg: PretrainConfig, *, preprocessing: ClassifierPreprocessing, dataset, ctx, batch_size: int,
+    ) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.preprocessing = preprocessing  # the centre view; the others take its sizes and statistics
+        self.dataset = dataset
+        self.ctx = ctx
+        self.batch_size = batch_size
+        # the centre view of a set held on the device (--data_on_device) is cropped and normalised there
+        self.normalizer = (
+            Normalizer(mean=preprocessing.mean, std=preprocessing.std, device=ctx.device)
+            if isinstance(dataset, DeviceImages)
+            else None
+        )
+        self.shard = list(range(ctx.rank, len(dataset), ctx.world_size))  # every rank scores its own share
+        self.loaders: dict[str, object] = {}
+
+    def __getitem__(self, mode: str):
+        if mode not in self.loaders:
+            self.loaders[mode] = self._build(mode)
+        return self.loaders[mode]
+
+    def _build(self, mode: str):
+        if self.normalizer is not None and mode == "center":
+            return DeviceEvalBatches(self.dataset, indices=self.shard, batch_size=self.batch_size,
+                                     normalizer=self.normalizer)  # fmt: skip
+        view = self.preprocessing
+        views = {
+            "center": view.transform,
+            "ten_crop": lambda: ten_crop_transform(resize=view.resize, crop_size=view.size, mean=view.mean,
+                                                   std=view.std),  # fmt: skip
+            "multi_scale": lambda: whole_image_transform(mean=view.mean, std=view.std),
+        }
+        return make_loader(
+            SeededDataset(self.dataset, views[mode]()), sampler=self.shard, workers=self.cfg.workers,
+            device=self.ctx.device,
+            batch_size=1 if mode == "multi_scale" else self.batch_size,
+            collate_fn=collate_list if mode == "multi_scale" else None,
+        )  # fmt: skip
+
+
+def final_evaluation(
+    model, *, cfg: PretrainConfig, loaders: EvalLoaders, ctx, precision: Precision
+) -> dict[str, float]:
+    """Top-1/top-5 error in every --final_eval view (centre crop, 10-crop, multi-scale), printed on rank 0."""
+    results = {}
+    for mode in cfg.final_eval:
+        started = time.perf_counter()
+        errors = evaluate(
+            model, loaders[mode], mode=mode, ctx=ctx, autocast=precision.autocast, scales=cfg.test_scales,
+            channels_last=cfg.channels_last,
+        )  # fmt: skip
+        results.update({f"{name}_{mode}": value for name, value in errors.items() if name != "count"})
+        if ctx.is_main:
+            seconds = time.perf_counter() - started
+            print(
+                f"{mode:>11}: top-1 error {100 * errors['top1_error']:.2f}%  top-5 error "
+                f"{100 * errors['top5_error']:.2f}%  ({errors['count']} images, {seconds:.1f} s)",
+                flush=True,
+            )
+    return results
+
+
 def main(cfg: PretrainConfig) -> dict[str, float]:
     # --- data: folders (or an archive of them) or the CIFAR-10 python batches
     if not cfg.data_path:
@@ -224,67 +320,18 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     precision = Precision(amp=cfg.amp, device=ctx.device)
     per_rank_batch = cfg.batch_size // ctx.world_size
     eval_batch = cfg.eval_batch_size or max(per_rank_batch, 1)
-    eval_shard = list(range(ctx.rank, len(val_base), ctx.world_size))  # every rank scores its own share
 
-    eval_loaders = {}
-
-    def eval_loader(mode: str):
-        """Built on first use and kept (its worker processes persist between evaluations)."""
-        if mode in eval_loaders:
-            return eval_loaders[mode]
-        if cfg.data_on_device and mode == "center":
-            eval_loaders[mode] = DeviceEvalBatches(val_base, indices=eval_shard, batch_size=eval_batch,
-                                                   normalizer=normalizer)  # fmt: skip
-            return eval_loaders[mode]
-        views = {
-            "center": center_crop_transform(
-                resize=cfg.eval_resize, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std
-            ),
-            "ten_crop": ten_crop_transform(resize=cfg.eval_resize, crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std),
-            "multi_scale": whole_image_transform(mean=cfg.mean, std=cfg.std),
-        }
-        eval_loaders[mode] = make_loader(
-            SeededDataset(val_base, views[mode]),
-            sampler=eval_shard,
-            workers=cfg.workers,
-            device=ctx.device,
-            batch_size=1 if mode == "multi_scale" else eval_batch,
-            collate_fn=collate_list if mode == "multi_scale" else None,
-        )
-        return eval_loaders[mode]
-
-    def final_evaluation(model) -> dict[str, float]:
-        results = {}
-        for mode in cfg.final_eval:
-            started = time.perf_counter()
-            errors = evaluate(
-                model,
-                eval_loader(mode),
-                mode=mode,
-                ctx=ctx,
-                autocast=precision.autocast,
-                scales=cfg.test_scales,
-                channels_last=cfg.channels_last,
-            )
-            results.update({f"{name}_{mode}": value for name, value in errors.items() if name != "count"})
-            if ctx.is_main:
-                seconds = time.perf_counter() - started
-                print(
-                    f"{mode:>11}: top-1 error {100 * errors['top1_error']:.2f}%  top-5 error "
-                    f"{100 * errors['top5_error']:.2f}%  ({errors['count']} images, {seconds:.1f} s)",
-                    flush=True,
-                )
-        return results
-
-    # --- evaluation only: a serving checkpoint on the validation split
+    # --- evaluation only: a serving checkpoint on the validation split, with its own preprocessing
     if cfg.eval_only:
         model, manifest = load_classifier(cfg.eval_only)
         if manifest["class_names"] != class_names:
             raise CheckpointError(f"{cfg.eval_only} was trained on other classes than {data_root / cfg.val_split}")
         model.to(ctx.device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-        results = final_evaluation(model)
-        shutdown_distributed()
-        return results
+        preprocessing = ClassifierPreprocessing.from_manifest(
+            manifest["preprocessing"], stem=model.config.get("stem", "imagenet")
+        )
+        eval_loaders = EvalLoaders(cfg, preprocessing=preprocessing, dataset=val_base, ctx=ctx, batch_size=eval_batch)
+        return final_evaluation(model, cfg=cfg, loaders=eval_loaders, ctx=ctx, precision=precision)
 
     if not cfg.data_on_device:
         train_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.train_split, decoder=cfg.decoder)
@@ -293,27 +340,18 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
             f"classes of {data_root / cfg.train_split} and {data_root / cfg.val_split} differ: "
             f"{sorted(set(train_base.classes) ^ set(class_names))[:10]}"
         )
-    if cfg.augmentation == "imagenet":
-        train_transform = imagenet_train_transform(
-            scale_range=tuple(cfg.train_scale_range),
-            crop_size=cfg.crop_size,
-            mean=cfg.mean,
-            std=cfg.std,
-            lighting_std=cfg.lighting_std,
-        )
-    elif cfg.augmentation == "cifar":
-        train_transform = cifar_train_transform(
-            crop_size=cfg.crop_size, padding=cfg.padding, mean=cfg.mean, std=cfg.std
-        )
-    else:
-        raise ValueError(f"augmentation must be 'imagenet' or 'cifar', got {cfg.augmentation!r}")
-    sampler = ResumableBatchSampler(
-        dataset_size=len(train_base),
-        global_batch_size=cfg.batch_size,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        seed=cfg.seed,
+    train_transform = train_transform_for(cfg)
+    # what the serving checkpoint records, and the centre view every evaluation uses
+    preprocessing = ClassifierPreprocessing(
+        size=cfg.crop_size, resize=cfg.eval_resize, mean=tuple(cfg.mean), std=tuple(cfg.std)
     )
+    eval_loaders = EvalLoaders(cfg, preprocessing=preprocessing, dataset=val_base, ctx=ctx, batch_size=eval_batch)
+
+    # --- sampler and loader
+    sampler = ResumableBatchSampler(
+        dataset_size=len(train_base), global_batch_size=cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+        seed=cfg.seed,
+    )  # fmt: skip
     if cfg.data_on_device:
         train_loader = DeviceTrainBatches(train_base, sampler=sampler, crop_size=cfg.crop_size, normalizer=normalizer)
     else:
@@ -326,7 +364,7 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     eval_every = cfg.eval_every or steps_per_epoch
     checkpoint_every = cfg.checkpoint_every or eval_every
 
-    # --- model, optimizer, schedule
+    # --- model and optimizer
     model = create_model(
         cfg.model, num_classes=len(class_names), norm=cfg.norm, zero_init_residual=cfg.zero_init_residual
     )
@@ -335,8 +373,14 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         sync_bn=cfg.sync_bn,
     )  # fmt: skip
     cuda_graphs = cfg.compile and cfg.compile_mode == "reduce-overhead" and ctx.device.type == "cuda"
+    compute_loss = partial(
+        classification_loss, device=ctx.device,
+        memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format,
+    )  # fmt: skip
     # Weight decay on every parameter, BN's included, as the paper's Torch code (fb.resnet.torch).
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    # --- schedule
     schedule = LRSchedule(
         base_lr=cfg.lr * cfg.batch_size / cfg.lr_reference_batch,
         milestones=[m * unit for m in cfg.lr_milestones],
@@ -344,34 +388,19 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
         warmup_factor=cfg.warmup_factor,
         plateau_patience=cfg.plateau_patience,
     )
-    window = MetricWindow()
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-    def compute_loss(net, batch):
-        images, labels = batch
-        images = images.to(ctx.device, non_blocking=True).contiguous(memory_format=memory_format)
-        labels = labels.to(ctx.device, non_blocking=True)
-        logits = net(images)
-        loss = F.cross_entropy(logits, labels)
-        return loss, {"error": (logits.argmax(dim=1) != labels).float().mean()}
 
     # --- resume
-    start_iteration, best_error = 0, math.inf
-    state = resume_training(
-        cfg.resume, output_dir=output_dir, config=config_to_dict(cfg), ctx=ctx, model=model, optimizer=optimizer,
-        schedule=schedule, scaler=precision.scaler, window=window,
+    window = MetricWindow()
+    best = BestMetric(key="best_top1_error", higher_is_better=False)
+    checkpoints = RunCheckpoints(
+        output_dir=output_dir, ctx=ctx, config=config_to_dict(cfg), class_names=class_names, model=model,
+        optimizer=optimizer, schedule=schedule, scaler=precision.scaler, window=window, best=best,
     )  # fmt: skip
-    if state is not None:
-        start_iteration, best_error = state["iteration"], state["best_top1_error"]
-
+    start_iteration = checkpoints.resume(cfg.resume)
     run_log = RunLog(
-        output_dir=output_dir,
-        ctx=ctx,
-        total_iterations=max_iterations,
-        start_iteration=start_iteration,
-        images_per_iteration=cfg.batch_size,
-        tensorboard=cfg.tensorboard,
-    )
+        output_dir=output_dir, ctx=ctx, total_iterations=max_iterations, start_iteration=start_iteration,
+        images_per_iteration=cfg.batch_size, tensorboard=cfg.tensorboard,
+    )  # fmt: skip
     run_log.print(
         f"{len(train_base)} training images, {len(val_base)} validation images, {len(class_names)} classes; "
         f"{steps_per_epoch} iterations per epoch, {max_iterations} in all"
@@ -379,68 +408,39 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
 
     # --- train
     train_model.train()
-    for epoch, iteration, batch in iterate_batches(
-        train_loader, sampler, start_iteration=start_iteration, max_iterations=max_iterations
-    ):
-        lr = schedule.apply(optimizer, iteration)
-        if cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are consumed
+    for step in iterate_batches(train_loader, sampler, start_iteration=start_iteration, max_iterations=max_iterations):
+        lr = schedule.apply(optimizer, step.iteration)
         window.update(
             train_step(
-                model=train_model, batch=batch, compute_loss=compute_loss, optimizer=optimizer, precision=precision
+                model=train_model, batch=step.batch, compute_loss=compute_loss, optimizer=optimizer,
+                precision=precision, cuda_graphs=cuda_graphs,
             )
-        )
-        done = iteration + 1
+        )  # fmt: skip
         run_log.step()
-        finished = done == max_iterations
-        if done % cfg.log_every == 0 or finished:
-            values = window.reduce(ctx)  # the only sync point of a training iteration
-            if not math.isfinite(values["loss"]):
-                raise FloatingPointError(f"loss is {values['loss']} at iteration {done}: training diverged")
-            run_log.log("train", done, {**values, "lr": lr, "epoch": round(done / steps_per_epoch, 3)})
-            if schedule.in_warmup(done) and values["error"] < cfg.warmup_until_error:
-                schedule.end_warmup(done)
-                run_log.print(f"warm-up ends at iteration {done} (training error {100 * values['error']:.1f}%)")
+        if step.due(cfg.log_every):
+            values = log_training(window, step=step, lr=lr, steps_per_epoch=steps_per_epoch, ctx=ctx, run_log=run_log)
+            if schedule.in_warmup(step.done) and values["error"] < cfg.warmup_until_error:
+                schedule.end_warmup(step.done)
+                run_log.print(f"warm-up ends at iteration {step.done} (training error {100 * values['error']:.1f}%)")
         is_best = False
-        if done % eval_every == 0 or finished:
+        if step.due(eval_every):
             errors = evaluate(
-                model,
-                eval_loader("center"),
-                mode="center",
-                ctx=ctx,
-                autocast=precision.autocast,
+                model, eval_loaders["center"], mode="center", ctx=ctx, autocast=precision.autocast,
                 channels_last=cfg.channels_last,
-            )
-            run_log.log("eval", done, {k: errors[k] for k in ("top1_error", "top5_error")})
+            )  # fmt: skip
+            run_log.log("eval", step.done, {k: errors[k] for k in ("top1_error", "top5_error")})
             run_log.print(
-                f"iteration {done}: test top-1 error {100 * errors['top1_error']:.2f}%, "
+                f"iteration {step.done}: test top-1 error {100 * errors['top1_error']:.2f}%, "
                 f"top-5 {100 * errors['top5_error']:.2f}%"
             )
             if schedule.observe(errors["top1_error"]):
-                run_log.print(f"validation error plateaued: lr /10 from iteration {done}")
-            is_best = errors["top1_error"] < best_error
-            best_error = min(best_error, errors["top1_error"])
-        if done % checkpoint_every == 0 or finished or is_best:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "scaler": precision.scaler.state_dict(),
-                "window": window.state_dict(),
-                "iteration": done,
-                "epoch": epoch,
-                "best_top1_error": best_error,
-                "rng": all_gather_objects(capture_rng_state(), ctx),  # every rank's own streams
-                "config": config_to_dict(cfg),
-                "class_names": class_names,
-            }
-            if ctx.is_main:
-                save_training_checkpoint(output_dir / "last.pt", state)
-                if is_best:
-                    save_training_checkpoint(output_dir / "best.pt", state)
+                run_log.print(f"validation error plateaued: lr /10 from iteration {step.done}")
+            is_best = best.update(errors["top1_error"])
+        if step.due(checkpoint_every) or is_best:
+            checkpoints.save(iteration=step.done, epoch=step.epoch, is_best=is_best)
 
     # --- final evaluation and the serving checkpoint
-    results = final_evaluation(model)
+    results = final_evaluation(model, cfg=cfg, loaders=eval_loaders, ctx=ctx, precision=precision)
     run_log.log("final", max_iterations, results)
     run_log.close()
     if ctx.is_main:
@@ -449,13 +449,7 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
             model=model,
             architecture=cfg.model,
             class_names=class_names,
-            preprocessing={
-                "size": cfg.crop_size,
-                "resize": cfg.eval_resize,
-                "mean": list(cfg.mean),
-                "std": list(cfg.std),
-                "interpolation": "bilinear",
-            },
+            preprocessing=preprocessing.to_manifest(),
             provenance=run_provenance(cfg, iterations=max_iterations, processes=ctx.world_size),
             metrics={**results, "iterations": max_iterations},
         )
@@ -463,14 +457,9 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
             print(f"wrote {path}", flush=True)
         print(f"wrote {output_dir / 'model.safetensors'}", flush=True)
     barrier(ctx)
-    shutdown_distributed()
     return results
 
 
 if __name__ == "__main__":
     config = parse_config(PretrainConfig, description=__doc__, recipes=RECIPES)
-    try:
-        main(config)
-    except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as error:
-        # a user's input is wrong (e.g. a last.pt on some nodes only): say what, without a traceback
-        raise SystemExit(f"error: {error}") from error
+    run_command(main, config, user_errors=(CheckpointError, DatasetError, FileNotFoundError, ValueError))

@@ -14,6 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from backbone.files import write_atomically
 from training.distributed import DistributedContext
 
 
@@ -68,9 +69,8 @@ class RunLog:
                     kept.append(line)
             except (json.JSONDecodeError, KeyError):
                 continue  # a line cut short by a kill
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        text = "".join(line + "\n" for line in kept)
+        write_atomically(self.metrics_path, lambda temporary: temporary.write_text(text))
 
     def step(self, iterations: int = 1) -> None:
         """Advance the bar (cheap: no metric is read)."""

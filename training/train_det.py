@@ -27,14 +27,14 @@ model.safetensors (the serving checkpoint, its manifest holding the measured met
 """
 
 import json
-import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from backbone.flags import option
-from backbone.torchvision_compat import CheckpointError
+from backbone.weights import CheckpointError
 from detection import DetectorOptions, build_detector, load_detector, save_detector
 from detection.data import (
     DEFAULT_WORKERS,
@@ -49,16 +49,19 @@ from detection.data import (
 )
 from detection.data import collate_fn as detection_collate
 from detection.evaluation import to_coco_results, write_json
+from detection.pretrained import detector_architecture, initialise_detector
 from detection.transform import batch_to_device
-from training.backbone_init import detector_architecture, initialise_detector
-from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
+from training.checkpoint import RunCheckpoints
 from training.config import config_to_dict, format_config, make_config, parse_config
 from training.det_evaluation import detect_shard, score
-from training.distributed import all_gather_objects, barrier, shutdown_distributed
+from training.distributed import barrier
 from training.engine import (
+    BestMetric,
     iterate_batches,
+    log_training,
     make_loader,
     prepare_model,
+    run_command,
     seed_per_rank,
     start_process,
     train_step,
@@ -272,6 +275,29 @@ def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
     return SeededDataset(train, train_transform, joint=True), val
 
 
+def detection_loss(net: torch.nn.Module, batch, *, device: torch.device, num_classes: int):
+    """The detector's summed losses on a collated batch, with each loss as a detached metric."""
+    images, targets = batch_to_device(*batch, device=device, num_classes=num_classes)
+    losses, _ = net(images, targets, targets_prepared=True)
+    return sum(losses.values()), losses
+
+
+def evaluate_detector(
+    model: torch.nn.Module, *, loader, dataset, metric_sets: tuple[str, ...], ctx, precision: Precision, verbose: bool
+) -> tuple[dict[str, float], dict, dict]:
+    """(headline metrics and validation losses, full metric objects, merged predictions) on the whole val set."""
+    predictions, val_losses = detect_shard(model, loader, ctx=ctx, autocast=precision.autocast)
+    flat, full = score(dataset, predictions, metric_sets=metric_sets, verbose=verbose and ctx.is_main)
+    return {**flat, **val_losses}, full, predictions
+
+
+def write_reports(output_dir: Path, *, flat: dict, full: dict, predictions: dict, category_ids) -> None:
+    """eval.json (headline and full metrics) and detections.json (COCO results format)."""
+    report = {name: metrics.as_dict() for name, metrics in full.items()}
+    write_json(output_dir / "eval.json", {"headline": flat, **report})
+    write_json(output_dir / "detections.json", to_coco_results(predictions, category_ids=category_ids))
+
+
 def main(cfg: DetTrainConfig) -> dict[str, float]:
     cfg = with_init_architecture(cfg)
     ctx = start_process(device=cfg.device, seed=cfg.seed)
@@ -290,16 +316,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         val_data, sampler=list(range(ctx.rank, len(val_data), ctx.world_size)), batch_size=cfg.eval_batch_size,
         workers=cfg.workers, device=ctx.device, collate_fn=detection_collate,
     )  # fmt: skip
-
-    def evaluate(net, *, verbose: bool) -> tuple[dict[str, float], dict, dict]:
-        predictions, val_losses = detect_shard(net, eval_loader, ctx=ctx, autocast=precision.autocast)
-        flat, full = score(val_data, predictions, metric_sets=metric_sets, verbose=verbose and ctx.is_main)
-        return {**flat, **val_losses}, full, predictions
-
-    def write_reports(full: dict, predictions: dict, flat: dict) -> None:
-        report = {name: metrics.as_dict() for name, metrics in full.items()}
-        write_json(output_dir / "eval.json", {"headline": flat, **report})
-        write_json(output_dir / "detections.json", to_coco_results(predictions, category_ids=val_data.category_ids))
+    evaluation = dict(loader=eval_loader, dataset=val_data, metric_sets=metric_sets, ctx=ctx, precision=precision)
 
     # --- evaluation only
     if cfg.eval_only:
@@ -307,11 +324,11 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         if manifest["class_names"] != val_data.class_names:
             raise CheckpointError(f"{cfg.eval_only} was trained on other classes than {val_split}")
         model.to(ctx.device)
-        flat, full, predictions = evaluate(model, verbose=True)
+        flat, full, predictions = evaluate_detector(model, **evaluation, verbose=True)
         if ctx.is_main:
-            write_reports(full, predictions, flat)
+            write_reports(output_dir, flat=flat, full=full, predictions=predictions,
+                          category_ids=val_data.category_ids)  # fmt: skip
             print(f"wrote {output_dir / 'eval.json'}", flush=True)
-        shutdown_distributed()
         return flat
 
     train_base = train_data.dataset
@@ -322,6 +339,8 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
             f"{getattr(train_base, 'num_degenerate_boxes', 0)} degenerate boxes dropped",
             flush=True,
         )
+
+    # --- sampler and loader
     sampler = ResumableBatchSampler(
         dataset_size=len(train_data), global_batch_size=cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size,
         seed=cfg.seed, group_ids=aspect_ratio_group_ids(train_base) if cfg.group_aspect_ratio else None,
@@ -333,7 +352,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     eval_every = cfg.eval_every or steps_per_epoch
     checkpoint_every = cfg.checkpoint_every or eval_every
 
-    # --- model, optimizer, schedule
+    # --- model and optimizer
     model = build_detector(
         backbone=cfg.backbone, head=cfg.head, num_classes=len(val_data.class_names),
         class_names=val_data.class_names, **cfg.detector.to_dict(),
@@ -347,89 +366,64 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         # .item(), boolean indexing, RoIAlign's wrapper); compile() in place keeps the state-dict keys.
         model.features.compile()
     train_model = prepare_model(model, ctx=ctx, channels_last=detection_channels_last(cfg.channels_last, ctx.device))
+    compute_loss = partial(detection_loss, device=ctx.device, num_classes=model.num_classes)
     # Each rank its own torch stream from here (multi-scale sizes, RPN/RoI sampling); the model above was
     # built from the shared seed. Resume restores every rank's own stream.
     seed_per_rank(cfg.seed, ctx)
     # No weight decay on frozen parameters: they take no step at all.
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    # --- schedule
     milestones = cfg.lr_milestones or (cfg.max_iterations * 2 // 3, cfg.max_iterations * 8 // 9)
     schedule = LRSchedule(
         base_lr=cfg.lr * cfg.batch_size / cfg.lr_reference_batch, milestones=milestones,
         warmup_iterations=cfg.warmup_iterations, warmup_factor=cfg.warmup_factor, warmup_method="linear",
     )  # fmt: skip
-    window = MetricWindow()
-
-    def compute_loss(net, batch):
-        images, targets = batch_to_device(*batch, device=ctx.device, num_classes=model.num_classes)
-        losses, _ = net(images, targets, targets_prepared=True)
-        return sum(losses.values()), losses
 
     # --- resume
-    start_iteration, best_map = 0, -math.inf
-    state = resume_training(
-        cfg.resume, output_dir=output_dir, config=config_to_dict(cfg), ctx=ctx, model=model, optimizer=optimizer,
-        schedule=schedule, scaler=precision.scaler, window=window,
+    window = MetricWindow()
+    headline = "AP50" if "coco" in metric_sets else "voc_area_mAP"
+    best = BestMetric(key="best_map", higher_is_better=True)  # of the headline metric
+    checkpoints = RunCheckpoints(
+        output_dir=output_dir, ctx=ctx, config=config_to_dict(cfg), class_names=val_data.class_names, model=model,
+        optimizer=optimizer, schedule=schedule, scaler=precision.scaler, window=window, best=best,
     )  # fmt: skip
-    if state is not None:
-        start_iteration, best_map = state["iteration"], state["best_map"]
-
+    start_iteration = checkpoints.resume(cfg.resume)
     run_log = RunLog(
         output_dir=output_dir, ctx=ctx, total_iterations=cfg.max_iterations, start_iteration=start_iteration,
         images_per_iteration=cfg.batch_size, tensorboard=cfg.tensorboard,
     )  # fmt: skip
     run_log.print(f"{steps_per_epoch} iterations per epoch, {cfg.max_iterations} in all, lr steps at {milestones}")
-    headline = "AP50" if "coco" in metric_sets else "voc_area_mAP"
 
     # --- train
     train_model.train()
     results: dict[str, float] = {}
-    for epoch, iteration, batch in iterate_batches(
+    for step in iterate_batches(
         train_loader, sampler, start_iteration=start_iteration, max_iterations=cfg.max_iterations
     ):
-        lr = schedule.apply(optimizer, iteration)
+        lr = schedule.apply(optimizer, step.iteration)
         window.update(
             train_step(
-                model=train_model, batch=batch, compute_loss=compute_loss, optimizer=optimizer, precision=precision,
-                max_grad_norm=cfg.max_grad_norm,
+                model=train_model, batch=step.batch, compute_loss=compute_loss, optimizer=optimizer,
+                precision=precision, max_grad_norm=cfg.max_grad_norm,
             )
         )  # fmt: skip
-        done = iteration + 1
         run_log.step()
-        finished = done == cfg.max_iterations
-        if done % cfg.log_every == 0 or finished:
-            values = window.reduce(ctx)  # the only sync point of a training iteration
-            if not math.isfinite(values["loss"]):
-                raise FloatingPointError(f"loss is {values['loss']} at iteration {done}: training diverged")
-            run_log.log("train", done, {**values, "lr": lr, "epoch": round(done / steps_per_epoch, 3)})
+        if step.due(cfg.log_every):
+            log_training(window, step=step, lr=lr, steps_per_epoch=steps_per_epoch, ctx=ctx, run_log=run_log)
         is_best = False
-        if done % eval_every == 0 or finished:
-            results, full, predictions = evaluate(model, verbose=finished)
-            run_log.log("eval", done, results)
+        if step.due(eval_every):
+            results, full, predictions = evaluate_detector(model, **evaluation, verbose=step.finished)
+            run_log.log("eval", step.done, results)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items() if not k.startswith("val_"))
-            run_log.print(f"iteration {done}: {shown}")
-            is_best = results[headline] > best_map
-            best_map = max(best_map, results[headline])
-            if finished and ctx.is_main:
-                write_reports(full, predictions, results)
-        if done % checkpoint_every == 0 or finished or is_best:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "scaler": precision.scaler.state_dict(),
-                "window": window.state_dict(),
-                "iteration": done,
-                "epoch": epoch,
-                "best_map": best_map,
-                "rng": all_gather_objects(capture_rng_state(), ctx),  # every rank's own streams
-                "config": config_to_dict(cfg),
-                "class_names": val_data.class_names,
-            }
-            if ctx.is_main:
-                save_training_checkpoint(output_dir / "last.pt", state)
-                if is_best:
-                    save_training_checkpoint(output_dir / "best.pt", state)
+            run_log.print(f"iteration {step.done}: {shown}")
+            is_best = best.update(results[headline])
+            if step.finished and ctx.is_main:
+                write_reports(output_dir, flat=results, full=full, predictions=predictions,
+                              category_ids=val_data.category_ids)  # fmt: skip
+        if step.due(checkpoint_every) or is_best:
+            checkpoints.save(iteration=step.done, epoch=step.epoch, is_best=is_best)
 
     # --- the serving checkpoint, with the measured metrics in its manifest
     run_log.close()
@@ -450,14 +444,9 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         print(f"wrote {output_dir / 'model.safetensors'}", flush=True)
         print(json.dumps({k: round(v, 4) for k, v in results.items()}), flush=True)
     barrier(ctx)
-    shutdown_distributed()
     return results
 
 
 if __name__ == "__main__":
     config = parse_config(DetTrainConfig, description=__doc__, recipes=RECIPES)
-    try:
-        main(config)
-    except (AnnotationError, CheckpointError, FileNotFoundError, ValueError) as error:
-        # a user's input is wrong: say what, without a traceback through our internals
-        raise SystemExit(f"error: {error}") from error
+    run_command(main, config, user_errors=(AnnotationError, CheckpointError, FileNotFoundError, ValueError))

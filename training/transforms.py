@@ -2,8 +2,9 @@
 
 ImageNet (Sec. 3.4): shorter side sampled in [256, 480], random 224 crop, horizontal flip,
 per-channel mean/std and AlexNet's PCA colour augmentation. CIFAR-10 (Sec. 4.2): 4-pixel padding,
-random 32x32 crop, flip. Evaluation: a centre crop, the 10 crops of AlexNet (corners and centre,
-and their flips), or the whole image for fully-convolutional multi-scale testing.
+random 32x32 crop, flip. Evaluation: the 10 crops of AlexNet (corners and centre, and their flips), or
+the whole image for fully-convolutional multi-scale testing; the centre crop is the checkpoint's own
+preprocessing (`backbone.preprocessing.ClassifierPreprocessing`), which the service applies too.
 """
 
 from collections.abc import Sequence
@@ -13,8 +14,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, to_normalized
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # Principal components of ImageNet's RGB pixels (AlexNet Sec. 4.1; values of fb.resnet.torch).
@@ -58,10 +59,6 @@ class PCALighting(v2.Transform):
         return tv_tensors.wrap(shifted, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else shifted
 
 
-def _to_normalized(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-
-
 def imagenet_train_transform(
     *,
     scale_range: tuple[int, int] = (256, 480),
@@ -90,13 +87,8 @@ def cifar_train_transform(
 ) -> v2.Compose:
     # Paper: per-pixel mean subtracted; we normalise per channel (mean and std), as the service does.
     return v2.Compose(
-        [v2.RandomCrop(crop_size, padding=padding), v2.RandomHorizontalFlip(), *_to_normalized(mean, std)]
+        [v2.RandomCrop(crop_size, padding=padding), v2.RandomHorizontalFlip(), *to_normalized(mean, std)]
     )
-
-
-def center_crop_transform(*, resize: int, crop_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Shorter side to `resize`, then the central `crop_size` square (the service's preprocessing too)."""
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(crop_size), *_to_normalized(mean, std)])
 
 
 class StackCrops:
@@ -109,10 +101,10 @@ class StackCrops:
 def ten_crop_transform(*, resize: int, crop_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """The 10-crop testing of AlexNet used by the paper: four corners and centre, and their mirror images."""
     return v2.Compose(
-        [v2.Resize(resize, antialias=True), *_to_normalized(mean, std), v2.TenCrop(crop_size), StackCrops()]
+        [v2.Resize(resize, antialias=True), *to_normalized(mean, std), v2.TenCrop(crop_size), StackCrops()]
     )
 
 
 def whole_image_transform(*, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """The full image, normalised; multi-scale evaluation resizes it to each scale itself."""
-    return v2.Compose(_to_normalized(mean, std))
+    return v2.Compose(to_normalized(mean, std))

@@ -3,23 +3,16 @@
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from backbone.files import write_atomically
+
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write atomically (temp file, then rename); nan becomes null, which strict JSON readers accept."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
-        temporary.write_text(json.dumps(_nan_to_none(data), indent=1, allow_nan=False))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    """Write atomically (`backbone.files.write_atomically`); nan becomes null, which strict JSON readers accept."""
+    text = json.dumps(_nan_to_none(data), indent=1, allow_nan=False)
+    return write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def _nan_to_none(data: Any) -> Any:

@@ -1,27 +1,19 @@
-"""Initialise from pretrained weights: a backbone from a classifier, ours (.safetensors) or torchvision's
-(.pth), or a whole detector from a detector checkpoint.
-
-The classifier's fc layer is dropped; every other tensor must fit, and an architecture mismatch
-(depth, width, block, stride placement) is reported by name instead of loading the wrong weights.
-"""
+"""A detector from pretrained weights: a whole detector (ours or torchvision's Faster R-CNN), or its backbone
+from a classifier (ours or torchvision's ResNet; for C4, res5 goes to the per-RoI head)."""
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from backbone.checkpoint import load_checkpoint, read_manifest
+from backbone.pretrained import read_backbone_state
 from backbone.registry import MODELS
-from backbone.torchvision_compat import CheckpointError, from_torchvision, load_checked, read_state_dict
+from backbone.weights import load_checked, read_state_dict
 from detection.options import DetectorOptions
 from detection.torchvision_compat import describe_torchvision_detector, rename_torchvision_detector
 
-# Fields that change which tensors exist or what they mean; num_classes, norm, freeze_at and
-# out_features legitimately differ between a classifier and a detector backbone.
-ARCHITECTURE_FIELDS = ("block", "layers", "stem", "base_width", "residual", "shortcut", "stride_in_1x1")
 # The detector options that decide which tensors exist and what they mean: a whole-detector --init
 # takes them from the file (stride_in_1x1 keeps every shape but moves the stride: v1.5 weights in the
 # paper's layout would load and compute something else).
@@ -29,50 +21,6 @@ DETECTOR_ARCHITECTURE_OPTIONS = (
     "stride_in_1x1", "base_width", "shortcut", "fpn_channels", "fpn_norm", "anchor_sizes", "anchor_ratios",
     "rpn_conv_depth", "box_head", "representation_size",
 )  # fmt: skip
-
-
-def read_backbone_state(path: str | os.PathLike, *, config: Mapping) -> dict[str, torch.Tensor]:
-    """A pretrained classifier's tensors in our key names, without fc, checked against a backbone `config`.
-
-    `path` is a resdet classifier checkpoint (.safetensors, from training/pretrain.py) or a
-    torchvision ResNet weight file (.pth, e.g. resnet50-0676ba61.pth; needs stride_in_1x1=False).
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        state_dict, manifest = load_checkpoint(path)
-        if manifest["kind"] != "classifier":
-            raise CheckpointError(f"{path} holds a {manifest['kind']}, not a classifier to initialise a backbone from")
-        saved = manifest.get("architecture_kwargs", {})
-        mismatched = [
-            f"{field}: checkpoint {saved[field]!r} vs model {config[field]!r}"
-            for field in ARCHITECTURE_FIELDS
-            if field in saved and field in config and _normalise(saved[field]) != _normalise(config[field])
-        ]
-        if mismatched:
-            raise CheckpointError(
-                f"{path} ({manifest['architecture']}) does not fit this backbone: " + "; ".join(mismatched)
-            )
-    else:
-        if config.get("block") == "bottleneck" and config.get("stride_in_1x1", False):
-            raise CheckpointError(
-                f"{path}: torchvision ResNets put the stride in the 3x3 (v1.5); build the backbone with "
-                "stride_in_1x1=False to load them"
-            )
-        state_dict = from_torchvision(read_state_dict(path))
-    return {key: value for key, value in state_dict.items() if not key.startswith("fc.")}
-
-
-def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a pretrained classifier into `model` (a ResNet, typically num_classes=0, frozen BN), ignoring fc."""
-    backbone_state = read_backbone_state(path, config=getattr(model, "config", {}))
-    if hasattr(model, "fc"):  # a backbone that keeps a classifier keeps its own, freshly initialised fc
-        backbone_state.update({key: value for key, value in model.state_dict().items() if key.startswith("fc.")})
-    load_checked(model, backbone_state, source=str(path))
-    return model
-
-
-def _normalise(value):
-    return list(value) if isinstance(value, tuple | list) else value
 
 
 def detector_architecture(path: str | os.PathLike) -> dict[str, Any]:
