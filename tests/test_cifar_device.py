@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from cifar_data import COLOURS, write_cifar_tarball
-from training_scripts import kill_9_once_written, run_script, train_losses
+from training_scripts import assert_resumes_exactly_after_kill_9, train_losses
 
 from training.classification_data import DatasetError, extract_once, find_split_root
 from training.config import make_config
@@ -140,13 +140,6 @@ def test_on_device_training_from_a_packed_file_and_bad_settings(cifar_tarball, t
 @pytest.mark.slow
 def test_on_device_resume_after_kill_9_continues_exactly(cifar_tarball, tmp_path):
     reference = device_config(cifar_tarball, tmp_path / "reference", max_iterations=16, checkpoint_every=4)
-    run_script("pretrain.py", reference)
     killed = device_config(cifar_tarball, tmp_path / "killed", max_iterations=16, checkpoint_every=4)
-    kill_9_once_written("pretrain.py", killed, tmp_path / "killed" / "last.pt", timeout=240)
-    checkpoint = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
-    assert 4 <= checkpoint["iteration"] < 16
-    run_script("pretrain.py", make_config(PretrainConfig, {**vars(killed), "resume": "auto"}))
-    expected, resumed = train_losses(tmp_path / "reference"), train_losses(tmp_path / "killed")
-    assert sorted(resumed) == list(range(1, 17))
-    after = [i for i in range(1, 17) if i > checkpoint["iteration"]]
-    assert [resumed[i] for i in after] == [expected[i] for i in after]  # bit-for-bit on CPU
+    assert_resumes_exactly_after_kill_9("pretrain.py", PretrainConfig, reference, killed, first_checkpoint=4,
+                                        timeout=240)  # fmt: skip

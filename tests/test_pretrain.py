@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from training_scripts import TORCHRUN_2_PROCESSES, kill_9_once_written, run_script, train_losses
+from training_scripts import (
+    TORCHRUN_2_PROCESSES,
+    assert_resumes_exactly_after_kill_9,
+    run_script,
+    train_losses,
+)
 
 from backbone import create_model
 from backbone.checkpoint import load_classifier
@@ -73,19 +78,10 @@ def test_a_few_iterations_lower_the_loss_and_write_every_output(colour_data, tmp
 @pytest.mark.slow
 def test_resume_after_kill_9_continues_exactly(colour_data, tmp_path):
     reference = tiny_config(colour_data, tmp_path / "reference", max_iterations=16, checkpoint_every=4)
-    run_script("pretrain.py", reference)
-
     # The same run, killed with SIGKILL as soon as its first checkpoint (iteration 4, mid-epoch) exists.
     killed = tiny_config(colour_data, tmp_path / "killed", max_iterations=16, checkpoint_every=4)
-    kill_9_once_written("pretrain.py", killed, tmp_path / "killed" / "last.pt", timeout=240)
-    checkpoint = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
-    assert 4 <= checkpoint["iteration"] < 16
-
-    run_script("pretrain.py", make_config(PretrainConfig, {**vars(killed), "resume": "auto"}))
-    expected, resumed = train_losses(tmp_path / "reference"), train_losses(tmp_path / "killed")
-    assert sorted(resumed) == list(range(1, 17))
-    after = [i for i in range(1, 17) if i > checkpoint["iteration"]]
-    assert [resumed[i] for i in after] == [expected[i] for i in after]  # bit-for-bit on CPU
+    assert_resumes_exactly_after_kill_9("pretrain.py", PretrainConfig, reference, killed, first_checkpoint=4,
+                                        timeout=240)  # fmt: skip
     final = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()][-1]
     assert final["kind"] == "final"
     assert final["top1_error_center"] == read_metrics(tmp_path / "reference" / "metrics.jsonl")[-1]["top1_error_center"]

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_scripts import REPO_ROOT, TORCHRUN_2_PROCESSES, kill_9_once_written, run_script, script_env, train_losses
+from training_scripts import (
+    REPO_ROOT,
+    TORCHRUN_2_PROCESSES,
+    assert_resumes_exactly_after_kill_9,
+    run_script,
+    script_env,
+    train_losses,
+)
 
 from backbone import create_model
 from backbone.checkpoint import read_manifest, save_classifier
@@ -81,18 +88,8 @@ def test_voc_layout_reports_both_voc_metrics_and_coco(shapes, tmp_path):
 
 def test_resume_after_kill_9_continues_exactly(shapes, tmp_path):
     reference = tiny_config(shapes, tmp_path / "reference", max_iterations=8, checkpoint_every=3, eval_every=8)
-    run_script("train_det.py", reference)
-
     killed = tiny_config(shapes, tmp_path / "killed", max_iterations=8, checkpoint_every=3, eval_every=8)
-    kill_9_once_written("train_det.py", killed, tmp_path / "killed" / "last.pt")
-    checkpoint = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
-    assert 3 <= checkpoint["iteration"] < 8
-
-    run_script("train_det.py", make_config(DetTrainConfig, {**vars(killed), "resume": "auto"}))
-    expected, resumed = train_losses(tmp_path / "reference"), train_losses(tmp_path / "killed")
-    assert sorted(resumed) == list(range(1, 9))
-    after = [i for i in range(1, 9) if i > checkpoint["iteration"]]
-    assert [resumed[i] for i in after] == [expected[i] for i in after]  # bit-for-bit on CPU
+    assert_resumes_exactly_after_kill_9("train_det.py", DetTrainConfig, reference, killed, first_checkpoint=3)
 
 
 @pytest.mark.slow

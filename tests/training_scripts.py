@@ -8,7 +8,10 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.processes import repo_env
+from training.config import make_config
 from training.plots import read_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +72,22 @@ def kill_9_once_written(script: str, config: Any, path: Path, *, timeout: float 
 
 def train_losses(output_dir: Path) -> dict[int, float]:
     return {r["iteration"]: r["loss"] for r in read_metrics(output_dir / "metrics.jsonl") if r["kind"] == "train"}
+
+
+def assert_resumes_exactly_after_kill_9(script: str, config_class: type, reference: Any, killed: Any, *,
+                                        first_checkpoint: int, timeout: float = 300) -> dict:  # fmt: skip
+    """Run `reference` through; run `killed` (same settings, another output_dir), SIGKILL it once its first
+    last.pt exists, resume it with --resume auto, and check that every iteration after the checkpoint has
+    the reference's loss bit for bit (CPU). Returns the checkpoint the kill left."""
+    iterations = reference.max_iterations
+    run_script(script, reference)
+    last = Path(killed.output_dir) / "last.pt"
+    kill_9_once_written(script, killed, last, timeout=timeout)
+    checkpoint = torch.load(last, weights_only=True)
+    assert first_checkpoint <= checkpoint["iteration"] < iterations
+    run_script(script, make_config(config_class, {**vars(killed), "resume": "auto"}))
+    expected, resumed = train_losses(Path(reference.output_dir)), train_losses(Path(killed.output_dir))
+    assert sorted(resumed) == list(range(1, iterations + 1))
+    after = [i for i in range(1, iterations + 1) if i > checkpoint["iteration"]]
+    assert [resumed[i] for i in after] == [expected[i] for i in after]  # bit-for-bit on CPU
+    return checkpoint
