@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from backbone.checkpoint import load_classifier, read_manifest
-from backbone.devices import resolve_device
+from backbone.devices import native_bf16, resolve_device
 from backbone.weights import CheckpointError
 from service.engine import BatchingEngine
 from service.predictors import ClassifierPredictor, DetectorPredictor
@@ -176,8 +176,15 @@ def _manifest_kind(source: ModelSource) -> str:
         raise ModelLoadError(f"{source.setting}: cannot load {source.path}: {error}") from error
 
 
-def _precision(settings: Settings) -> str:
-    return "bfloat16" if settings.bf16 else "float32"
+def use_bf16(settings: Settings, device: torch.device) -> bool:
+    """BF16=auto: bf16 autocast where `device` computes bf16 in hardware (CUDA with bf16, CPUs with AVX512-BF16
+    or AMX), fp32 elsewhere, where emulated bf16 is slower than fp32. docs/BENCHMARKS.md, "bf16", has the
+    accuracy check this default rests on."""
+    return native_bf16(device) if settings.bf16 == "auto" else settings.bf16
+
+
+def _precision(bf16: bool) -> str:
+    return "bfloat16" if bf16 else "float32"
 
 
 def _check_exists(path: Path, setting: str) -> None:
@@ -216,12 +223,12 @@ def _load_classifier(source: ModelSource, *, settings: Settings, device: torch.d
         preprocessing=manifest.get("preprocessing", {}),
         device=device,
         optimize=settings.optimize,
-        bf16=settings.bf16,
+        bf16=use_bf16(settings, device),
     )
     name = served_name(path, manifest, setting=source.name)
     log.info("classifier %s (%s) loaded from %s on %s", name, manifest["architecture"], path, device)
     return ServedModel(role="classifier", name=name, version=file_version(path), path=path, manifest=manifest,
-                       predictor=predictor, precision=_precision(settings))  # fmt: skip
+                       predictor=predictor, precision=_precision(predictor.bf16))  # fmt: skip
 
 
 def _load_detector(source: ModelSource, *, settings: Settings, device: torch.device) -> ServedModel:
@@ -242,10 +249,11 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
     except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as error:
         raise ModelLoadError(f"{setting}: cannot load {path}: {error}") from error
     model = model.to(device)
-    if settings.optimize or settings.bf16:
-        model.optimize_for_inference(fold_bn=settings.optimize, channels_last=settings.optimize, bf16=settings.bf16)
+    bf16 = use_bf16(settings, device)
+    if settings.optimize or bf16:
+        model.optimize_for_inference(fold_bn=settings.optimize, channels_last=settings.optimize, bf16=bf16)
     name = served_name(path, manifest, setting=source.name)
     log.info("detector %s (%s, %s) loaded from %s on %s", name, manifest["architecture"],
              manifest["architecture_kwargs"].get("backbone"), path, device)  # fmt: skip
     return ServedModel(role="detector", name=name, version=file_version(path), path=path, manifest=manifest,
-                       predictor=DetectorPredictor(model, device=device), precision=_precision(settings))  # fmt: skip
+                       predictor=DetectorPredictor(model, device=device), precision=_precision(bf16))  # fmt: skip

@@ -3,7 +3,7 @@
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import FastAPI
 from pydantic import Field, field_validator, model_validator
@@ -68,7 +68,11 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     torch_threads: int = Field(0, ge=0, description="Intra-op threads of torch; 0 keeps torch's default.")
     optimize: bool = Field(True, description="Fold BN into convs and use channels_last (bench/backbone.py).")
-    bf16: bool = Field(False, description="Inference in bfloat16 autocast (bench/detector.py); fp32 when off.")
+    bf16: bool | Literal["auto"] = Field(
+        False,
+        description="Inference in bfloat16 autocast (bench/detector.py): true, false (fp32), or auto (bf16 on CUDA "
+        "and on CPUs with AVX512-BF16 or AMX, fp32 elsewhere).",
+    )
 
     max_batch: int = Field(8, ge=1, le=256, description="Most images in one forward pass; 1 turns batching off.")
     max_batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="Longest wait for a batch to fill.")

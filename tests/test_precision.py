@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from training.precision import Precision, cpu_flags, native_bf16
+from backbone.devices import cpu_flags, native_bf16
+from training.precision import Precision
 
 CPU = torch.device("cpu")
 ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n\n"

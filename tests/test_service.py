@@ -9,8 +9,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydantic import ValidationError
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+import service.loading
 from backbone import create_model
 from backbone.checkpoint import save_classifier
 from service import Settings, create_app, get_settings
@@ -485,6 +487,29 @@ def test_bf16_setting_changes_the_numerics_of_both_models(reference_answers):
     probabilities = [p["probability"] for p in predictions]
     assert sum(probabilities) == pytest.approx(1, abs=1e-2)
     assert max(abs(p - q["probability"]) for p, q in zip(probabilities, expected_predictions)) > 1e-4
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_follows_whether_the_device_computes_bf16_natively(monkeypatch, native):
+    # BF16=auto: bf16 where the processor has it in hardware (AVX512-BF16/AMX, CUDA), fp32 where it is emulated
+    monkeypatch.setenv("BF16", "auto")
+    monkeypatch.setattr(service.loading, "native_bf16", lambda device: native)
+    settings = Settings(max_batch=1)
+    assert settings.bf16 == "auto"
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client, timeout=120)
+        served = client.get("/models").json()["models"]
+    assert {model["precision"] for model in served} == {"bfloat16" if native else "float32"}
+    assert len(served) == 2
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("0", False), ("auto", "auto")])
+def test_bf16_setting_takes_a_boolean_or_auto(monkeypatch, value, expected):
+    monkeypatch.setenv("BF16", value)
+    assert Settings().bf16 == expected
+    monkeypatch.setenv("BF16", "fast")
+    with pytest.raises(ValidationError, match="bf16"):
+        Settings()
 
 
 def test_startup_fails_naming_a_missing_or_corrupt_checkpoint(tmp_path, classifier_path):

@@ -6,33 +6,9 @@ from pathlib import Path
 
 import torch
 
+from backbone.devices import CPUINFO, native_bf16
+
 AMP_MODES = ("auto", "none", "bf16", "fp16")
-CPUINFO = Path("/proc/cpuinfo")
-# x86 flags of bf16 arithmetic in hardware: AVX512-BF16 (AMD Zen 4+, Intel Cooper Lake+) and AMX (Intel
-# Sapphire Rapids+). Without them oneDNN emulates bf16 and autocast is slower than fp32.
-NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-
-
-def cpu_flags(cpuinfo: str) -> set[str]:
-    """The processor's feature flags from the text of /proc/cpuinfo (empty when it has no flags line)."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86 says "flags", ARM "Features"
-            return set(value.split())
-    return set()
-
-
-def native_bf16(device: torch.device, *, cpuinfo: Path = CPUINFO) -> bool:
-    """Whether `device` computes bf16 in hardware: CUDA with bf16 support, or a CPU with AVX512-BF16/AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        text = cpuinfo.read_text()
-    except OSError:  # not Linux: no way to tell, so the safe choice
-        return False
-    return bool(cpu_flags(text) & NATIVE_BF16_CPU_FLAGS)
 
 
 def flush_denormals(device: torch.device) -> None:
