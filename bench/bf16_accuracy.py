@@ -3,6 +3,7 @@
     python -m bench.bf16_accuracy --device cuda --out runs/bf16_accuracy          # GPU: about 100 s on an H200
     python -m bench.bf16_accuracy --parts demo --out runs/bf16_accuracy_demo      # CPU: the demo models
     python -m bench.bf16_accuracy --smoke --out /tmp/bf16_smoke                   # seconds on a CPU (CI)
+    python -m bench.bf16_accuracy --parts infer --checkpoint runs/cocomini_fp32/model.safetensors --out DIR
 
 Part "train" (needs a GPU to be quick; the fp32 run took 1 h 51 min on a 2-core CPU): the coco-mini
 overfitting check of docs/BENCHMARKS.md (full-width ResNet-18 FPN from scratch, trained and evaluated on
@@ -178,6 +179,25 @@ def demo_classifier_rows(*, images: int) -> list[dict]:
     return rows
 
 
+def compare_inference(results: dict, *, models: dict[str, Path], data_path: Path, split: str,
+                      devices: list[str]) -> None:  # fmt: skip
+    """fp32 vs bf16 inference of each model on the same images; the verdict rests on the first (fp32-trained)."""
+    annotations = data_path / "annotations" / f"instances_{split}.json"
+    if not annotations.is_file():
+        raise SystemExit(f"no annotations/instances_{split}.json under {data_path}: give --data-path and --split")
+    dataset = CocoDetection(annotations, data_path / split)
+    rows = []
+    for label, checkpoint in models.items():
+        rows += inference_rows(checkpoint, dataset, label=label, devices=devices, batch_size=8)
+    results["tables"]["inference: fp32 vs bf16 on the same images"] = rows
+    first = next(iter(models))
+    change = next(r["AP_change_points"] for r in rows if r["model"] == first and r["device"] == "cpu"
+                  and r["inference"] == "bf16" and "error" not in r)  # fmt: skip
+    results["verdict"] = (f"bf16 inference moves the fp32 real-image model's AP by {change:+.2f} points on the "
+                          f"CPU: {'within' if abs(change) <= AP_BUDGET_POINTS else 'over'} the "
+                          f"{AP_BUDGET_POINTS}-point budget for BF16=auto")  # fmt: skip
+
+
 def markdown(results: dict) -> str:
     lines = [f"# bf16 accuracy ({results['date']}, torch {results['torch']}, training device "
              f"{results.get('device', '-')}, smoke={results['smoke']})", ""]  # fmt: skip
@@ -197,7 +217,12 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs, results.json and results.md")
-    parser.add_argument("--parts", nargs="+", choices=("train", "demo"), default=["train", "demo"])
+    parser.add_argument("--parts", nargs="+", choices=("train", "infer", "demo"), default=["train", "demo"],
+                        help="train: both trainings, then their inference; infer: only the inference comparison of "
+                        "--checkpoint; demo: the shipped demo models")  # fmt: skip
+    parser.add_argument("--checkpoint", type=Path, nargs="+", default=[],
+                        help="--parts infer: detectors to evaluate, the fp32-trained one first (its AP change decides)")
+    parser.add_argument("--split", default="train2017", help="--parts infer: the coco split evaluated on")
     parser.add_argument("--device", default="cuda", help="where the two trainings run (cuda, or cpu: hours)")
     parser.add_argument("--iterations", type=int, default=1000, help="training schedule (lr /10 at 2/3 and 8/9)")
     parser.add_argument("--data-path", type=Path, default=SHARED_DATA / "coco-mini", help="coco-mini's folder")
@@ -230,19 +255,16 @@ def main(argv: list[str] | None = None) -> None:
             {"training": name, "iteration": r["iteration"], "AP": r["AP"], "AP50": r["AP50"]}
             for name, run in runs.items() for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "eval"
         ]  # fmt: skip
-        split = "val" if args.smoke else "train2017"
-        dataset = CocoDetection(data_path / "annotations" / f"instances_{split}.json", data_path / split)
-        devices = ["cpu"] + ([device] if device != "cpu" else [])
-        rows = []
-        for name, run in runs.items():
-            rows += inference_rows(run / "model.safetensors", dataset, label=f"{name}-trained ResNet-18 FPN",
-                                   devices=devices, batch_size=8)  # fmt: skip
-        results["tables"]["inference: fp32 vs bf16 on the same images"] = rows
-        change = next(r["AP_change_points"] for r in rows if r["model"].startswith("fp32") and r["device"] == "cpu"
-                      and r["inference"] == "bf16" and "error" not in r)  # fmt: skip
-        results["verdict"] = (f"bf16 inference moves the fp32 real-image model's AP by {change:+.2f} points on the "
-                              f"CPU: {'within' if abs(change) <= AP_BUDGET_POINTS else 'over'} the "
-                              f"{AP_BUDGET_POINTS}-point budget for BF16=auto")  # fmt: skip
+        models = {f"{name}-trained ResNet-18 FPN": run / "model.safetensors" for name, run in runs.items()}
+        compare_inference(results, models=models, data_path=data_path, split="val" if args.smoke else "train2017",
+                          devices=["cpu"] + ([device] if device != "cpu" else []))  # fmt: skip
+    if "infer" in args.parts:  # models trained elsewhere, e.g. the fp32 run of the overfitting check on a CPU
+        if not args.checkpoint:
+            raise SystemExit("--parts infer needs --checkpoint: the detector(s) to evaluate")
+        # a trainer's OUTPUT_DIR/model.safetensors is named by its run folder
+        models = {(path.parent.name if path.name == "model.safetensors" else path.stem): path
+                  for path in args.checkpoint}  # fmt: skip
+        compare_inference(results, models=models, data_path=args.data_path, split=args.split, devices=["cpu"])
     if "demo" in args.parts:
         results["tables"]["demo detector: fp32 vs bf16 inference, CPU"] = demo_detector_rows(smoke=args.smoke)
         classifier = demo_classifier_rows(images=20 if args.smoke else args.cifar_images)

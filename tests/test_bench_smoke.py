@@ -7,6 +7,7 @@ import torch
 
 from bench import bf16_accuracy, gpu_suite
 from bench.timing import ratio_table, time_round_robin
+from detection.data import generate_synthetic
 
 
 def test_round_robin_waits_for_the_gpu_before_every_clock_reading(monkeypatch):
@@ -62,3 +63,19 @@ def test_bf16_accuracy_smoke_trains_twice_and_compares_inference(tmp_path):
     demo = tables["demo detector: fp32 vs bf16 inference, CPU"]
     assert [row["inference"] for row in demo] == ["fp32", "bf16"] and demo[0]["AP"] > 0.5  # a trained model
     assert "budget for BF16=auto" in results["verdict"]
+
+
+def test_bf16_accuracy_infer_compares_a_given_checkpoint_and_names_a_missing_split(tmp_path):
+    # the CPU path of the real-image check: a model trained elsewhere, fp32 vs bf16 inference, one verdict
+    layout = generate_synthetic(tmp_path / "shapes", num_train=1, num_val=4, image_size=128, seed=0)
+    data_path = layout.root / "coco"
+    checkpoint = bf16_accuracy.SERVICE_MODELS / "demo_detector.safetensors"
+    command = ["--parts", "infer", "--checkpoint", str(checkpoint), "--data-path", str(data_path), "--split", "val"]
+    bf16_accuracy.main([*command, "--out", str(tmp_path / "out")])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = results["tables"]["inference: fp32 vs bf16 on the same images"]
+    assert [(row["model"], row["inference"]) for row in rows] == [("demo_detector", "fp32"), ("demo_detector", "bf16")]
+    assert rows[0]["AP"] > 0.5 and rows[1]["AP_change_points"] == pytest.approx(100 * (rows[1]["AP"] - rows[0]["AP"]))
+    assert "budget for BF16=auto" in results["verdict"]
+    with pytest.raises(SystemExit, match="instances_test.json"):
+        bf16_accuracy.main([*command[:-1], "test", "--out", str(tmp_path / "out2")])
