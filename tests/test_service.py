@@ -365,7 +365,9 @@ def test_not_configured_detector_is_503_without_retry_after(client):
 
 
 def test_metrics_count_requests_by_route_and_status(client):
-    client.post("/classify", files=upload(b""))
+    # both requests made here: the test must not lean on what earlier tests in the module sent
+    assert client.post("/classify", files=upload(image_bytes())).status_code == 200
+    assert client.post("/classify", files=upload(b"")).status_code == 400
     text = client.get("/metrics").text
     assert 'resdet_http_requests_total{method="POST",route="/classify",status="400"}' in text
     assert 'resdet_http_requests_total{method="POST",route="/classify",status="200"}' in text
