@@ -71,7 +71,9 @@ def classifier_path(tmp_path_factory) -> Path:
 
 
 def settings_for(classifier_path: Path, **overrides) -> Settings:
-    return Settings(classifier_checkpoint=classifier_path, detector_checkpoint=None, **overrides)
+    # fp32 (BF16=auto would pick bf16 on a CPU with AVX512-BF16): answers are compared with the model run directly
+    options = {"bf16": False} | overrides
+    return Settings(classifier_checkpoint=classifier_path, detector_checkpoint=None, **options)
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,8 @@ def reference(detector_path):
 
 
 def settings_for(detector_path: Path, **overrides) -> Settings:
-    options = {"optimize": False, "max_batch": 4, "max_batch_wait_ms": 2} | overrides
+    # fp32 (BF16=auto would pick bf16 on a CPU with AVX512-BF16): answers are compared with the detector run directly
+    options = {"optimize": False, "bf16": False, "max_batch": 4, "max_batch_wait_ms": 2} | overrides
     return Settings(detector_checkpoint=detector_path, classifier_checkpoint=None, **options)
 
 

@@ -47,7 +47,7 @@ def replace_file(source: Path, target: Path) -> None:
 
 
 def settings_for(models_dir: Path, **overrides) -> Settings:
-    options = {"optimize": False, "max_batch": 4, "max_batch_wait_ms": 2, "detector_checkpoint": None,
+    options = {"optimize": False, "bf16": False, "max_batch": 4, "max_batch_wait_ms": 2, "detector_checkpoint": None,
                "classifier_checkpoint": None, "models_dir": models_dir} | overrides  # fmt: skip
     return Settings(**options)
 
