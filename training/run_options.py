@@ -15,10 +15,10 @@ from backbone.flags import option
 class RunOptions:
     """Output folder, device, precision, seed, logging, checkpointing, resume and TensorBoard of a run.
 
-    A command overrides `output_dir`'s default with `backbone.flags.with_default` (the help stays this one).
-    The memory format and torch.compile switches stay with each command: pretraining's `channels_last` is a
-    bool that defaults on and compiles the whole classifier, detection's is "auto" (measured per device) and
-    compiles only the feature extractor.
+    Each command gives `output_dir` its own default with `backbone.flags.with_default` (the help stays this
+    one). The memory-format and torch.compile switches stay with each command, as they differ: pretraining's
+    `channels_last` is a bool, on by default, and its `compile` covers the whole classifier; detection's
+    `channels_last` is "auto" (measured per device) and its `compile` covers the feature extractor alone.
     """
 
     output_dir: str = option("runs", "Folder for checkpoints, metrics.jsonl, TensorBoard logs, reports and plots.")
