@@ -21,6 +21,13 @@ def option(default: Any, help: str, *, switch: bool = False) -> Any:  # noqa: A0
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def with_default(owner: type, name: str, default: Any) -> Any:
+    """The dataclass `owner`'s field `name` again with another default, for a subclass to redeclare: the help
+    and the switch marking are the owner's, so the text is written once."""
+    metadata = {field.name: field.metadata for field in dataclasses.fields(owner)}[name]
+    return option(default, metadata["help"], switch=metadata["switch"])
+
+
 def spellings(flag: str) -> list[str]:
     """`--data_path` -> ["--data_path", "--data-path"] (the given spelling first); other flags unchanged."""
     if not flag.startswith("--"):

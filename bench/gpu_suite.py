@@ -287,7 +287,7 @@ def service_under_load(*, device: torch.device, smoke: bool, concurrency: int, d
     rows = []
     for name, extra in settings.items():
         env = {"DEVICE": device.type, "DETECTOR_CHECKPOINT": str(checkpoint), "CLASSIFIER_CHECKPOINT": "", **extra}
-        server = Server(name, "service", env)
+        server = Server(name=name, env=env, access_log=True)  # the app and access log of python -m service
         try:
             started = time.perf_counter()
             server.wait_ready()

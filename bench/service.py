@@ -3,10 +3,12 @@
     python -m bench.service                        # demo detector, bus.jpg (about 5 minutes)
     python -m bench.service --duration 5 --repeats 2 --detector my_detector.safetensors
 
-Four servers, each in its own process on 127.0.0.1, same checkpoint, same inference settings:
+Four servers, each in its own process on 127.0.0.1 on a port the kernel picks (`python -m bench.loopback`),
+same checkpoint, same inference settings:
   naive         bench/service_naive.py: the model run inside the route (the anchor of every ratio)
-  batching off  python -m service with MAX_BATCH=1 (queue and worker thread, one image per forward)
-  batching on   python -m service with MAX_BATCH=8, MAX_BATCH_WAIT_MS=5 (the defaults)
+  batching off  the app of python -m service, its access log too, with MAX_BATCH=1 (queue and worker
+                thread, one image per forward)
+  batching on   the same with MAX_BATCH=8, MAX_BATCH_WAIT_MS=5 (the defaults)
   overload      batching on with MAX_QUEUE=8, at the highest concurrency only: deliberate 503s
                 (the load clients wait Retry-After before trying again)
 All start and warm up first; then every (concurrency, server) point runs `duration` seconds
@@ -21,10 +23,7 @@ share the machine's cores.
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,22 +32,24 @@ from pathlib import Path
 import httpx
 import torch
 
+from bench.loopback import SERVICE_APP, ServerProcess
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DETECTOR = REPO / "service" / "models" / "demo_detector.safetensors"
 BUS = REPO.parent / "shared" / "data" / "demo-images" / "bus.jpg"
+NAIVE_APP = "bench.service_naive:app_from_environment"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def status_mb(pid: int, name: str) -> float:
+    """A memory line of /proc/PID/status (Linux) in MB: VmRSS (resident now), VmHWM (its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {name} for pid {pid}")
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return status_mb(pid, "VmRSS")
 
 
 def stand_in_detector(folder: Path) -> Path:
@@ -64,33 +65,8 @@ def stand_in_detector(folder: Path) -> Path:
     return save_detector(folder / "stand_in_detector.safetensors", model=model, provenance={"note": "random weights"})
 
 
-class Server:
-    """One server subprocess on a free loopback port, stopped on exit."""
-
-    def __init__(self, name: str, module: str, env: dict[str, str]) -> None:
-        self.name = name
-        self.port = free_port()
-        # MALLOC_ARENA_MAX=2 as `make serve` and the container set it (fewer glibc arenas, flat memory)
-        environment = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "MALLOC_ARENA_MAX": "2", **env}
-        # A file, not a pipe: an access log line per request would fill a pipe nobody reads and stall the server.
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=environment,
-                                        stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"{self.name} exited: {self.log.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not ready after {timeout} s")
+class Server(ServerProcess):
+    """A server under test (`bench.loopback.ServerProcess`), with the batch sizes its /metrics report."""
 
     def batch_stats(self) -> tuple[float, float]:
         """(sum, count) of the batch sizes so far, from /metrics; (0, 0) for the naive server. Summed over the
@@ -103,14 +79,6 @@ class Server:
                 if line.startswith(key + "{"):
                     values[key] = values.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
         return values.get("resdet_batch_size_sum", 0.0), values.get("resdet_batch_size_count", 0.0)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
 
 @dataclass
@@ -211,17 +179,20 @@ def main() -> None:
     image = args.image.read_bytes()
     common = {"DETECTOR_CHECKPOINT": str(detector), "CLASSIFIER_CHECKPOINT": "", "MAX_QUEUE": "64"}
     configs = {  # the naive anchor first
-        "naive (model in the route)": ("bench.service_naive", {"DETECTOR_CHECKPOINT": str(detector)}),
-        "batching off (MAX_BATCH=1)": ("service", {**common, "MAX_BATCH": "1"}),
-        "batching on (MAX_BATCH=8, 5 ms)": ("service", {**common, "MAX_BATCH": "8", "MAX_BATCH_WAIT_MS": "5"}),
+        "naive (model in the route)": (NAIVE_APP, {"DETECTOR_CHECKPOINT": str(detector)}),
+        "batching off (MAX_BATCH=1)": (SERVICE_APP, {**common, "MAX_BATCH": "1"}),
+        "batching on (MAX_BATCH=8, 5 ms)": (SERVICE_APP, {**common, "MAX_BATCH": "8", "MAX_BATCH_WAIT_MS": "5"}),
         # deliberate overload at the highest concurrency only: the queue refuses with 503 + Retry-After
-        "batching on, MAX_QUEUE=8": ("service", {**common, "MAX_BATCH": "8", "MAX_QUEUE": "8", "MAX_FILES": "8"}),
+        "batching on, MAX_QUEUE=8": (SERVICE_APP, {**common, "MAX_BATCH": "8", "MAX_QUEUE": "8", "MAX_FILES": "8"}),
     }
     overload_only = {"batching on, MAX_QUEUE=8"}
     print(f"detector {detector.name}, image {args.image.name} ({len(image) // 1024} kB), {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {args.repeats} x {args.duration:g} s per point")  # fmt: skip
 
-    servers = [Server(name, module, env) for name, (module, env) in configs.items()]
+    # The service logs every request as `python -m service` does; the naive anchor logs none, as before.
+    servers = [
+        Server(name=name, app=app, env=env, access_log=app == SERVICE_APP) for name, (app, env) in configs.items()
+    ]
     points: list[Point] = []
     memory: dict[str, list[float]] = {}
     try:

@@ -4,7 +4,7 @@ No queue, no batching, no worker thread: the forward pass blocks the event loop,
 handler usually does. Same checkpoint and the same inference rewrites as the service, so the
 difference measured is the serving design alone.
 
-    DETECTOR_CHECKPOINT=... PORT=8010 python -m bench.service_naive
+    DETECTOR_CHECKPOINT=... python -m bench.loopback bench.service_naive:app_from_environment
 """
 
 import io
@@ -12,7 +12,6 @@ import os
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import uvicorn
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image, ImageOps
 
@@ -55,6 +54,6 @@ def create_naive_app(detector_path: str, *, optimize: bool) -> FastAPI:
     return app
 
 
-if __name__ == "__main__":
-    app = create_naive_app(os.environ["DETECTOR_CHECKPOINT"], optimize=os.environ.get("OPTIMIZE", "1") == "1")
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8010")), log_level="warning")
+def app_from_environment() -> FastAPI:
+    """The app for `python -m bench.loopback`: DETECTOR_CHECKPOINT, and OPTIMIZE=0 to skip the inference rewrites."""
+    return create_naive_app(os.environ["DETECTOR_CHECKPOINT"], optimize=os.environ.get("OPTIMIZE", "1") == "1")

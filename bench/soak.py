@@ -27,9 +27,7 @@ import asyncio
 import io
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -40,6 +38,7 @@ from urllib.parse import urlsplit
 import httpx
 from PIL import Image
 
+from bench.loopback import ServerProcess, wait_ready
 from bench.service import percentile, rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -278,36 +277,6 @@ class MemorySampler:
             self._thread.join()
 
 
-class OwnServer:
-    """`python -m bench.loopback` (the service's app on 127.0.0.1, port 0) as a child process."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        # MALLOC_ARENA_MAX=2 as `make serve` and the container set it.
-        environment = {"MALLOC_ARENA_MAX": "2", **os.environ, **env}
-        self.log = tempfile.TemporaryFile()  # a file, not a pipe nobody reads
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.loopback"],
-            cwd=REPO,
-            env=environment,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-        )
-        line = self.process.stdout.readline()  # "PORT <n>" once bound, or EOF if the start failed
-        if not line.startswith("PORT "):
-            self.log.seek(0)
-            raise RuntimeError(f"server did not start: {self.log.read().decode()[-3000:]}")
-        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
 def report(tally: Tally, memory: list[tuple[float, float]], *, rss_after_warmup: float | None) -> list[str]:
     """Print the tables; return the goals missed."""
     missed = []
@@ -388,13 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     hostile = Hostile(
         huge_pixels=args.huge_pixels, max_upload_bytes=args.max_upload_bytes, rng=random.Random(args.seed)
     )
-    server = None if args.url else OwnServer({"MAX_UPLOAD_BYTES": str(args.max_upload_bytes)})
-    url, pid = (args.url, args.pid) if args.url else (server.url, server.process.pid)
+    server = None if args.url else ServerProcess(name="service", env={"MAX_UPLOAD_BYTES": str(args.max_upload_bytes)})
     tally = Tally()
     try:
-        from bench.loopback import wait_ready
-
-        wait_ready(url, timeout=300)
+        if server is None:
+            url, pid = args.url, args.pid
+            wait_ready(url, timeout=300)
+        else:
+            url, pid = server.wait_ready(timeout=300), server.process.pid
         asyncio.run(
             run_segment(
                 url,

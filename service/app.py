@@ -14,13 +14,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from service.body_limit import BodySizeLimitMiddleware
 from service.cors import SettingsCORSMiddleware
 from service.errors import install_error_handlers
 from service.loading import ModelLoadError, select_device
 from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.middleware import ScopeMiddleware
 from service.openapi import install_openapi
 from service.registry import ModelRegistry
 from service.request_id import RequestIdMiddleware
@@ -83,18 +84,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         del app.state.service
 
 
-class QuietStartupFailure:
+class QuietStartupFailure(ScopeMiddleware):
     """A model that cannot be served is a user error, already logged in one line by the lifespan: Starlette
     would also hand uvicorn the whole traceback to print, for a file in the wrong format."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    scope_type = "lifespan"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_without_traceback(message: Message) -> None:
             if message["type"] == "lifespan.startup.failed" and getattr(scope["app"].state, "startup_error", None):
                 message = {**message, "message": ""}

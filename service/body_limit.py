@@ -9,7 +9,7 @@ import json
 
 from starlette.types import Message, Receive, Scope, Send
 
-from service.middleware import HTTPMiddleware
+from service.middleware import ScopeMiddleware
 from service.request_id import request_id_of
 from service.settings import resolve_settings
 
@@ -18,7 +18,7 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class BodySizeLimitMiddleware(HTTPMiddleware):
+class BodySizeLimitMiddleware(ScopeMiddleware):
     """ASGI middleware reading the limit from the app's settings on each request."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -3,21 +3,19 @@
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.middleware import ScopeMiddleware
 from service.settings import resolve_settings
 
 
-class SettingsCORSMiddleware:
+class SettingsCORSMiddleware(ScopeMiddleware):
     """Starlette's CORSMiddleware with the origins of the app's settings, read at the first request (importing
     the app reads no setting); with no origin set, requests pass through untouched."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        super().__init__(app)
         self._handler: ASGIApp | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._handler is None:
             origins = resolve_settings(scope["app"]).cors_origins
             self._handler = self.app if not origins else CORSMiddleware(

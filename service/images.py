@@ -36,6 +36,11 @@ def check_content_type(content_type: str | None, *, label: str) -> None:
 
 def decode_image(data: bytes, *, max_pixels: int, label: str) -> Image.Image:
     """Decode the first frame, apply EXIF orientation, return 8-bit RGB; raises ImageRejected."""
+    return decode_opened(open_image(data, max_pixels=max_pixels, label=label), label=label)
+
+
+def open_image(data: bytes, *, max_pixels: int, label: str) -> Image.Image:
+    """The image's header alone (PIL opens lazily: nothing is decoded), its size checked; raises ImageRejected."""
     if not data:
         raise ImageRejected(400, f"{label} is empty")
     try:
@@ -52,6 +57,12 @@ def decode_image(data: bytes, *, max_pixels: int, label: str) -> Image.Image:
         raise ImageRejected(
             413, f"{label} is {width}x{height} = {width * height} pixels, over MAX_IMAGE_PIXELS={max_pixels}"
         )
+    return image
+
+
+def decode_opened(image: Image.Image, *, label: str) -> Image.Image:
+    """Decode an `open_image` result's first frame, apply EXIF orientation, return 8-bit RGB; raises
+    ImageRejected. A source converted to a new RGB image is closed, so its pixels go now."""
     try:
         # No seek: Pillow opens every format at its first frame (a PSD at its composite); seek(0) refused
         # every PSD, whose layers are numbered from 1.
@@ -63,9 +74,12 @@ def decode_image(data: bytes, *, max_pixels: int, label: str) -> Image.Image:
     except Exception as error:
         raise ImageRejected(400, f"{label} has corrupt EXIF metadata ({type(error).__name__}: {error})") from error
     try:
-        return to_rgb(image)
+        rgb = to_rgb(image)
     except Exception as error:  # a mode Pillow decodes but cannot convert
         raise decoder_failure(error, label=label) from error
+    if rgb is not image:
+        image.close()  # the caller may still hold the source (its header), but not its decoded pixels
+    return rgb
 
 
 def decoder_failure(error: Exception, *, label: str) -> ImageRejected:

@@ -11,7 +11,7 @@ from fastapi import UploadFile
 from service.engine import BatchTiming
 from service.images import ImageRejected
 from service.loading import ServedModel
-from service.schemas import ModelRef, Timing
+from service.schemas import ImageSize, ModelRef, Timing
 from service.settings import Settings
 from service.uploads import DecodedUpload, decode_upload, upload_label
 
@@ -24,18 +24,22 @@ class Answer:
     result: Any
     timing: BatchTiming
 
-    def timing_ms(self, started: float) -> Timing:
-        return Timing(
+    def response_fields(self, served: ServedModel, *, started: float) -> dict[str, Any]:
+        """What every route's answer for this image holds besides the result itself: the model that
+        answered, the image's size and where the time went since `started` (a perf_counter reading)."""
+        width, height = self.upload.size
+        timing = Timing(
             decode=round(self.upload.decode_ms, 3),
             queue=round(self.timing.queue_ms, 3),
             inference=round(self.timing.inference_ms, 3),
             total=round((time.perf_counter() - started) * 1e3, 3),
             batch_size=self.timing.batch_size,
         )
-
-
-def model_ref(served: ServedModel) -> ModelRef:
-    return ModelRef(name=served.name, version=served.version)
+        return {
+            "model": ModelRef(name=served.name, version=served.version),
+            "image": ImageSize(width=width, height=height),
+            "timing_ms": timing,
+        }
 
 
 async def infer(

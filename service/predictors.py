@@ -10,7 +10,7 @@ to its own.
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from PIL import Image
@@ -19,22 +19,7 @@ from torchvision.transforms.v2 import functional as F
 from backbone import ResNet
 from backbone.inference import optimize_for_inference
 from backbone.preprocessing import ClassifierPreprocessing
-
-
-class DetectorModel(Protocol):
-    """What the service needs from a detector (detection.Detector satisfies it)."""
-
-    def input_size(self, height: int, width: int, *, padded: bool = False) -> tuple[int, int]: ...
-
-    def predict(
-        self,
-        images: list[Image.Image | torch.Tensor],
-        score_threshold: float = 0.5,
-        max_detections: int = 100,
-        *,
-        batch_size: int = 4,
-        iou_threshold: float | None = None,
-    ) -> list[dict[str, Any]]: ...
+from detection import Detector
 
 
 @dataclass(frozen=True)
@@ -118,7 +103,7 @@ class ClassifierPredictor:
 
 
 class DetectorPredictor:
-    """A `DetectorModel` (it does its own normalisation and precision): boxes in pixels of the image as given.
+    """A `detection.Detector` (it does its own normalisation and precision): boxes in pixels of the image as given.
 
     `prepare` resizes the upload in 8-bit to the size the detector asks for (`input_size`, its own
     rule); boxes come back in that image's pixels and are scaled to the upload's. A batch of
@@ -127,7 +112,7 @@ class DetectorPredictor:
     never depends on which other requests arrived with it.
     """
 
-    def __init__(self, model: DetectorModel, *, device: torch.device) -> None:
+    def __init__(self, model: Detector, *, device: torch.device) -> None:
         self.model = model
         self.device = device
 

@@ -9,7 +9,7 @@ import uuid
 
 from starlette.types import Message, Receive, Scope, Send
 
-from service.middleware import HTTPMiddleware
+from service.middleware import ScopeMiddleware
 
 HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -20,7 +20,7 @@ def request_id_of(scope: Scope) -> str:
     return scope.setdefault("state", {}).setdefault("request_id", uuid.uuid4().hex)
 
 
-class RequestIdMiddleware(HTTPMiddleware):
+class RequestIdMiddleware(ScopeMiddleware):
     """Outermost of our middleware: picks the id and adds the header to every response that passes it."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -25,7 +25,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
-from service.images import ImageRejected, check_content_type, decode_image
+from service.images import ImageRejected, check_content_type, decode_opened, open_image
 from service.memory import LARGE_IMAGE_PIXELS, release_free_memory
 
 
@@ -41,16 +41,6 @@ _large_image_decoder = ThreadPoolExecutor(
     max_workers=1, thread_name_prefix="large-image", initializer=_lowest_cpu_priority
 )
 large_image_slot = threading.BoundedSemaphore(1)
-
-
-def header_pixels(data: bytes) -> int:
-    """Width x height from the image's header alone (nothing decoded); 0 when the header cannot be read
-    (decode_image then names what is wrong)."""
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            return probe.width * probe.height
-    except Exception:  # noqa: BLE001 - any header the decoder rejects is reported by decode_image
-        return 0
 
 
 @dataclass
@@ -132,18 +122,23 @@ async def decode_upload(
     check_content_type(upload.content_type, label=label)
     data = await upload.read()
 
+    # The header, read once here (nothing decoded yet): its size picks the thread below, whose decode goes on from it.
+    opened = open_image(data, max_pixels=max_pixels, label=label)
+    large = opened.width * opened.height >= LARGE_IMAGE_PIXELS
+
     def decode_and_prepare() -> DecodedUpload:
-        image = decode_image(data, max_pixels=max_pixels, label=label)
+        image = decode_opened(opened, label=label)
         decoded = DecodedUpload(
             size=image.size, prepared=prepare(image), decode_ms=0.0, image=image if keep_image else None
         )
-        if not keep_image and image.width * image.height >= LARGE_IMAGE_PIXELS:
-            del image
+        if not keep_image and large:
+            # close, not del: `opened` (possibly this very image) outlives this function, and the pixels must be
+            # gone before the heap is handed back. What prepare made is its own copy (a resize, a tensor).
+            image.close()
             release_free_memory()
         return decoded
 
-    pixels = header_pixels(data)
-    if LARGE_IMAGE_PIXELS <= pixels <= max_pixels:
+    if large:
         if not large_image_slot.acquire(blocking=False):
             raise HTTPException(
                 503, f"{label}: another large image is being decoded; retry shortly", headers={"Retry-After": "1"}

@@ -19,6 +19,7 @@ from training.config import (
 )
 from training.pretrain import RECIPES as PRETRAIN_RECIPES
 from training.pretrain import PretrainConfig
+from training.run_options import RunOptions
 from training.train_det import RECIPES as DET_RECIPES
 from training.train_det import DetTrainConfig
 
@@ -81,6 +82,23 @@ def test_boolean_flags_take_a_value_or_stand_alone(config_class):
     assert parse_config(config_class, ["--channels_last", "false", "--tensorboard"]).tensorboard is True
     assert parse_config(config_class, ["--no-tensorboard"]).tensorboard is False
     assert parse_config(config_class, ["--tensorboard", "false"]).tensorboard is False
+
+
+@pytest.mark.parametrize(
+    ("config_class", "output_dir"), [(DetTrainConfig, "runs/detection"), (PretrainConfig, "runs/pretrain")]
+)
+def test_the_shared_run_options_keep_their_help_and_each_command_its_output_folder(config_class, output_dir):
+    shared = flag_help(RunOptions)
+    helps = flag_help(config_class)
+    assert {name: helps[name] for name in shared} == shared
+    assert config_class().output_dir == output_dir
+    # --help and the start-of-run printout: the command's own flags first, the shared ones close the list
+    assert list(helps)[0] == "dataset" and list(helps)[-len(shared) :] == list(shared)
+    assert format_config(config_class()).splitlines()[1].split()[0] == "dataset"
+    # stored flat beside the command's own fields, as before RunOptions existed, so old checkpoints resume
+    stored = config_to_dict(config_class(seed=3))
+    assert (stored["output_dir"], stored["seed"]) == (output_dir, 3)
+    assert make_config(config_class, stored) == config_class(seed=3)
 
 
 def test_every_detector_option_is_a_flag_and_reaches_the_detector():

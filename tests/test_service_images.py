@@ -220,3 +220,24 @@ def test_32_bit_integer_tiff_is_scaled_by_its_real_range(value, grey):
     data = encode(Image.new("I", (4, 3), value), "TIFF")  # Pillow writes "I" as 32-bit signed samples
     image = decode_image(data, max_pixels=MAX_PIXELS, label="deep.tiff")
     assert image.getpixel((0, 0)) == (grey, grey, grey)
+
+
+def test_an_upload_has_its_header_read_once_and_is_decoded_as_displayed(monkeypatch):
+    # The header's size picks the decoding thread (large images have their own); the decode goes on from that
+    # same opened file instead of opening it a second time.
+    import asyncio
+
+    from starlette.datastructures import Headers, UploadFile
+
+    from service.uploads import decode_upload
+
+    data = encode(Image.new("RGBA", (30, 20), (200, 10, 10, 0)), "PNG")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args) or real_open(*args, **kwargs))
+    upload = UploadFile(file=io.BytesIO(data), filename="x.png", headers=Headers({"content-type": "image/png"}))
+    decoded = asyncio.run(
+        decode_upload(upload, label="file 'x.png'", max_pixels=MAX_PIXELS, prepare=lambda image: image.getpixel((0, 0)))
+    )
+    assert len(opened) == 1
+    assert decoded.size == (30, 20) and decoded.prepared == (255, 255, 255)  # transparent onto white, in RGB

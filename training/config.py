@@ -51,6 +51,19 @@ def _field_flag_kwargs(annotation: Any) -> dict[str, Any]:
     raise TypeError(f"config field type {annotation} is not supported (bool, int, float, str, tuple[...])")
 
 
+def _fields_in_reading_order(config_class: type) -> list[dataclasses.Field]:
+    """The config's own fields, then those it inherits (`training.run_options.RunOptions`): dataclasses put
+    inherited fields first, but --help and the start-of-run printout read best from the data to the output folder."""
+    inherited = {
+        field.name
+        for base in config_class.__mro__[1:]
+        if dataclasses.is_dataclass(base)
+        for field in dataclasses.fields(base)
+    }
+    fields = dataclasses.fields(config_class)
+    return [f for f in fields if f.name not in inherited] + [f for f in fields if f.name in inherited]
+
+
 def _nested_classes(config_class: type) -> dict[str, type]:
     """{field name: dataclass type} for the fields that hold a whole dataclass (e.g. DetectorOptions)."""
     hints = typing.get_type_hints(config_class)
@@ -63,7 +76,7 @@ def _flag_fields(config_class: type) -> list[tuple[dataclasses.Field, Any, Any]]
     nested = _nested_classes(config_class)
     defaults = config_class()
     result = []
-    for field in dataclasses.fields(config_class):
+    for field in _fields_in_reading_order(config_class):
         if field.name in nested:
             inner_hints = typing.get_type_hints(nested[field.name])
             inner_default = getattr(defaults, field.name)
@@ -168,7 +181,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def _flat_items(config: Any) -> list[tuple[str, Any]]:
     items = []
-    for field in dataclasses.fields(config):
+    for field in _fields_in_reading_order(type(config)):
         value = getattr(config, field.name)
         items += _flat_items(value) if dataclasses.is_dataclass(value) else [(field.name, value)]
     return items

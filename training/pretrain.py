@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from backbone import create_model
 from backbone.checkpoint import load_classifier, save_classifier
-from backbone.flags import option
+from backbone.flags import option, with_default
 from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ClassifierPreprocessing
 from backbone.weights import CheckpointError
 from training.checkpoint import RunCheckpoints
@@ -65,6 +65,7 @@ from training.plots import plot_run
 from training.precision import Precision
 from training.provenance import run_provenance
 from training.run_log import RunLog
+from training.run_options import RunOptions
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
 from training.transforms import (
@@ -80,7 +81,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunOptions):
     """Every setting of a pretraining run. The defaults are the paper's ImageNet recipe (Sec. 3.4)."""
 
     # --- data
@@ -146,23 +147,14 @@ class PretrainConfig:
     )
     eval_batch_size: int = option(0, "Evaluation batch per rank; 0 means the training batch per rank.")
     eval_only: str = option("", "A model.safetensors to evaluate (final_eval modes) instead of training.")
-    # --- infrastructure
-    output_dir: str = option("runs/pretrain", "Folder for checkpoints, metrics.jsonl, TensorBoard logs and plots.")
-    device: str = option("auto", '"auto", "cuda" or "cpu".')
-    amp: str = option(
-        "auto", '"auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), "none", "bf16" or "fp16".'
-    )
+    # --- infrastructure (the rest, shared with train_det.py, in training/run_options.py)
+    output_dir: str = with_default(RunOptions, "output_dir", "runs/pretrain")  # each command its own folder
     channels_last: bool = option(True, "Run the model in the channels-last memory format.")
     compile: bool = option(False, "Compile the model with torch.compile.")
     compile_mode: str = option(
         "default", 'The torch.compile mode; "reduce-overhead" adds CUDA graphs (small nets on CUDA).'
     )
     sync_bn: bool = option(False, "Batch norm statistics over the global batch (CUDA only); the paper's are per GPU.")
-    seed: int = option(0, "Seed of every random stream (data order, augmentation, initialisation).")
-    log_every: int = option(20, "Iterations between metrics.jsonl records (and DDP metric reductions).")
-    checkpoint_every: int = option(0, "Iterations between last.pt writes; 0 means at every evaluation.")
-    resume: str = option("", 'A last.pt or best.pt to continue from, or "auto": output_dir/last.pt when it exists.')
-    tensorboard: bool = option(True, "Write TensorBoard event files to output_dir/tensorboard.")
 
 
 CIFAR10_RECIPE = dict(

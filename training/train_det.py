@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from backbone.flags import option
+from backbone.flags import option, with_default
 from backbone.weights import CheckpointError
 from detection import DetectorOptions, build_detector, load_detector, save_detector
 from detection.data import (
@@ -72,6 +72,7 @@ from training.plots import plot_detection_run
 from training.precision import Precision
 from training.provenance import run_provenance
 from training.run_log import RunLog
+from training.run_options import RunOptions
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
 
@@ -84,7 +85,7 @@ TRAIN_MIN_SIZES = (640, 672, 704, 736, 768, 800)
 
 
 @dataclass
-class DetTrainConfig:
+class DetTrainConfig(RunOptions):
     """Every setting of a detection run. Defaults: the modern "1x" schedule (detectron2/torchvision).
 
     The detector's own options are one nested `DetectorOptions` (detection/options.py): its fields are
@@ -141,23 +142,14 @@ class DetTrainConfig:
     eval_every: int = option(0, "Iterations between evaluations; 0 means once per epoch.")
     eval_batch_size: int = option(2, "Evaluation batch per rank.")
     eval_only: str = option("", "A model.safetensors to evaluate instead of training.")
-    # --- infrastructure
-    output_dir: str = option("runs/detection", "Folder for checkpoints, metrics, reports and plots.")
-    device: str = option("auto", '"auto", "cuda" or "cpu".')
-    amp: str = option(
-        "auto", '"auto" (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32), "none", "bf16" or "fp16".'
-    )
+    # --- infrastructure (the rest, shared with pretrain.py, in training/run_options.py)
+    output_dir: str = with_default(RunOptions, "output_dir", "runs/detection")  # each command its own folder
     channels_last: str = option(
         "auto", '"auto" (on for CPU, off for CUDA: measured per device), "true" or "false": the model in the '
         "channels-last memory format.",
         switch=True,
     )  # fmt: skip
     compile: bool = option(False, "Compile the feature extractor (backbone + FPN) with torch.compile.")
-    seed: int = option(0, "Seed of every random stream (data order, augmentation, initialisation).")
-    log_every: int = option(20, "Iterations between metrics.jsonl records (and DDP metric reductions).")
-    checkpoint_every: int = option(0, "Iterations between last.pt writes; 0 means at every evaluation.")
-    resume: str = option("", 'A last.pt or best.pt to continue from, or "auto": output_dir/last.pt when it exists.')
-    tensorboard: bool = option(True, "Write TensorBoard event files to output_dir/tensorboard.")
 
 
 RECIPES = {

@@ -7,9 +7,10 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 
 from service.dependencies import ClassifierDep, SettingsDep, reject_unknown_query
 from service.errors import INFERENCE_ERRORS
-from service.inference import Answer, infer, model_ref
+from service.inference import Answer, infer
+from service.loading import ServedModel
 from service.predictors import ClassifyRequest
-from service.schemas import ClassifyResponse, ImageSize, Prediction
+from service.schemas import ClassifyResponse, Prediction
 from service.security import KeyCheckedRoute, api_key_schemes
 from service.uploads import RAW_IMAGE_BODY, ImageUpload
 
@@ -25,13 +26,10 @@ TopK = Annotated[
 ]
 
 
-def _response(served, answer: Answer, started: float) -> ClassifyResponse:
-    width, height = answer.upload.size
+def _response(served: ServedModel, answer: Answer, started: float) -> ClassifyResponse:
     return ClassifyResponse(
-        model=model_ref(served),
-        image=ImageSize(width=width, height=height),
+        **answer.response_fields(served, started=started),
         predictions=[Prediction(**prediction) for prediction in answer.result],
-        timing_ms=answer.timing_ms(started),
     )
 
 

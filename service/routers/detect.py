@@ -11,10 +11,10 @@ from service.annotate import render_annotated
 from service.dependencies import DetectorDep, SettingsDep, reject_unknown_query
 from service.detect_options import BOX_FORMATS, BoxFormat, convert_box, parse_classes
 from service.errors import INFERENCE_ERRORS
-from service.inference import Answer, infer, model_ref
+from service.inference import Answer, infer
 from service.loading import ServedModel
 from service.predictors import DetectRequest
-from service.schemas import Detection, DetectResponse, ImageSize
+from service.schemas import Detection, DetectResponse
 from service.security import KeyCheckedRoute, api_key_schemes
 from service.uploads import RAW_IMAGE_BODY, ImageUpload
 
@@ -106,10 +106,8 @@ def _response(served: ServedModel, answer: Answer, started: float, boxes: BoxOpt
         return convert_box(box, box_format=boxes.box_format, normalized=boxes.normalized, width=width, height=height)
 
     return DetectResponse(
-        model=model_ref(served),
-        image=ImageSize(width=width, height=height),
+        **answer.response_fields(served, started=started),
         detections=[Detection(**{**detection, "box": written(detection["box"])}) for detection in answer.result],
-        timing_ms=answer.timing_ms(started),
     )
 
 
