@@ -92,7 +92,10 @@ class ResidualBlock(nn.Module):
                    stride=stride, stride_in_1x1=stride_in_1x1, norm_layer=norm_layer)  # fmt: skip
         self.shortcut = (
             make_shortcut(
-                option=shortcut, in_channels=in_channels, out_channels=out_channels, stride=stride,
+                option=shortcut,
+                in_channels=in_channels,
+                out_channels=out_channels,
+                stride=stride,
                 norm_layer=norm_layer,
             )  # fmt: skip
             if residual
@@ -147,9 +150,7 @@ class Bottleneck(ResidualBlock):
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = nn.Conv2d(in_channels, bottleneck_channels, 1, stride=stride_1x1, bias=False)
         self.bn1 = norm_layer(bottleneck_channels)
-        self.conv2 = nn.Conv2d(
-            bottleneck_channels, bottleneck_channels, 3, stride=stride_3x3, padding=1, bias=False
-        )
+        self.conv2 = nn.Conv2d(bottleneck_channels, bottleneck_channels, 3, stride=stride_3x3, padding=1, bias=False)
         self.bn2 = norm_layer(bottleneck_channels)
         self.conv3 = nn.Conv2d(bottleneck_channels, out_channels, 1, bias=False)
         self.bn3 = norm_layer(out_channels)

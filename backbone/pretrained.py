@@ -22,9 +22,7 @@ from backbone.weights import CheckpointError, load_checked, read_state_dict
 ARCHITECTURE_FIELDS = ("block", "layers", "stem", "base_width", "residual", "shortcut", "stride_in_1x1")
 
 
-def read_backbone_state(
-    path: str | os.PathLike, *, config: Mapping, with_fc: bool = False
-) -> dict[str, torch.Tensor]:
+def read_backbone_state(path: str | os.PathLike, *, config: Mapping, with_fc: bool = False) -> dict[str, torch.Tensor]:
     """A pretrained classifier's tensors in our key names, checked against a backbone `config`.
 
     `path` is a resdet classifier checkpoint (.safetensors) or a torchvision ResNet weight file (.pth,

@@ -40,9 +40,13 @@ def build_variants(*, compile_models: bool) -> dict[str, tuple[torch.nn.Module, 
     }
     if compile_models:  # inductor on CPU: ~20 s of compilation per model, paid in the warm-up
         variants["torchvision channels_last + compile"] = (
-            torch.compile(variants["torchvision channels_last"][0]), channels_last)
+            torch.compile(variants["torchvision channels_last"][0]),
+            channels_last,
+        )
         variants["ours channels_last + BN folded + compile"] = (
-            torch.compile(variants["ours channels_last + BN folded"][0]), channels_last)
+            torch.compile(variants["ours channels_last + BN folded"][0]),
+            channels_last,
+        )
     return variants
 
 

@@ -220,8 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", nargs="+", choices=("train", "infer", "demo"), default=["train", "demo"],
                         help="train: both trainings, then their inference; infer: only the inference comparison of "
                         "--checkpoint; demo: the shipped demo models")  # fmt: skip
-    parser.add_argument("--checkpoint", type=Path, nargs="+", default=[],
-                        help="--parts infer: detectors to evaluate, the fp32-trained one first (its AP change decides)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="--parts infer: detectors to evaluate, the fp32-trained one first (its AP change decides)",
+    )
     parser.add_argument("--split", default="train2017", help="--parts infer: the coco split evaluated on")
     parser.add_argument("--device", default="cuda", help="where the two trainings run (cuda, or cpu: hours)")
     parser.add_argument("--iterations", type=int, default=1000, help="training schedule (lr /10 at 2/3 and 8/9)")
@@ -241,8 +246,10 @@ def main(argv: list[str] | None = None) -> None:
             data_path = generate_synthetic(args.out / "shapes", num_train=8, num_val=4, image_size=64, seed=0).root
             data_path, iterations = data_path / "coco", 2
         elif not (data_path / "annotations" / "instances_train2017.json").is_file():
-            raise SystemExit("coco-mini not found: no annotations/instances_train2017.json under --data-path "
-                             "(default ../shared/data/coco-mini)")
+            raise SystemExit(
+                "coco-mini not found: no annotations/instances_train2017.json under --data-path "
+                "(default ../shared/data/coco-mini)"
+            )
         started = time.perf_counter()
         runs = train_both(data_path=data_path, out=args.out, device=device, iterations=iterations,
                           workers=0 if args.smoke else args.workers, smoke=args.smoke)  # fmt: skip

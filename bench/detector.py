@@ -168,9 +168,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 images, 1 round, batch 2")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile variant (slow warm-up)")
     parser.add_argument("--weights", type=Path, help="a torchvision fasterrcnn_resnet50_fpn weight file")
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="glibc mallopt: no mmap/trim for large blocks (the process-wide allocator setting "
-                             "that MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ give; applies to both models)")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc mallopt: no mmap/trim for large blocks (the process-wide allocator setting "
+        "that MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ give; applies to both models)",
+    )
     args = parser.parse_args()
     if args.keep_freed_memory:
         keep_freed_memory()

@@ -168,10 +168,14 @@ def detector_inference(*, device: torch.device, size: int, rounds: int, batch_si
     reference = [detections for image in images for detections in variants[next(iter(variants))]([image])]
     rows = []
     for name, run in variants.items():  # warm-up and the detections check
-        checks = [detector_bench.same_detections({k: v.cpu() for k, v in ref.items()},
-                                                 {k: v.cpu() for k, v in run([image])[0].items()},
-                                                 our_labels=name.startswith("ours"))  # fmt: skip
-                  for ref, image in zip(reference, images)]
+        checks = [
+            detector_bench.same_detections(
+                {k: v.cpu() for k, v in ref.items()},
+                {k: v.cpu() for k, v in run([image])[0].items()},
+                our_labels=name.startswith("ours"),
+            )  # fmt: skip
+            for ref, image in zip(reference, images)
+        ]
         run(images[:batch_size])
         rows.append({"variant": name, "same_detections": all(c[0] for c in checks),
                      "max_box_diff_px": max(c[1] for c in checks),

@@ -55,7 +55,12 @@ def plain_step(model, optimizer, images, labels) -> None:
 
 
 def training_variants(
-    *, batch_size: int, image_size: int, device: torch.device, bf16: bool = True, compile_model: bool = False,
+    *,
+    batch_size: int,
+    image_size: int,
+    device: torch.device,
+    bf16: bool = True,
+    compile_model: bool = False,
     arch: str = "resnet50",
 ) -> dict[str, Callable[[], None]]:
     """name -> zero-argument callable running one training step on its own model and batch (`arch`: any

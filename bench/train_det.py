@@ -86,7 +86,12 @@ def batches(*, count: int, batch_size: int, data_path: Path = COCO_MINI) -> list
 
 
 def training_variants(
-    *, device: torch.device, min_size: int, max_size: int, bf16: bool = True, ours_nchw: bool = False,
+    *,
+    device: torch.device,
+    min_size: int,
+    max_size: int,
+    bf16: bool = True,
+    ours_nchw: bool = False,
     arch: str = "resnet50",
 ) -> dict[str, Callable[[Batch], None]]:
     """name -> callable running one training step of its own model on a (CPU) batch; the first is the anchor.

@@ -72,9 +72,7 @@ def detector_manifest(
     )
 
 
-def load_detector(
-    path: str | os.PathLike, *, class_names: list[str] | None = None
-) -> tuple[Detector, dict[str, Any]]:
+def load_detector(path: str | os.PathLike, *, class_names: list[str] | None = None) -> tuple[Detector, dict[str, Any]]:
     """Rebuild the detector in eval mode; errors name the file and what does not fit.
 
     A .pth/.pt is read as a torchvision Faster R-CNN state dict and converted in memory; class_names

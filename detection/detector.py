@@ -131,8 +131,11 @@ class Detector(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode(), torch.autocast(
-                device.type, dtype=self.inference_autocast_dtype, enabled=self.inference_autocast_dtype is not None
+            with (
+                torch.inference_mode(),
+                torch.autocast(
+                    device.type, dtype=self.inference_autocast_dtype, enabled=self.inference_autocast_dtype is not None
+                ),
             ):
                 for start in range(0, len(order), batch_size):
                     chunk = order[start : start + batch_size]

@@ -119,8 +119,10 @@ def test_empty_and_zero_area_targets_give_finite_losses_and_gradients(head):
     targets = [
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
         # a zero-width and a zero-height box, and a single real one
-        {"boxes": torch.tensor([[10.0, 10, 10, 40], [5, 20, 50, 20], [20, 20, 60, 70]]),
-         "labels": torch.tensor([1, 2, 1])},
+        {
+            "boxes": torch.tensor([[10.0, 10, 10, 40], [5, 20, 50, 20], [20, 20, 60, 70]]),
+            "labels": torch.tensor([1, 2, 1]),
+        },
     ]
     for only_empty in (True, False):
         batch = targets[:1] * 2 if only_empty else targets

@@ -303,7 +303,7 @@ def test_checkpoint_is_written_beside_its_target_and_a_failed_write_keeps_the_ol
     real_replace = training_checkpoint.os.replace
     monkeypatch.setattr(training_checkpoint.os, "replace", lambda a, b: (renames.append((a, b)), real_replace(a, b)))
     save_training_checkpoint(path, {"iteration": 2})
-    (source, target), = renames
+    ((source, target),) = renames
     assert Path(source).parent == path.parent and Path(target) == path  # a rename in one folder is atomic
 
     def broken_save(*args, **kwargs):

@@ -59,8 +59,12 @@ def test_reports_checkpoints_and_models_are_readable_by_others(tmp_path, umask_0
     written = [
         write_json(tmp_path / "eval.json", {"AP": float("nan")}),
         save_training_checkpoint(tmp_path / "last.pt", {"iteration": 3}),
-        save_classifier(tmp_path / "model.safetensors", model=create_model("cifar_resnet20", num_classes=2),
-                        architecture="cifar_resnet20", class_names=["a", "b"]),  # fmt: skip
+        save_classifier(
+            tmp_path / "model.safetensors",
+            model=create_model("cifar_resnet20", num_classes=2),
+            architecture="cifar_resnet20",
+            class_names=["a", "b"],
+        ),  # fmt: skip
     ]
     assert {path.name: mode(path) for path in written} == {name: 0o644 for name in
                                                           ("eval.json", "last.pt", "model.safetensors")}  # fmt: skip

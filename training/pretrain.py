@@ -246,8 +246,9 @@ class EvalLoaders:
         view = self.preprocessing
         views = {
             "center": view.transform,
-            "ten_crop": lambda: ten_crop_transform(resize=view.resize, crop_size=view.size, mean=view.mean,
-                                                   std=view.std),  # fmt: skip
+            "ten_crop": lambda: ten_crop_transform(
+                resize=view.resize, crop_size=view.size, mean=view.mean, std=view.std
+            ),  # fmt: skip
             "multi_scale": lambda: whole_image_transform(mean=view.mean, std=view.std),
         }
         return make_loader(

@@ -86,9 +86,7 @@ def cifar_train_transform(
     *, crop_size: int = 32, padding: int = 4, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD
 ) -> v2.Compose:
     # Paper: per-pixel mean subtracted; we normalise per channel (mean and std), as the service does.
-    return v2.Compose(
-        [v2.RandomCrop(crop_size, padding=padding), v2.RandomHorizontalFlip(), *to_normalized(mean, std)]
-    )
+    return v2.Compose([v2.RandomCrop(crop_size, padding=padding), v2.RandomHorizontalFlip(), *to_normalized(mean, std)])
 
 
 class StackCrops:

@@ -53,7 +53,9 @@ def detect_options(
     iou_threshold: Annotated[
         float | None,
         Query(
-            ge=0, le=1, examples=[0.5],
+            ge=0,
+            le=1,
+            examples=[0.5],
             description="Non-maximum suppression per class: of two boxes of one class overlapping by more than "
             "this (intersection over union), the lower-scoring one is dropped. Lower keeps fewer boxes. "
             "Default: the model's own (box_nms_thresh in /models, 0.5 for the paper's detectors).",
