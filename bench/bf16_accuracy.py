@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     if "infer" in args.parts:  # models trained elsewhere, e.g. the fp32 run of the overfitting check on a CPU
         if not args.checkpoint:
             raise SystemExit("--parts infer needs --checkpoint: the detector(s) to evaluate")
+        missing = [str(path) for path in args.checkpoint if not path.is_file()]
+        if missing:
+            raise SystemExit(f"--checkpoint: no such file: {', '.join(missing)}")
         # a trainer's OUTPUT_DIR/model.safetensors is named by its run folder
         models = {(path.parent.name if path.name == "model.safetensors" else path.stem): path
                   for path in args.checkpoint}  # fmt: skip

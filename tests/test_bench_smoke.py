@@ -79,3 +79,6 @@ def test_bf16_accuracy_infer_compares_a_given_checkpoint_and_names_a_missing_spl
     assert "budget for BF16=auto" in results["verdict"]
     with pytest.raises(SystemExit, match="instances_test.json"):
         bf16_accuracy.main([*command[:-1], "test", "--out", str(tmp_path / "out2")])
+    with pytest.raises(SystemExit, match="no such file: .*nowhere.safetensors"):
+        bf16_accuracy.main(["--parts", "infer", "--checkpoint", str(tmp_path / "nowhere.safetensors"),
+                            "--out", str(tmp_path / "out3")])  # fmt: skip
