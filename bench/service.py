@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured point")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over all points")
+    parser.add_argument("--bf16", choices=("auto", "true", "false"), default="auto",
+                        help="BF16 for every server, the anchor included (the service's default: auto)")  # fmt: skip
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load per server before measuring")
     args = parser.parse_args()
 
@@ -177,9 +179,9 @@ def main() -> None:
     if not args.image.is_file():
         raise SystemExit(f"image not found: {args.image} (pass --image)")
     image = args.image.read_bytes()
-    common = {"DETECTOR_CHECKPOINT": str(detector), "CLASSIFIER_CHECKPOINT": "", "MAX_QUEUE": "64"}
+    common = {"DETECTOR_CHECKPOINT": str(detector), "CLASSIFIER_CHECKPOINT": "", "MAX_QUEUE": "64", "BF16": args.bf16}
     configs = {  # the naive anchor first
-        "naive (model in the route)": (NAIVE_APP, {"DETECTOR_CHECKPOINT": str(detector)}),
+        "naive (model in the route)": (NAIVE_APP, {"DETECTOR_CHECKPOINT": str(detector), "BF16": args.bf16}),
         "batching off (MAX_BATCH=1)": (SERVICE_APP, {**common, "MAX_BATCH": "1"}),
         "batching on (MAX_BATCH=8, 5 ms)": (SERVICE_APP, {**common, "MAX_BATCH": "8", "MAX_BATCH_WAIT_MS": "5"}),
         # deliberate overload at the highest concurrency only: the queue refuses with 503 + Retry-After
@@ -187,7 +189,7 @@ def main() -> None:
     }
     overload_only = {"batching on, MAX_QUEUE=8"}
     print(f"detector {detector.name}, image {args.image.name} ({len(image) // 1024} kB), {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {args.repeats} x {args.duration:g} s per point")  # fmt: skip
+          f"torch {torch.__version__}, BF16={args.bf16}, {args.repeats} x {args.duration:g} s per point")  # fmt: skip
 
     # The service logs every request as `python -m service` does; the naive anchor logs none, as before.
     servers = [

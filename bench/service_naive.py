@@ -12,20 +12,23 @@ import os
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import torch
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image, ImageOps
 
 from detection import load_detector
+from service.loading import use_bf16
+from service.settings import Settings
 
 
-def create_naive_app(detector_path: str, *, optimize: bool) -> FastAPI:
+def create_naive_app(detector_path: str, *, optimize: bool, bf16: bool = False) -> FastAPI:
     models = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         detector, _ = load_detector(detector_path)
-        if optimize:
-            detector.optimize_for_inference()
+        if optimize or bf16:
+            detector.optimize_for_inference(fold_bn=optimize, channels_last=optimize, bf16=bf16)
         models["detector"] = detector
         yield
 
@@ -55,5 +58,8 @@ def create_naive_app(detector_path: str, *, optimize: bool) -> FastAPI:
 
 
 def app_from_environment() -> FastAPI:
-    """The app for `python -m bench.loopback`: DETECTOR_CHECKPOINT, and OPTIMIZE=0 to skip the inference rewrites."""
-    return create_naive_app(os.environ["DETECTOR_CHECKPOINT"], optimize=os.environ.get("OPTIMIZE", "1") == "1")
+    """The app for `python -m bench.loopback`: DETECTOR_CHECKPOINT; OPTIMIZE and BF16 read as the service reads
+    them (same defaults), so the anchor computes with the service's numerics."""
+    settings = Settings()
+    bf16 = use_bf16(settings, torch.device("cpu"))
+    return create_naive_app(os.environ["DETECTOR_CHECKPOINT"], optimize=settings.optimize, bf16=bf16)

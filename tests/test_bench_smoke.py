@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from bench import bf16_accuracy, gpu_suite
+import service.loading
+from bench import bf16_accuracy, gpu_suite, service_naive
 from bench.timing import ratio_table, time_round_robin
 from detection.data import generate_synthetic
 
@@ -82,3 +83,16 @@ def test_bf16_accuracy_infer_compares_a_given_checkpoint_and_names_a_missing_spl
     with pytest.raises(SystemExit, match="no such file: .*nowhere.safetensors"):
         bf16_accuracy.main(["--parts", "infer", "--checkpoint", str(tmp_path / "nowhere.safetensors"),
                             "--out", str(tmp_path / "out3")])  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "native", "expected"), [("true", False, True), ("false", True, False),
+                                                          ("auto", True, True), ("auto", False, False)])  # fmt: skip
+def test_the_naive_anchor_computes_in_the_precision_the_service_would(monkeypatch, value, native, expected):
+    # bench/service.py's ratios compare serving designs: the anchor must not run fp32 beside a bf16 service
+    built = {}
+    monkeypatch.setenv("DETECTOR_CHECKPOINT", "demo.safetensors")
+    monkeypatch.setenv("BF16", value)
+    monkeypatch.setattr(service.loading, "native_bf16", lambda device: native)
+    monkeypatch.setattr(service_naive, "create_naive_app", lambda path, **options: built.update(options))
+    service_naive.app_from_environment()
+    assert built == {"optimize": True, "bf16": expected}
