@@ -37,7 +37,7 @@ class ServedModel:
     path: Path
     manifest: dict[str, Any]
     predictor: ClassifierPredictor | DetectorPredictor
-    precision: str = "float32"  # "bfloat16" under BF16=true autocast
+    precision: str = "float32"  # "bfloat16" under bf16 autocast (BF16=true, or auto on native bf16)
     engine: BatchingEngine | None = field(default=None)
     # Requests holding this version: a reload retires it (stops its engine) only once none is left.
     _in_flight: int = field(default=0, init=False, repr=False)
