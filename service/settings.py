@@ -10,6 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
+# BF16's accepted words: "auto" and the spellings pydantic reads as a boolean
+BF16_WORDS = frozenset({"auto", "true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
 
 class Settings(BaseSettings):
@@ -117,6 +119,19 @@ class Settings(BaseSettings):
         # `CLASSIFIER_CHECKPOINT=` (empty) in a shell or compose file disables that model. Not for API_KEY:
         # an empty key there is a mistake (a missing secret), and reading it as "unset" turned auth off.
         return {key: (None if value == "" and key.lower() != "api_key" else value) for key, value in values.items()}
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _bf16_word(cls, value: object) -> object:
+        """`BF16=Auto` or ` true` as a careless hand writes them; anything else named in one line, not a union."""
+        if value is None:  # BF16= (empty) arrives as None
+            value = ""
+        if not isinstance(value, str):
+            return value
+        word = value.strip().lower()
+        if word not in BF16_WORDS:
+            raise ValueError(f"BF16 must be auto, true or false (or 1/0, yes/no, on/off), got {value!r}")
+        return word
 
     @field_validator("api_key")
     @classmethod

@@ -507,13 +507,16 @@ def test_bf16_auto_follows_whether_the_device_computes_bf16_natively(monkeypatch
     assert len(served) == 2
 
 
-@pytest.mark.parametrize(("value", "expected"), [("true", True), ("0", False), ("auto", "auto")])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("true", True), ("0", False), ("auto", "auto"), ("AUTO", "auto"), (" Auto ", "auto")]
+)
 def test_bf16_setting_takes_a_boolean_or_auto(monkeypatch, value, expected):
     monkeypatch.setenv("BF16", value)
     assert Settings().bf16 == expected
-    monkeypatch.setenv("BF16", "fast")
-    with pytest.raises(ValidationError, match="bf16"):
-        Settings()
+    for wrong in ("fast", ""):
+        monkeypatch.setenv("BF16", wrong)
+        with pytest.raises(ValidationError, match="BF16 must be auto, true or false"):
+            Settings()
 
 
 def test_startup_fails_naming_a_missing_or_corrupt_checkpoint(tmp_path, classifier_path):
