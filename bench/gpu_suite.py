@@ -47,6 +47,7 @@ from bench.timing import autocast, ratio_table, synchronize, time_round_robin
 from detection import build_detector
 from detection.data import generate_synthetic
 from detection.torchvision_compat import describe_torchvision_detector, rename_torchvision_detector
+from training.synthetic import COLOURS, write_class_folders
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,24 +223,13 @@ def detection_training(*, device: torch.device, size: int, batch_size: int, step
 # --- 4. torchrun -------------------------------------------------------------------------------------
 
 
-def write_class_folders(root: Path, *, per_class: int, size: int) -> Path:
-    """root/{train,val}/<class>/<i>.jpg: two classes of noisy images, for a few pretraining iterations."""
-    generator = torch.Generator().manual_seed(0)
-    for split in ("train", "val"):
-        for name, colour in (("red", (200, 40, 40)), ("blue", (50, 60, 210))):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(per_class):
-                noise = torch.randint(-60, 61, (size, size, 3), generator=generator)
-                pixels = (torch.tensor(colour) + noise).clamp(0, 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{index}.jpg")
-    return root
-
-
 def torchrun(*, device: torch.device, smoke: bool, timeout: float) -> list[dict]:
     work = Path(tempfile.mkdtemp())
     shapes = generate_synthetic(work / "shapes", num_train=16, num_val=4, image_size=128, seed=0)
-    folders = write_class_folders(work / "classes", per_class=16, size=32 if smoke else 64)
+    # two classes of noisy images, 16 per split, for a few pretraining iterations
+    folders = write_class_folders(work / "classes", per_class={"train": 16, "val": 16},
+                                  colours={"red": COLOURS["red"], "blue": COLOURS["blue"]},
+                                  size=32 if smoke else 64, suffix=".jpg")  # fmt: skip
     common = ["--device", device.type, "--workers", "0", "--tensorboard", "false"]
     commands = {
         "train_det.py (synthetic recipe, 4 iterations, batch 4)": [

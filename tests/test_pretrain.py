@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from training_scripts import (
     TORCHRUN_2_PROCESSES,
     assert_resumes_exactly_after_kill_9,
@@ -23,23 +22,9 @@ from training.checkpoint import capture_rng_state, load_training_checkpoint, res
 from training.config import make_config
 from training.plots import read_metrics
 from training.pretrain import RECIPES, PretrainConfig, main
+from training.synthetic import COLOURS, write_class_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (50, 60, 210)}
-
-
-def write_class_folders(root: Path, *, per_class: dict[str, int], size: int = 32, seed: int = 0) -> Path:
-    """root/<split>/<colour>/<i>.png: noisy images whose class is their dominant colour."""
-    generator = torch.Generator().manual_seed(seed)
-    for split, count in per_class.items():
-        for name, rgb in COLOURS.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                noise = torch.randint(-60, 61, (size, size, 3), generator=generator)
-                pixels = (torch.tensor(rgb) + noise).clamp(0, 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{index}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
