@@ -13,7 +13,6 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app
 from service.settings import DEMO_MODEL_DIR, Settings, get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(DEMO_HINT, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.app import create_app  # torch and the models' code: only when serving, not for --help
+
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
     return 0
 

@@ -14,8 +14,9 @@ from test_detector_torchvision import DEMO_IMAGES, sample_images, to_float_image
 from backbone.checkpoint import load_classifier
 from detection import load_detector
 from detection.data.synthetic_shapes import render_image
-from detection.export import DETECTOR_INPUTS, DETECTOR_OUTPUTS, MANIFEST_KEY, classifier_input_size, main
+from detection.export import main
 from detection.exportable import build_input_transform, prepare_detector_inputs
+from detection.onnx_export import DETECTOR_INPUTS, DETECTOR_OUTPUTS, MANIFEST_KEY, classifier_input_size
 
 
 def session(name: str) -> onnxruntime.InferenceSession:
