@@ -8,14 +8,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 
 from service.settings import DEMO_MODEL_DIR, Settings, get_settings
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from service.settings_doc import default_text
 
 DEMO_HINT = (
     "The demo models are trained by this project's own pipeline: `make demo-models` retrains them; "
@@ -28,11 +26,7 @@ def settings_help() -> str:
     """Every setting, its default and what it does, from service/settings.py (`python -m service --help`)."""
     lines = ["Settings are environment variables (e.g. `PORT=9000 python -m service`):"]
     for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        shown = "unset" if default in (None, []) else str(default)
-        if isinstance(default, Path) and default.is_relative_to(REPO_ROOT):
-            shown = str(default.relative_to(REPO_ROOT))  # never print this machine's paths
-        lines.append(f"  {name.upper()} (default: {shown})\n      {field.description}")
+        lines.append(f"  {name.upper()} (default: {default_text(name)})\n      {field.description}")
     return "\n".join(lines)
 
 
