@@ -1,0 +1,59 @@
+"""Hold the container's /detect answers to `python -m detection.predict` on the same image (docker/smoke.sh).
+
+python docker/compare_detections.py MULTIPART.json RAW.json PREDICTIONS.jsonl --tolerance 0.5
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def differences(served: list[dict], predicted: list[dict], *, tolerance: float) -> list[str]:
+    """What differs between two detection lists: count, names in order, then boxes and scores beyond `tolerance`."""
+    if len(served) != len(predicted):
+        return [f"{len(served)} detections served, {len(predicted)} predicted"]
+    problems = []
+    for index, (one, other) in enumerate(zip(served, predicted, strict=True)):
+        if one["name"] != other["name"] or one["label"] != other["label"]:
+            problems.append(
+                f"#{index}: {one['name']} ({one['label']}) served, {other['name']} ({other['label']}) predicted"
+            )
+            continue
+        gap = max(
+            [abs(a - b) for a, b in zip(one["box"], other["box"], strict=True)] + [abs(one["score"] - other["score"])]
+        )
+        if gap > tolerance:
+            problems.append(f"#{index} {one['name']}: box/score differ by {gap:.4g} > {tolerance} ({one} vs {other})")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("multipart", type=Path, help="/detect's answer to the multipart upload")
+    parser.add_argument("raw", type=Path, help="/detect's answer to the same image as the raw body")
+    parser.add_argument("predictions", type=Path, help="detection.predict's predictions.jsonl (one image)")
+    parser.add_argument(
+        "--tolerance", type=float, required=True, help="Largest box (pixels) or score difference; 0 asks equality."
+    )
+    args = parser.parse_args(argv)
+    multipart = json.loads(args.multipart.read_text())["detections"]
+    raw = json.loads(args.raw.read_text())["detections"]
+    (record,) = [json.loads(line) for line in args.predictions.read_text().splitlines() if line.strip()]
+    if "error" in record:
+        print(f"detection.predict could not read the image: {record['error']}", file=sys.stderr)
+        return 1
+    problems = [f"raw body vs multipart: {p}" for p in differences(raw, multipart, tolerance=0.0)]
+    problems += [
+        f"/detect vs detection.predict: {p}"
+        for p in differences(multipart, record["detections"], tolerance=args.tolerance)
+    ]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    agree = f"{len(multipart)} detections: /detect (multipart, raw body) and detection.predict agree"
+    print(f"{agree} within {args.tolerance}" if not problems else f"{len(problems)} differences")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
