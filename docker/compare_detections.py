@@ -28,13 +28,26 @@ def differences(served: list[dict], predicted: list[dict], *, tolerance: float) 
     return problems
 
 
+def tolerance_word(text: str) -> str:
+    """'report' or a number >= 0, refused in one line otherwise (DETECTION_TOLERANCE comes from a shell)."""
+    try:
+        if text == "report" or float(text) >= 0:
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"a number >= 0 or 'report', got {text!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("multipart", type=Path, help="/detect's answer to the multipart upload")
     parser.add_argument("raw", type=Path, help="/detect's answer to the same image as the raw body")
     parser.add_argument("predictions", type=Path, help="detection.predict's predictions.jsonl (one image)")
     parser.add_argument(
-        "--tolerance", required=True, help="Largest box (pixels) or score difference; 0 asks equality; or 'report'."
+        "--tolerance",
+        required=True,
+        type=tolerance_word,
+        help="Largest box (pixels) or score difference; 0 asks equality; or 'report'.",
     )
     args = parser.parse_args(argv)
     multipart = json.loads(args.multipart.read_text())["detections"]

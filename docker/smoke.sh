@@ -89,6 +89,7 @@ trap cleanup EXIT
 build
 
 step "up: ${COMPOSE[*]} up -d (port $SMOKE_PORT)"
+compose down >/dev/null 2>&1 || true  # a container left by an interrupted run would block the name
 up_at=$SECONDS
 compose up -d
 container=$($CONTAINER ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}' | head -1)

@@ -43,3 +43,10 @@ def test_predict_differences_fail_unless_only_reported(tmp_path, capsys, predict
 
 def test_raw_body_and_multipart_must_agree_even_when_predict_is_only_reported(tmp_path):
     assert main([*write(tmp_path, [SQUARE], [TRIANGLE], [SQUARE]), "--tolerance", "report"]) == 1
+
+
+@pytest.mark.parametrize("tolerance", ["loose", "-1", ""])
+def test_a_tolerance_that_is_no_number_is_refused_in_one_line(tmp_path, capsys, tolerance):
+    with pytest.raises(SystemExit) as refused:
+        main([*write(tmp_path, [SQUARE], [SQUARE], [SQUARE]), "--tolerance", tolerance])
+    assert refused.value.code == 2 and "a number >= 0 or 'report'" in capsys.readouterr().err
