@@ -14,6 +14,7 @@ from torchvision.ops import box_iou
 
 from detection.annotate import class_colour, label_font_size
 from detection.data.synthetic_shapes import render_image
+from detection.decoding import decode_image
 from service import Settings, create_app
 from service.form_declared_image import SNIFFED_BYTES, FormDeclaredImageMiddleware, starts_like_an_image
 from service.predictors import DetectorPredictor, DetectRequest
@@ -113,7 +114,7 @@ def test_requests_with_different_iou_thresholds_in_one_batch_get_their_own_answe
     from detection import load_detector
 
     predictor = DetectorPredictor(load_detector(DEMO_DETECTOR)[0], device=torch.device("cpu"))
-    image = predictor.prepare(Image.open(io.BytesIO(shapes_jpeg)).convert("RGB"))
+    image = predictor.prepare(decode_image(shapes_jpeg))
     requests = [
         DetectRequest(image=image, score_threshold=0.05, max_detections=100, iou_threshold=iou)
         for iou in (0.9, 0.2, None)
