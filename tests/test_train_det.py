@@ -121,6 +121,8 @@ def test_a_redirected_run_logs_plain_lines_without_escape_codes(shapes, tmp_path
     # one summary line each for training and the evaluation at its end (a run this short logs no periodic line)
     assert len(progress_lines) == 2, progress_lines
     assert progress_lines[-1].startswith("train: 6/6 it (100%)") and "done in" in progress_lines[-1]
+    # the batch as both conventions count it: ours is global, torchvision's --batch-size per process
+    assert "batch: 2 images per iteration over all processes (2 per process)" in result.stdout
 
 
 def test_missing_dataset_says_what_to_pass(tmp_path):
