@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-FORMAT = "%(levelname)s %(name)s: %(message)s"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the service's log lines and the commands' alike
 
 
 def add_logging_flags(parser: argparse.ArgumentParser) -> None:
