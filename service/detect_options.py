@@ -13,6 +13,20 @@ BOX_FORMATS: dict[str, str] = {
 }
 
 
+def _label_id(token: str, *, count: int) -> int | None:
+    """The label id `token` spells in ASCII digits, if it is one of 1..count. `str.isdigit` also accepts `¹`
+    and `٣` (which `int` refuses or reads) and `int` refuses over 4,300 digits; no label needs 10 digits."""
+    if not (token.isascii() and token.isdecimal()) or len(token) > 9:
+        return None
+    label = int(token)
+    return label if 1 <= label <= count else None
+
+
+def _shortened(token: str, limit: int = 40) -> str:
+    """A client's token as an error quotes it: a 4,000-character one is not echoed whole."""
+    return token if len(token) <= limit else f"{token[:limit]}... ({len(token)} characters)"
+
+
 def parse_classes(values: Sequence[str] | None, *, class_names: Sequence[str]) -> frozenset[int] | None:
     """Labels (1..K) from names or label ids, repeated or comma-separated; None keeps every class.
 
@@ -28,15 +42,16 @@ def parse_classes(values: Sequence[str] | None, *, class_names: Sequence[str]) -
             continue
         if token in label_of:  # a name first: a class may be called "1"
             labels.add(label_of[token])
-        elif token.isdigit() and 1 <= int(token) <= len(class_names):
-            labels.add(int(token))
+        elif (label := _label_id(token, count=len(class_names))) is not None:
+            labels.add(label)
         else:
             unknown.append(token)
     if unknown:
         listed = ", ".join(f"{label}={name!r}" for label, name in enumerate(class_names, start=1))
         raise HTTPException(
             422,
-            f"classes: unknown class {', '.join(map(repr, unknown))}; this model's classes (label=name) are: {listed}",
+            f"classes: unknown class {', '.join(repr(_shortened(token)) for token in unknown)}; "
+            f"this model's classes (label=name) are: {listed}",
         )
     if not labels:
         raise HTTPException(422, "classes: no class given (omit the parameter to keep every class)")

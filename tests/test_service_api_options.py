@@ -180,6 +180,44 @@ def test_an_unknown_query_parameter_is_a_422_naming_it_and_the_allowed_ones(
     assert named in detail and listed in detail and "unknown query parameter" in detail
 
 
+HOSTILE_VALUES = ["\u00b9", "\u0663", "\uff11", "9" * 4301, "", "nan", "1e999", "\x00", "1" * 50]
+QUERY_PARAMETERS = {
+    "/detect": ["classes", "score_threshold", "max_detections", "iou_threshold", "box_format", "normalized", "model"],
+    "/detect/batch": ["classes", "max_detections", "model"],
+    "/detect/annotated": ["classes", "format", "model"],
+    "/classify": ["top_k", "model"],
+    "/classify/batch": ["top_k"],
+}
+
+
+@pytest.mark.parametrize("path", sorted(QUERY_PARAMETERS))
+def test_hostile_query_values_are_a_json_4xx_with_the_request_id_never_a_500(client, shapes_jpeg, path):
+    field = "files" if path.endswith("batch") else "file"
+    answers = {}
+    for name in QUERY_PARAMETERS[path]:
+        for value in HOSTILE_VALUES:
+            response = client.post(path, params={name: value}, files={field: ("s.jpg", shapes_jpeg, "image/jpeg")})
+            if response.status_code != 200:  # `classes=` (empty list item) or `normalized=1`... may be fine
+                answers[(name, value[:20])] = (response.status_code, response.json()["request_id"])
+                assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert all(400 <= status < 500 for status, _ in answers.values()), answers
+    # A Unicode digit or a number of 4,301 digits is no label id: refused by name, not read as one
+    for value in ["\u00b9", "\u0663", "9" * 4301]:
+        response = client.post(path, params={"classes": value}, files={field: ("s.jpg", shapes_jpeg, "image/jpeg")})
+        if path.startswith("/detect"):
+            assert response.status_code == 422 and "unknown class" in response.json()["detail"]
+            assert len(response.json()["detail"]) < 400  # the 4,301 digits are not echoed whole
+
+
+@pytest.mark.parametrize(("path", "name"), [("/detect", "max_detections"), ("/classify", "top_k")])
+def test_a_parameter_taking_one_value_given_twice_is_a_422_naming_it(client, shapes_jpeg, path, name):
+    response = client.post(f"{path}?{name}=5&{name}=500", files={"file": ("s.jpg", shapes_jpeg, "image/jpeg")})
+    assert response.status_code == 422
+    assert f"'{name}' given more than once" in response.json()["detail"]
+    repeated_list = detect(client, shapes_jpeg, classes=["square", "circle"])  # a list parameter may repeat
+    assert repeated_list.status_code == 200, repeated_list.text
+
+
 # --- raw bodies ----------------------------------------------------------------------------------------------
 
 
