@@ -114,10 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last = outermost: metrics also count the 413s the body limit answers.
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response it passes carries the id
-    # Outermost, so errors (413 from the body limit, 401, 503) carry the CORS headers too and a page on
-    # another origin can read their detail.
+    # Errors (413 from the body limit, 401, 503) pass CORS too, so a page on another origin can read their detail.
     app.add_middleware(SettingsCORSMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response carries the id, preflights too
     app.add_middleware(QuietStartupFailure)
     return app
 

@@ -313,6 +313,42 @@ def test_cors_origins_lets_those_pages_call_the_api_and_read_errors(shapes_jpeg)
         app.__exit__(None, None, None)
 
 
+def test_every_preflight_carries_the_request_id_and_a_refused_one_answers_json():
+    app = started(
+        Settings(detector_checkpoint=DEMO_DETECTOR, classifier_checkpoint=None, optimize=False,
+                 cors_origins="https://app.example.com")
+    )  # fmt: skip
+    try:
+        allowed = app.options(
+            "/detect",
+            headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+                     "X-Request-ID": "preflight-1"},
+        )  # fmt: skip
+        assert allowed.status_code == 200 and allowed.headers["x-request-id"] == "preflight-1"
+        for refused_headers, named in [
+            ({"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}, "origin"),
+            ({"Origin": "https://app.example.com", "Access-Control-Request-Method": "DELETE"}, "method"),
+            ({"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+              "Access-Control-Request-Headers": "X-Evil"}, "headers"),
+        ]:  # fmt: skip
+            refused = app.options("/detect", headers=refused_headers)
+            assert refused.status_code == 400
+            assert refused.headers["content-type"] == "application/json"
+            body = refused.json()
+            assert body["request_id"] == refused.headers["x-request-id"]
+            assert f"{named} not allowed" in body["detail"] and "POST" in body["detail"]
+    finally:
+        app.__exit__(None, None, None)
+
+
+def test_a_preflight_with_cors_off_is_a_json_405_with_the_request_id(client):
+    preflight = client.options(
+        "/detect", headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+    )
+    assert preflight.status_code == 405
+    assert preflight.json()["request_id"] == preflight.headers["x-request-id"]
+
+
 def test_cors_origins_that_are_not_origins_are_refused():
     with pytest.raises(ValueError, match="CORS_ORIGINS: 'app.example.com' is not an origin"):
         Settings(cors_origins="app.example.com")
