@@ -85,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(DEMO_HINT, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    # server_header=False: naming the server software and version only helps whoever looks for its bugs
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, server_header=False)
     return 0
 
 

@@ -25,6 +25,7 @@ from service.middleware import ScopeMiddleware
 from service.openapi import install_openapi
 from service.registry import ModelRegistry
 from service.request_id import RequestIdMiddleware
+from service.response_headers import ResponseHeadersMiddleware
 from service.routers import classify, detect, health, metrics, models
 from service.routers.page import install_page
 from service.settings import Settings, resolve_settings
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Errors (413 from the body limit, 401, 503) pass CORS too, so a page on another origin can read their detail.
     app.add_middleware(SettingsCORSMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response carries the id, preflights too
+    app.add_middleware(ResponseHeadersMiddleware)  # refused preflights included
     app.add_middleware(QuietStartupFailure)
     return app
 
