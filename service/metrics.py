@@ -49,6 +49,10 @@ class ServiceMetrics:
             "resdet_inference_duration_seconds", "Forward pass time per batch.",
             ["model"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.model_files_skipped = Counter(
+            "resdet_model_files_skipped", "Checkpoint files left unserved (at start-up, reload or watch), by reason: "
+            "symlink_loop, not_a_regular_file, unreadable, does_not_load.", ["reason"], registry=self.registry,
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "resdet_queue_depth", "Images waiting for inference.", ["model"], registry=self.registry
         )
