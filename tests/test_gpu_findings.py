@@ -330,6 +330,7 @@ def test_compose_gives_gpus_to_docker_and_podman_and_trains_with_real_flags():
     assert ("runtime", "train") in stages and "gcc" in dockerfile.split("AS train", 1)[1]
     assert stages[-1] == ("runtime", "api")  # a build without --target still gives the API image
     examples = [line for line in compose_text.splitlines() if "TRAIN_ARGS=" in line]
-    examples += [line for line in (REPO_ROOT / "README.md").read_text().splitlines() if "TRAIN_ARGS=" in line]
+    deployment = (REPO_ROOT / "docs" / "DEPLOYMENT.md").read_text()
+    examples += [line for line in deployment.splitlines() if "TRAIN_ARGS=" in line]
     flags = {flag for line in examples for flag in re.findall(r"--(\w+)", line)}
     assert flags and flags <= {field.name for field in fields(DetTrainConfig)}, flags
