@@ -31,6 +31,7 @@ from service.routers import classify, detect, health, metrics, models
 from service.routers.page import install_page
 from service.settings import Settings, resolve_settings
 from service.state import ServiceState
+from service.uploads import UploadDecoders
 
 log = logging.getLogger("service")
 
@@ -70,7 +71,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("startup failed: %s", error)
         app.state.startup_error = str(error)  # logged in one line: QuietStartupFailure drops the traceback
         raise
-    state = ServiceState(settings=settings, device=device, registry=registry)
+    metrics: ServiceMetrics = app.state.metrics
+    decoders = UploadDecoders(settings, on_event=metrics.record_decode_event)
+    try:
+        await decoders.start()
+    except BaseException:
+        await registry.stop()
+        raise
+    state = ServiceState(settings=settings, device=device, registry=registry, decoders=decoders)
     app.state.service = state
     background = [asyncio.create_task(warm_up(state))]
     if settings.reload_poll_s > 0:
@@ -83,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await registry.stop()
+        await decoders.stop()
         del app.state.service
 
 

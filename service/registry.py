@@ -161,6 +161,7 @@ class ModelRegistry:
             max_queue=settings.max_queue,
             on_batch=partial(self.metrics.record_batch, served.name),
             on_queue_depth=self.metrics.queue_depth.labels(model=served.name).set,
+            on_cancelled=self.metrics.cancelled_work.labels(stage="inference_queued").inc,
             # torch's thread count belongs to the calling thread (OpenMP): set it in the inference thread itself
             worker_init=partial(torch.set_num_threads, settings.torch_threads) if settings.torch_threads else None,
         )
