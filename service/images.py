@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from detection.decoding import DecodedImage, DecodeFailure, ImageDecodeError, decode_image, open_image
+from detection.decoding import DecodedImage, DecodeFailure, ImageDecodeError, decode_image, decode_opened, open_image
 
 ACCEPTED_CONTENT_TYPES = ("application/octet-stream",)
 
@@ -78,17 +78,24 @@ def _limit_pillow(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels / 2
 
 
-def read_header(data: bytes, max_pixels: int, label: str, formats: Sequence[str]) -> ImageHeader:
-    """The upload's size and sample width from its header, the pixel limit and the format allowlist applied."""
-    _limit_pillow(max_pixels)
-    image = open_image(data, max_pixels=max_pixels, label=label, formats=formats)
-    try:
-        return ImageHeader(width=image.width, height=image.height, wide=image.mode in ("I", "F") or ";16" in image.mode)
-    finally:
-        image.close()
+def _header(image: Image.Image) -> ImageHeader:
+    return ImageHeader(width=image.width, height=image.height, wide=image.mode in ("I", "F") or ";16" in image.mode)
 
 
 def decode_upload_bytes(data: bytes, max_pixels: int, label: str, formats: Sequence[str]) -> DecodedImage:
     """The upload decoded as displayed."""
     _limit_pillow(max_pixels)
     return decode_image(data, max_pixels=max_pixels, label=label, formats=formats)
+
+
+def decode_unless_large(
+    data: bytes, max_pixels: int, label: str, formats: Sequence[str], large_pixels: int
+) -> DecodedImage | ImageHeader:
+    """The upload decoded, in one round trip for the usual upload; from `large_pixels` up, only its header,
+    for the server to hand it to the large-image worker."""
+    _limit_pillow(max_pixels)
+    image = open_image(data, max_pixels=max_pixels, label=label, formats=formats)
+    if image.width * image.height >= large_pixels:
+        image.close()
+        return _header(image)
+    return decode_opened(image, label=label)

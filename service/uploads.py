@@ -24,7 +24,7 @@ from starlette.datastructures import Headers
 
 from detection.decoding import DecodedImage, ImageDecodeError
 from service.decode_pool import DecodeBudgetExceeded, DecodePool, DecodePoolBusy, DecoderCrashed
-from service.images import ImageRejected, check_content_type, decode_upload_bytes, read_header, rejection
+from service.images import ImageRejected, check_content_type, decode_unless_large, decode_upload_bytes, rejection
 from service.memory import LARGE_IMAGE_PIXELS, release_free_memory
 from service.settings import Settings
 
@@ -50,9 +50,9 @@ class UploadDecoders:
         settings = self.settings
         job = (data, settings.max_image_pixels, label, settings.image_formats)
         try:
-            header = await self.pool.run(read_header, *job)
-            if header.pixels < LARGE_IMAGE_PIXELS:
-                return await self.pool.run(decode_upload_bytes, *job)
+            decoded = await self.pool.run(decode_unless_large, *job, LARGE_IMAGE_PIXELS)
+            if isinstance(decoded, DecodedImage):
+                return decoded
             return await self.large.run(decode_upload_bytes, *job, wait=False)
         except ImageDecodeError as error:
             raise rejection(error) from error
