@@ -73,6 +73,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     metrics: ServiceMetrics = app.state.metrics
     decoders = UploadDecoders(settings, on_event=metrics.record_decode_event)
+    metrics.decode_memory_reserved.set_function(lambda: decoders.memory.used)
     try:
         await decoders.start()
     except BaseException:

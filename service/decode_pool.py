@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
-from service.memory import release_free_memory
+from service.memory import MemoryBudget, release_free_memory
 
 log = logging.getLogger("service")
 
@@ -44,8 +44,41 @@ class DecoderCrashed(Exception):
     """The worker died on the job by itself (a decoder's segfault, the kernel's OOM killer): the file's fault."""
 
 
+class MemoryRefused(Exception):
+    """A job asked for more memory than the pool's budget has free (`too_large`: more than all of it)."""
+
+    def __init__(self, nbytes: int, *, limit: int, too_large: bool) -> None:
+        super().__init__(nbytes, limit, too_large)
+        self.nbytes = nbytes
+        self.limit = limit
+        self.too_large = too_large
+
+    def __reduce__(self):  # pickled with its keywords: it crosses from a worker to the server
+        return _memory_refused, (self.nbytes, self.limit, self.too_large)
+
+
+def _memory_refused(nbytes: int, limit: int, too_large: bool) -> MemoryRefused:
+    return MemoryRefused(nbytes, limit=limit, too_large=too_large)
+
+
+_pipe: Connection | None = None  # a worker's pipe to the pool, for reserve_memory
+
+
+def reserve_memory(nbytes: int) -> None:
+    """Called by a job before it allocates: the pool's MemoryBudget must admit `nbytes` (held until the job ends,
+    or its worker is killed), else MemoryRefused. Outside a worker (a test calling the job), a no-op."""
+    if _pipe is None:
+        return
+    _pipe.send(("reserve", nbytes))
+    granted, limit = _pipe.recv()
+    if not granted:
+        raise MemoryRefused(nbytes, limit=limit, too_large=nbytes > limit)
+
+
 def _worker_main(connection: Connection, nice: int) -> None:
     """Run jobs until the pool closes the pipe; each under the CPU-time budget it comes with."""
+    global _pipe
+    _pipe = connection
     if nice:
         os.nice(nice)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle: it stops the pool
@@ -93,9 +126,16 @@ class DecodePool:
     """
 
     def __init__(
-        self, *, workers: int, cpu_budget_s: float, nice: int = 0, on_event: Callable[[str], None] | None = None
+        self,
+        *,
+        workers: int,
+        cpu_budget_s: float,
+        memory: MemoryBudget | None = None,
+        nice: int = 0,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.workers = workers
+        self.memory = memory
         self.nice = nice
         self.cpu_budget_s = cpu_budget_s
         self.on_event = on_event or (lambda kind: None)
@@ -167,10 +207,22 @@ class DecodePool:
             raise value
         return value
 
-    @staticmethod
-    def _round_trip(worker: _Worker, job: tuple) -> tuple[bool, Any]:
+    def _round_trip(self, worker: _Worker, job: tuple) -> tuple[bool, Any]:
+        """Send the job, answer its memory reservations, return its outcome; whatever it reserved is released when
+        it ends, answered or killed (EOFError)."""
         worker.connection.send(job)
-        return worker.connection.recv()
+        reserved = 0
+        try:
+            while True:
+                message = worker.connection.recv()
+                if not (isinstance(message, tuple) and message[0] == "reserve"):
+                    return message
+                granted = self.memory is None or self.memory.try_reserve(message[1])
+                reserved += message[1] if granted and self.memory is not None else 0
+                worker.connection.send((granted, self.memory.limit if self.memory is not None else 0))
+        finally:
+            if reserved:
+                self.memory.release(reserved)
 
     def _replace(self, dead: _Worker) -> None:
         with self._lock:

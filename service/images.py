@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from detection.decoding import DecodedImage, DecodeFailure, ImageDecodeError, decode_image, decode_opened, open_image
+from detection.decoding import DecodedImage, DecodeFailure, ImageDecodeError, decode_opened, open_image
+from service.decode_pool import reserve_memory
 
 ACCEPTED_CONTENT_TYPES = ("application/octet-stream",)
 
@@ -67,9 +68,9 @@ class ImageHeader:
 
     @property
     def decode_bytes(self) -> int:
-        """A bound on the memory its decode holds at once: the source image (at most 4 samples of 4 bytes), the RGB
-        array, its pickled copy on the way to the server and the server's copy."""
-        return self.pixels * (16 + 3 * (12 if self.wide else 3))
+        """A bound on what its decode holds at once in the decoding process: the source image (at most 4 samples
+        of 4 bytes a pixel), the RGB array (3 bytes a pixel, 12 as float32) and its pickled copy for the server."""
+        return self.pixels * (16 + 2 * (12 if self.wide else 3))
 
 
 def _limit_pillow(max_pixels: int) -> None:
@@ -85,7 +86,9 @@ def _header(image: Image.Image) -> ImageHeader:
 def decode_upload_bytes(data: bytes, max_pixels: int, label: str, formats: Sequence[str]) -> DecodedImage:
     """The upload decoded as displayed."""
     _limit_pillow(max_pixels)
-    return decode_image(data, max_pixels=max_pixels, label=label, formats=formats)
+    image = open_image(data, max_pixels=max_pixels, label=label, formats=formats)
+    reserve_memory(_header(image).decode_bytes)
+    return decode_opened(image, label=label)
 
 
 def decode_unless_large(
@@ -98,4 +101,5 @@ def decode_unless_large(
     if image.width * image.height >= large_pixels:
         image.close()
         return _header(image)
+    reserve_memory(_header(image).decode_bytes)
     return decode_opened(image, label=label)

@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=64, description="Decoding processes: every upload is decoded in one, never in the server process."
     )
+    decode_memory_bytes: int = Field(
+        1536 * 1024 * 1024,
+        ge=1,
+        description="Bytes all decodes in flight may hold together, each reserving its bound from its header (22 "
+        "bytes a pixel for 8-bit images, 40 for wider ones) before decoding: one that does not fit now answers 503 "
+        "with Retry-After, one larger than all of it 413. The default holds one MAX_IMAGE_PIXELS 8-bit image.",
+    )
     decode_cpu_s: float = Field(
         5.0,
         gt=0,

@@ -23,9 +23,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
 from detection.decoding import DecodedImage, ImageDecodeError
-from service.decode_pool import DecodeBudgetExceeded, DecodePool, DecodePoolBusy, DecoderCrashed
+from service.decode_pool import DecodeBudgetExceeded, DecodePool, DecodePoolBusy, DecoderCrashed, MemoryRefused
 from service.images import ImageRejected, check_content_type, decode_unless_large, decode_upload_bytes, rejection
-from service.memory import LARGE_IMAGE_PIXELS, release_free_memory
+from service.memory import LARGE_IMAGE_PIXELS, MemoryBudget, release_free_memory
 from service.settings import Settings
 
 
@@ -34,8 +34,10 @@ class UploadDecoders:
 
     def __init__(self, settings: Settings, *, on_event: Callable[[str], None] | None = None) -> None:
         self.settings = settings
-        self.pool = DecodePool(workers=settings.decode_workers, cpu_budget_s=settings.decode_cpu_s, on_event=on_event)
-        self.large = DecodePool(workers=1, cpu_budget_s=settings.decode_cpu_s, nice=19, on_event=on_event)
+        self.memory = MemoryBudget(settings.decode_memory_bytes)  # one budget for both pools
+        budgets = {"cpu_budget_s": settings.decode_cpu_s, "memory": self.memory, "on_event": on_event}
+        self.pool = DecodePool(workers=settings.decode_workers, **budgets)
+        self.large = DecodePool(workers=1, nice=19, **budgets)
 
     async def start(self) -> None:
         await self.pool.start()
@@ -62,6 +64,16 @@ class UploadDecoders:
             ) from error
         except DecoderCrashed as error:
             raise ImageRejected(400, f"{label} is not a decodable image: {error}") from error
+        except MemoryRefused as error:
+            if error.too_large:
+                raise ImageRejected(
+                    413, f"{label} needs {error.nbytes} bytes to decode, over DECODE_MEMORY_BYTES={error.limit}"
+                ) from error
+            raise HTTPException(
+                503,
+                f"{label}: the decodes in flight hold the memory budget; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from None
         except DecodePoolBusy:
             raise HTTPException(
                 503, f"{label}: another large image is being decoded; retry shortly", headers={"Retry-After": "1"}

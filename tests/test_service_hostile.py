@@ -7,8 +7,10 @@ import struct
 import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -90,6 +92,7 @@ def test_a_decode_over_its_cpu_budget_is_killed_and_answers_422_and_the_next_upl
     assert "CPU-time budget" in body["detail"] and "DECODE_CPU_S=0.2" in body["detail"] and body["request_id"]
     assert metric(client, 'resdet_decode_workers_replaced_total{reason="over_budget"}') == replaced + 1
     assert classify(client, small_png()).status_code == 200  # its replacement serves the next one
+    assert client.app.state.service.decoders.memory.used == 0  # the killed decode's reservation was returned
 
 
 def pcx() -> bytes:
@@ -189,3 +192,63 @@ def test_requests_abandoned_right_after_sending_are_not_computed(live_server, cl
     probe = httpx.post(f"{url}/classify", files={"file": ("b.png", small_png(), "image/png")}, timeout=GUARD_S)
     assert probe.status_code == 200
     assert len(computed) == 2, f"{len(computed)} images computed: the held one, the probe, and abandoned ones"
+
+
+# ------------------------------------------------------------------------------------ memory admission
+
+
+def noisy_png(width: int, height: int, seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def test_an_image_needing_more_than_the_whole_decode_memory_budget_is_413(classifier_path):
+    client = started(classifier_path, decode_memory_bytes=22 * 1000)  # 1000 8-bit pixels' worth
+    try:
+        response = classify(client, small_png())  # 40x30 = 1200 pixels
+        assert response.status_code == 413, response.text
+        assert "needs 26400 bytes to decode, over DECODE_MEMORY_BYTES=22000" in response.json()["detail"]
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_decodes_in_flight_never_reserve_more_than_the_budget_and_the_rest_wait_for_a_retry(
+    classifier_path, monkeypatch
+):
+    from service.memory import MemoryBudget
+
+    budget = 22 * 300 * 300 * 2 + 1000  # two 300x300 images' worth, not three
+    highest = []
+    reserve = MemoryBudget.try_reserve
+
+    def watched(self, nbytes):
+        granted = reserve(self, nbytes)
+        highest.append(self.used)
+        return granted
+
+    monkeypatch.setattr(MemoryBudget, "try_reserve", watched)
+    client = started(classifier_path, decode_memory_bytes=budget, decode_workers=3)
+    try:
+        decoders = client.app.state.service.decoders
+        held = client.portal.call(lambda: _reserve(decoders.memory, budget - 22 * 300 * 300 + 1))  # one slot short
+        assert held
+        busy = classify(client, noisy_png(300, 300, seed=0))
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1", busy.text
+        assert "memory budget" in busy.json()["detail"] and busy.json()["request_id"]
+        decoders.memory.release(budget - 22 * 300 * 300 + 1)
+
+        uploads = [noisy_png(300, 300, seed=seed) for seed in range(6)]
+        with ThreadPoolExecutor(6) as pool:
+            statuses = sorted(
+                response.status_code for response in pool.map(lambda data: classify(client, data), uploads)
+            )
+        assert set(statuses) <= {200, 503} and 200 in statuses, statuses
+        assert max(highest) <= budget and decoders.memory.used == 0
+    finally:
+        client.__exit__(None, None, None)
+
+
+async def _reserve(memory, nbytes: int) -> bool:
+    return memory.try_reserve(nbytes)
