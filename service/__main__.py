@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     from service.app import create_app  # torch and the models' code: only when serving, not for --help
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    # server_header=False: naming the server software and version only helps whoever looks for its bugs
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, server_header=False)
     return 0
 
 

@@ -11,6 +11,11 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
+# What cameras, phones and the web send (Pillow's JPEG covers MPO, a JPEG with a second view); the rest are rarer
+# parsers, each more attack surface. ICO, ICNS and CUR embed images (a PNG) whose size their directory does not
+# tell: Pillow decodes the embedded image to learn it, so they are never accepted.
+DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+UNBOUNDED_FORMATS = ("ICO", "ICNS", "CUR")
 # BF16's accepted words: "auto" and the spellings pydantic reads as a boolean
 # Names a setting had before, refused with the name it has now (an ignored old name would silently change nothing).
 RENAMED_SETTINGS = {"model_dir": "model_paths_base"}
@@ -96,6 +101,28 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body; larger is 413.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest width*height, read from the header: 413.")
     max_files: int = Field(16, ge=1, description="Most files in one batch request.")
+    image_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_IMAGE_FORMATS),
+        description="The image formats decoded (Pillow's names, comma-separated); any other is refused with 415 "
+        "before its header is parsed. Each format is a parser facing strangers: fewer is safer.",
+    )
+    decode_workers: int = Field(
+        2, ge=1, le=64, description="Decoding processes: every upload is decoded in one, never in the server process."
+    )
+    decode_memory_bytes: int = Field(
+        1536 * 1024 * 1024,
+        ge=1,
+        description="Bytes all decodes in flight may hold together, each reserving its bound from its header (22 "
+        "bytes a pixel for 8-bit images, 40 for wider ones) before decoding: one that does not fit now answers 503 "
+        "with Retry-After, one larger than all of it 413. The default holds one MAX_IMAGE_PIXELS 8-bit image.",
+    )
+    decode_cpu_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="CPU seconds one decode may use (header, structure and pixels); over it, its process is killed "
+        "and replaced and the upload answers 422. A MAX_IMAGE_PIXELS JPEG takes about 1 s on one core.",
+    )
 
     api_key: str | None = Field(
         None,
@@ -110,6 +137,27 @@ class Settings(BaseSettings):
         "`https://app.example.com,http://localhost:3000`; `*` for any; preflights, answers and errors then carry the "
         "CORS headers (X-Request-ID, Retry-After and X-Detections exposed). Default: none (same origin only).",
     )
+
+    @field_validator("image_formats", mode="before")
+    @classmethod
+    def _known_formats(cls, value: str | list[str] | None) -> list[str]:
+        from PIL import Image  # here, not at import: settings stay cheap to import
+
+        names = value.split(",") if isinstance(value, str) else list(value or [])
+        formats = [name.strip().upper() for name in names if name.strip()]
+        Image.init()
+        unknown = [name for name in formats if name not in Image.OPEN]
+        unbounded = [name for name in formats if name in UNBOUNDED_FORMATS]
+        if unbounded:
+            raise ValueError(
+                f"IMAGE_FORMATS: {', '.join(unbounded)} cannot be accepted: they hold images whose size no header "
+                "tells, so MAX_IMAGE_PIXELS could not be checked before decoding"
+            )
+        if unknown or not formats:
+            raise ValueError(
+                f"IMAGE_FORMATS: {', '.join(unknown) or 'none given'}; Pillow reads: {', '.join(sorted(Image.OPEN))}"
+            )
+        return formats
 
     @field_validator("cors_origins", mode="before")
     @classmethod

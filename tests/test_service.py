@@ -627,6 +627,7 @@ def test_main_command_serves_on_host_and_port(classifier_path):
                 time.sleep(0.1)
         response = httpx.post(f"http://127.0.0.1:{port}/classify", files=upload(image_bytes()), timeout=30)
         assert response.status_code == 200 and len(response.json()["predictions"]) == 5
+        assert "server" not in response.headers  # no server software or version named to a stranger
     finally:
         server.terminate()
         _, stderr = server.communicate(timeout=30)
