@@ -487,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="auto",
-        help="auto (bf16 where the device computes it natively, else fp32; the service's default), fp32 or bf16.",
+        help="Inference precision: auto (bf16 where the device computes it natively, else fp32; the service's "
+        "default), fp32 or bf16.",
     )  # fmt: skip
     parser.add_argument(
         "--bf16", dest="precision", action="store_const", const="bf16", help="The same as --precision bf16."
