@@ -15,22 +15,26 @@ Running the same command again continues where it stopped: what is in the file i
 """
 
 import argparse
+import logging
 from collections.abc import Sequence
 from typing import Any
 
-from backbone.devices import resolve_device
+from backbone.command_logging import add_logging_flags, setup_logging
 from backbone.flags import FlagParser
-from backbone.weights import CheckpointError
-from detection.checkpoint import load_detector
-from detection.data.annotations import AnnotationError
 from detection.data.batching import DEFAULT_WORKERS
-from detection.data.voc import read_class_names
-from detection.prediction_pipeline import PredictError, expand_sources, import_av, is_video, predict_files
-from detection.predictor import PRECISIONS, Predictor
+
+# torch and the model's code are imported when the command runs, so that `--help` answers at once
+log = logging.getLogger("detection.predict")
 
 
-def load_model(args: argparse.Namespace) -> tuple[Predictor, dict[str, Any]]:
+def load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The checkpoint in a Predictor on its device, optimized for inference (the fp32 detections stay the same)."""
+    from backbone.devices import resolve_device
+    from detection.checkpoint import load_detector
+    from detection.data.voc import read_class_names
+    from detection.prediction_pipeline import PredictError
+    from detection.predictor import Predictor
+
     device = resolve_device(args.device, setting="--device ", error=PredictError)
     class_names = read_class_names(args.class_names) if args.class_names else None
     model, manifest = load_detector(args.checkpoint, class_names=class_names)
@@ -39,6 +43,8 @@ def load_model(args: argparse.Namespace) -> tuple[Predictor, dict[str, Any]]:
 
 def predict(args: argparse.Namespace) -> str:
     """The whole command; returns the closing summary line."""
+    from detection.prediction_pipeline import PredictError, expand_sources, import_av, is_video, predict_files
+
     files = expand_sources(args.sources)
     if any(is_video(file) for file in files):
         import_av()
@@ -72,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda", "cuda:1" and so on.'
     )
     parser.add_argument(
-        "--precision", choices=PRECISIONS, default="auto",
+        "--precision", default="auto", metavar="{auto,fp32,bf16}",
         help="Inference precision: auto (bf16 where the device computes it natively, else fp32; the "
-        "service's default), fp32 or bf16.",
+        "service's default), fp32 or bf16 (checked by detection.predictor.resolve_precision).",
     )  # fmt: skip
     parser.add_argument(
         "--bf16", dest="precision", action="store_const", const="bf16", help="The same as --precision bf16."
@@ -89,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help=f"Decoding threads (default: {DEFAULT_WORKERS})."
     )
+    add_logging_flags(parser)
     return parser
 
 
@@ -96,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.workers < 1 or not 0 <= args.score_threshold <= 1 or args.max_detections < 1:
         raise SystemExit("error: --batch-size and --max-detections and --workers must be >= 1, --score-threshold 0..1")
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
+    from backbone.weights import CheckpointError
+    from detection.data.annotations import AnnotationError
+    from detection.prediction_pipeline import PredictError
+
     try:
         print(predict(args))
     except (PredictError, CheckpointError, AnnotationError, FileNotFoundError, ValueError) as error:

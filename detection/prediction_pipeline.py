@@ -6,6 +6,7 @@ videos; COCO results. detection/predict.py is its command line.
 import argparse
 import glob
 import json
+import logging
 import os
 import queue
 import threading
@@ -17,9 +18,9 @@ from typing import Any
 
 import torch
 from torchvision.transforms.v2 import functional as F
-from tqdm import tqdm
 
 from backbone.files import write_atomically
+from backbone.progress import progress
 from detection import decoding
 from detection.annotate import draw_detections
 from detection.evaluation import to_coco_results, write_json
@@ -30,6 +31,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 GLOB_CHARACTERS = ("*", "?", "[")
 PREDICTIONS_FILE = "predictions.jsonl"
 SETTINGS_FILE = "predict_settings.json"
+log = logging.getLogger(__name__)
 
 
 class PredictError(Exception):
@@ -264,26 +266,53 @@ def check_settings(output: Path, settings: dict[str, Any]) -> None:
 # --- annotated pictures and videos -----------------------------------------------------------------------
 
 
-def annotated_path(output: Path, file: str, *, suffix: str | None = None) -> Path:
-    """OUTPUT/annotated/<the source path> (absolute paths and .. lose their anchor, so nothing lands outside)."""
-    parts = [part for part in Path(file).parts if part not in ("..", Path(file).anchor)]
-    path = output / "annotated" / Path(*parts)
+def annotated_names(sources: Sequence[str], files: Sequence[str]) -> dict[str, Path]:
+    """Each file's path under OUTPUT/annotated/: relative to the deepest SOURCE root holding it (a folder itself, a
+    file's or a .txt list's folder, a glob's fixed prefix), so `photos/a/x.jpg` from `photos/` lands at `a/x.jpg`.
+    A name two files would share, or a file outside every root, keeps its whole path (anchor and .. dropped)."""
+    roots = sorted({_source_root(source) for source in sources}, key=lambda root: len(root.parts), reverse=True)
+    names: dict[str, Path] = {}
+    taken: set[Path] = set()
+    for file in files:
+        absolute = Path(os.path.abspath(file))
+        root = next((root for root in roots if absolute.is_relative_to(root)), None)
+        name = absolute.relative_to(root) if root is not None else None
+        if name is None or name in taken:
+            name = Path(*[part for part in Path(file).parts if part not in ("..", Path(file).anchor)])
+        taken.add(name)
+        names[file] = name
+    return names
+
+
+def _source_root(source: str) -> Path:
+    path = Path(os.path.abspath(source))
+    if any(character in source for character in GLOB_CHARACTERS) and not Path(source).exists():
+        fixed = source[: min(source.index(c) for c in GLOB_CHARACTERS if c in source)]
+        return Path(os.path.abspath(os.path.dirname(fixed) or "."))
+    return path if path.is_dir() else path.parent
+
+
+def annotated_path(output: Path, name: Path, *, suffix: str | None = None) -> Path:
+    """OUTPUT/annotated/<name> (a name from `annotated_names`)."""
+    path = output / "annotated" / name
     return path.with_suffix(suffix) if suffix else path
 
 
-def save_annotated_image(output: Path, item: Decoded, detections: list[dict[str, Any]]) -> None:
+def save_annotated_image(output: Path, name: Path, item: Decoded, detections: list[dict[str, Any]]) -> None:
     pixels = item.pixels
     if pixels.dtype != torch.uint8:
         pixels = pixels.mul(255).round().to(torch.uint8)
-    path = annotated_path(output, item.file)
+    path = annotated_path(output, name)
     if path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
         path = path.with_suffix(".png")
     write_atomically(path, F.to_pil_image(draw_detections(pixels, detections)).save)
 
 
-def save_annotated_video(output: Path, file: str, records: dict[tuple[str, int | None], dict[str, Any]]) -> None:
+def save_annotated_video(
+    output: Path, name: Path, file: str, records: dict[tuple[str, int | None], dict[str, Any]]
+) -> None:
     """Re-read the video and draw each frame's detections from its records; written once, atomically."""
-    path = annotated_path(output, file, suffix=".mp4")
+    path = annotated_path(output, name, suffix=".mp4")
     if not path.exists():
         write_atomically(path, lambda temporary: encode_annotated_video(file, records, temporary))
 
@@ -387,6 +416,11 @@ def predict_files(
     total = sum(1 for file in files if not is_video(file)) + sum(count_frames(file) for file in videos)
     listed = set(files)
     already = sum(1 for file, _ in done if file in listed)
+    if already:
+        log.info("resuming %s: %d of %d done, %d left", predictions_path, already, total, max(total - already, 0))
+    else:
+        log.info("writing %s: %d images and frames", predictions_path, total)
+    names = annotated_names(args.sources, files) if args.save_annotated else {}
     pipeline = DecodingPipeline(
         files, done=set(done), workers=args.workers, prefetch=2 * args.batch_size + args.workers,
         prepare=predictor.prepare, keep_pixels=args.save_annotated,
@@ -396,7 +430,7 @@ def predict_files(
     errors = 0
     with (
         predictions_path.open("a", encoding="utf-8") as handle,
-        tqdm(
+        progress(
             total=max(total, already), initial=already, unit="img", desc="predict", dynamic_ncols=True, smoothing=0.1
         ) as bar,
     ):
@@ -404,7 +438,7 @@ def predict_files(
             lines = []
             for item, detections in batch:
                 if args.save_annotated and item.error is None and item.frame is None:
-                    save_annotated_image(output, item, detections)
+                    save_annotated_image(output, names[item.file], item, detections)
                 record = item.record(detections)
                 done[item.key] = record
                 errors += item.error is not None
@@ -415,7 +449,7 @@ def predict_files(
     if args.save_annotated:
         for file in videos:
             if (file, None) not in done:  # not a video we could read
-                save_annotated_video(output, file, done)
+                save_annotated_video(output, names[file], file, done)
     summary = f"wrote {predictions_path} ({len(done)} records, {errors} unreadable this run)"
     if args.coco_results:
         summary += "\n" + write_coco_results(

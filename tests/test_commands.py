@@ -37,13 +37,14 @@ COMMANDS = {
 }
 # What --help must not import: each costs seconds (torch alone 3-8 s on a loaded 2-core machine).
 HEAVY_MODULES = ("torch", "torchvision", "pycocotools", "onnx", "onnxruntime", "onnxscript")
-# The commands whose --help answers without them; the training scripts, detection.predict, training.analysis
+# The commands whose --help answers without them; the training scripts, training.analysis
 # and training.device_data still import torch at the top (issue 25, not yet done).
 LIGHT_HELP = [
     "service",
     "backbone.summary",
     "detection.convert",
     "detection.export",
+    "detection.predict",
     "detection.data.synthetic",
     "training.plots",
 ]
