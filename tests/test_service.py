@@ -384,6 +384,16 @@ def test_unknown_route_is_json_404(client):
     assert response.json()["request_id"] == response.headers["x-request-id"]
 
 
+def test_the_page_names_its_icon_and_the_app_serves_it(client):
+    # Browsers ask for /favicon.ico whether or not the page names it (it was a 404).
+    page = client.get("/").text
+    assert '<link rel="icon" href="favicon.ico"' in page
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/vnd.microsoft.icon"
+    image = Image.open(io.BytesIO(icon.content))
+    assert image.format == "ICO" and image.size[0] >= 16
+
+
 # ------------------------------------------------------------------------------------ api key
 
 

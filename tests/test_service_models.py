@@ -137,9 +137,9 @@ def test_model_checkpoints_setting_takes_a_comma_list_or_json(monkeypatch, versi
     monkeypatch.setenv("MODEL_CHECKPOINTS", "")
     assert Settings().model_checkpoints == []
     relative = Settings(
-        model_dir=versions["old"].parent, models_dir="more", model_checkpoints=["a.safetensors", versions["old"]]
+        model_paths_base=versions["old"].parent, models_dir="more", model_checkpoints=["a.safetensors", versions["old"]]
     )
-    assert relative.models_dir == versions["old"].parent / "more"  # MODEL_DIR anchors relative paths, as for the others
+    assert relative.models_dir == versions["old"].parent / "more"  # anchored like the others
     assert relative.model_checkpoints == [versions["old"].parent / "a.safetensors", versions["old"]]
     settings = settings_for(None, model_checkpoints=[versions["cls_b"], versions["old"]])
     with TestClient(create_app(settings)) as client:
