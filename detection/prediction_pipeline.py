@@ -86,7 +86,7 @@ def expand_sources(sources: Sequence[str]) -> list[str]:
             files += [str(p) for p in found]
         elif path.is_file() and path.suffix.lower() == ".txt":
             files += _read_path_list(path)
-        elif path.is_file():
+        elif path.exists():  # a FIFO or device too: the decoder refuses it in an error record, without opening it
             files.append(source)
         elif any(character in source for character in GLOB_CHARACTERS):
             matched = [p for p in sorted(glob.glob(source, recursive=True)) if Path(p).is_file()]

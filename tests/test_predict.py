@@ -1,10 +1,13 @@
 """`python -m detection.predict`: sources, the JSONL records, unreadable files, resume after kill -9,
 videos, COCO results, and one-line errors for checkpoints we cannot load."""
 
+import io
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -90,6 +93,34 @@ def test_folder_glob_and_list_sources_with_an_unreadable_image(shapes, tmp_path)
     # mirrored below the source's own root (the folder), not under the whole absolute path
     assert (annotated / "nested" / "wide.png").is_file()
     assert Image.open(next(annotated.rglob("*.jpg"))).size == (96, 96)
+
+
+def test_fifos_devices_and_any_decoder_error_become_error_records_and_a_rerun_goes_on(shapes, tmp_path):
+    good = sorted((shapes / "coco" / "train").glob("*.jpg"))[0]
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # opened for reading, it would block until a writer came
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")  # read, it would never end
+    dds = tmp_path / "texture.jpg"  # a DDS named .jpg, of a pixel format Pillow answers with NotImplementedError
+    buffer = io.BytesIO()
+    Image.new("RGBA", (8, 8)).save(buffer, format="DDS")
+    header = bytearray(buffer.getvalue())
+    header[80:88] = b"\x04\x00\x00\x00ABCD"  # pixel format flags: a FourCC; and a FourCC no one knows
+    dds.write_bytes(bytes(header))
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{fifo}\n{zero}\n")
+    output = tmp_path / "out"
+    arguments = [str(fifo), str(dds), str(listed), str(good), "--checkpoint", str(DEMO), "--output", str(output),
+                 "--device", "cpu", "--precision", "fp32"]  # fmt: skip
+    for _ in range(2):  # the rerun skips what was recorded, the bad files included, and ends normally
+        run = threading.Thread(target=main, args=(arguments,), daemon=True)
+        run.start()
+        run.join(120)
+        assert not run.is_alive(), "the command hangs on a FIFO or a device"
+    records = {record["file"]: record for record in read_records(output)}
+    assert len(read_records(output)) == len(records) == 4
+    assert "not a regular file" in records[str(fifo)]["error"] and "not a regular file" in records[str(zero)]["error"]
+    assert "error" in records[str(dds)] and "detections" in records[str(good)]
 
 
 def test_killed_run_continues_without_redoing_or_duplicating(shapes, tmp_path):
