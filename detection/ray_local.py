@@ -33,8 +33,12 @@ def import_ray():
     os.environ.update(LOOPBACK_ENVIRONMENT)
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError:
         raise ImportError("the Ray engine needs Ray: pip install 'resdet[ray]'") from None
+    # Imported earlier by someone else, ray read the flag without our environment: the node address would be
+    # the machine's network address (checked by the tests: every node is 127.0.0.1).
+    ray_constants.ENABLE_RAY_CLUSTER = False
     return ray
 
 
