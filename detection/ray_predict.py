@@ -1,0 +1,199 @@
+"""`detection.predict --engine ray`: the same sources, model and records as the local command, run by a pool of
+Ray Data actors (each loads the model once) on a cluster (--address) or on a loopback cluster of this machine.
+
+    python -m detection.ray_predict photos/ --checkpoint model.safetensors --output runs/predict --actors 2
+
+OUTPUT/parts/part-NNNNN.jsonl are written as the actors' results arrive (each atomically: a part is whole or
+absent), then merged into OUTPUT/predictions.jsonl (each input once, in source order; --parquet also writes
+predictions.parquet). A rerun skips the inputs of the finished parts. Unreadable files get {file, error}, as in
+the local command. Videos stay on the local engine (frames of one file are one sequential decode).
+"""
+
+import argparse
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from backbone.files import write_atomically
+from detection.predict import (
+    PREDICTIONS_FILE,
+    PredictError,
+    build_parser,
+    check_settings,
+    decode_image,
+    expand_sources,
+    is_video,
+    load_model,
+    run_batches,
+)
+
+PARTS_DIR = "parts"
+FILES_PER_BLOCK = 16  # inputs per Ray Data block: a part file per block as it finishes
+
+
+class PredictActor:
+    """One Ray Data actor: the detector, loaded once, and the local command's path from file to record."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.model, _, self.device = load_model(args)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        items = (decode_image(str(file)) for file in batch["file"])
+        args = self.args
+        batches = run_batches(self.model, items, device=self.device, batch_size=args.batch_size,
+                              score_threshold=args.score_threshold, max_detections=args.max_detections)  # fmt: skip
+        files, records = [], []
+        for group in batches:
+            for item, detections in group:
+                files.append(item.file)
+                records.append(json.dumps(item.record(detections)))
+        return {"file": files, "record": records}
+
+
+# --- parts and the merged file -------------------------------------------------------------------------------
+
+
+def read_parts(output: Path) -> dict[str, str]:
+    """file -> its JSON line, from every finished part (the first part naming a file wins)."""
+    done: dict[str, str] = {}
+    for part in sorted((output / PARTS_DIR).glob("part-*.jsonl")):
+        for number, line in enumerate(part.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                file = json.loads(line)["file"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise PredictError(
+                    f"{part}: line {number} is not a record; delete the part to redo its inputs"
+                ) from None
+            done.setdefault(file, line)
+    return done
+
+
+def write_part(output: Path, index: int, lines: Sequence[str]) -> None:
+    path = output / PARTS_DIR / f"part-{index:05d}.jsonl"
+    write_atomically(path, lambda temporary: Path(temporary).write_text("".join(f"{line}\n" for line in lines)))
+
+
+def merge(output: Path, files: Sequence[str], *, parquet: bool) -> tuple[Path, int]:
+    """predictions.jsonl from the parts: this run's inputs in source order, then any other file the parts hold."""
+    done = read_parts(output)
+    ordered = [done[file] for file in files if file in done]
+    ordered += [line for file, line in done.items() if file not in set(files)]
+    path = output / PREDICTIONS_FILE
+    write_atomically(path, lambda temporary: Path(temporary).write_text("".join(f"{line}\n" for line in ordered)))
+    if parquet:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [json.loads(line) for line in ordered]
+        table = pa.table({"file": [row["file"] for row in rows], "record": ordered})
+        write_atomically(output / "predictions.parquet", lambda temporary: pq.write_table(table, temporary))
+    return path, sum("error" in json.loads(line) for line in ordered)
+
+
+# --- the run -------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def connected(args: argparse.Namespace) -> Iterator[None]:
+    """Joined to the cluster at --address, or to a loopback cluster of this machine started for the run."""
+    from detection.ray_local import import_ray, local_cluster
+
+    ray = import_ray()
+    if ray.is_initialized():  # called from a program already connected (the tests): run there
+        yield
+    elif args.address:
+        ray.init(address=args.address, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+    else:
+        cpus = max(args.num_cpus or os.cpu_count() or 1, args.actors * args.cpus_per_actor)
+        with local_cluster(num_cpus=cpus, num_gpus=args.actors * args.gpus_per_actor):
+            yield
+
+
+def predict_on_ray(args: argparse.Namespace) -> str:
+    """The whole command on Ray; returns the closing summary line."""
+    files = expand_sources(args.sources)
+    videos = [file for file in files if is_video(file)]
+    if videos:
+        raise PredictError(f"videos run on the local engine (drop --engine ray for them): {', '.join(videos[:3])}")
+    output = Path(args.output)
+    (output / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    check_settings(output, {
+        "checkpoint": str(args.checkpoint), "bf16": args.bf16, "score_threshold": args.score_threshold,
+        "max_detections": args.max_detections, "engine": "ray",
+    })  # fmt: skip
+    done = read_parts(output)
+    pending = [file for file in files if file not in done]
+    next_part = len(list((output / PARTS_DIR).glob("part-*.jsonl")))
+    if pending:
+        with connected(args):
+            for lines in run_on_ray(pending, args=args):
+                fresh = [line for file, line in lines if file not in done]  # a retried block: once only
+                done.update((file, line) for file, line in lines)
+                if fresh:
+                    write_part(output, next_part, fresh)
+                    next_part += 1
+    path, errors = merge(output, files, parquet=args.parquet)
+    return f"wrote {path} ({len(files)} inputs, {len(files) - len(pending)} from earlier parts, {errors} unreadable)"
+
+
+def run_on_ray(files: Sequence[str], *, args: argparse.Namespace) -> Iterator[list[tuple[str, str]]]:
+    """(file, JSON line) of every file, a block at a time as the actors finish them."""
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    # enough blocks for every actor to start on one, then a part per FILES_PER_BLOCK inputs
+    blocks = max(min(len(files), 2 * args.actors), -(-len(files) // FILES_PER_BLOCK))
+    dataset = ray.data.from_items([{"file": file} for file in files], override_num_blocks=blocks)
+    predicted = dataset.map_batches(
+        PredictActor,
+        fn_constructor_kwargs={"args": args},
+        batch_size=FILES_PER_BLOCK,
+        compute=ActorPoolStrategy(size=args.actors),
+        num_cpus=args.cpus_per_actor,
+        num_gpus=args.gpus_per_actor or None,
+    )
+    for batch in predicted.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield list(zip(batch.column("file").to_pylist(), batch.column("record").to_pylist()))
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    """The Ray engine's own flags (the rest are the local command's)."""
+    group = parser.add_argument_group("Ray engine")
+    group.add_argument("--address", help="A running Ray cluster to join (ray://... or host:port); default: a "
+                       "cluster of this machine on 127.0.0.1, started for the run.")  # fmt: skip
+    group.add_argument("--actors", type=int, default=1, help="Actors, each with its own model (default: 1).")
+    group.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default: 1).")
+    group.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default: 0).")
+    group.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all).")
+    group.add_argument("--parquet", action="store_true", help="Also write predictions.parquet.")
+
+
+def check_ray_flags(args: argparse.Namespace) -> None:
+    if args.actors < 1 or args.cpus_per_actor < 0 or args.gpus_per_actor < 0:
+        raise PredictError("--actors must be >= 1, --cpus-per-actor and --gpus-per-actor >= 0")
+    if args.save_annotated or args.coco_results:
+        raise PredictError("--save-annotated and --coco-results run on the local engine (drop --engine ray)")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    parser.prog = "python -m detection.ray_predict"
+    add_ray_flags(parser)
+    args = parser.parse_args(argv)
+    try:
+        check_ray_flags(args)
+        print(predict_on_ray(args))
+    except (PredictError, FileNotFoundError, ValueError, ImportError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
