@@ -20,34 +20,37 @@ from typing import Any
 from backbone.files import write_atomically
 from detection.predict import (
     PREDICTIONS_FILE,
+    DecodingPipeline,
     PredictError,
     build_parser,
     check_settings,
-    decode_image,
     expand_sources,
     is_video,
     load_model,
     run_batches,
 )
+from detection.predictor import Cut
 
 PARTS_DIR = "parts"
 FILES_PER_BLOCK = 16  # inputs per Ray Data block: a part file per block as it finishes
 
 
 class PredictActor:
-    """One Ray Data actor: the detector, loaded once, and the local command's path from file to record."""
+    """One Ray Data actor: the Predictor, loaded once, and the local command's path from file to record
+    (its decoding pipeline, its batches, its records)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.model, _, self.device = load_model(args)
+        self.predictor, _ = load_model(args)
+        self.cut = Cut(score_threshold=args.score_threshold, max_detections=args.max_detections)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        items = (decode_image(str(file)) for file in batch["file"])
         args = self.args
-        batches = run_batches(self.model, items, device=self.device, batch_size=args.batch_size,
-                              score_threshold=args.score_threshold, max_detections=args.max_detections)  # fmt: skip
+        pipeline = DecodingPipeline([str(file) for file in batch["file"]], done=set(), workers=args.workers,
+                                    prefetch=2 * args.batch_size + args.workers, prepare=self.predictor.prepare,
+                                    keep_pixels=False)  # fmt: skip
         files, records = [], []
-        for group in batches:
+        for group in run_batches(self.predictor, iter(pipeline), batch_size=args.batch_size, cut=self.cut):
             for item, detections in group:
                 files.append(item.file)
                 records.append(json.dumps(item.record(detections)))
@@ -126,7 +129,7 @@ def predict_on_ray(args: argparse.Namespace) -> str:
     output = Path(args.output)
     (output / PARTS_DIR).mkdir(parents=True, exist_ok=True)
     check_settings(output, {
-        "checkpoint": str(args.checkpoint), "bf16": args.bf16, "score_threshold": args.score_threshold,
+        "checkpoint": str(args.checkpoint), "precision": args.precision, "score_threshold": args.score_threshold,
         "max_detections": args.max_detections, "engine": "ray",
     })  # fmt: skip
     done = read_parts(output)
