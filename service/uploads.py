@@ -90,7 +90,9 @@ async def image_upload(
         if file is None:
             raise HTTPException(422, f"file: no part named 'file' in the form; {RAW_BODY_HINT}")
         return file
-    if media_type == "application/x-www-form-urlencoded":  # curl --data-binary without -H 'Content-Type: ...'
+    # curl --data-binary without -H 'Content-Type: ...' declares a form; an image body was re-declared by
+    # service/form_declared_image.py, so what still arrives as a form is not an image.
+    if media_type == "application/x-www-form-urlencoded":
         raise ImageRejected(
             415, "the body is declared as application/x-www-form-urlencoded, not an image: "
             f"{RAW_BODY_HINT} (curl: add -H 'Content-Type: image/jpeg')",
