@@ -126,6 +126,8 @@ def predict_on_ray(args: argparse.Namespace) -> str:
     videos = [file for file in files if is_video(file)]
     if videos:
         raise PredictError(f"videos run on the local engine (drop --engine ray for them): {', '.join(videos[:3])}")
+    if not Path(args.checkpoint).is_file():  # before starting a cluster; the actors load it (shared storage)
+        raise PredictError(f"checkpoint not found: {args.checkpoint}")
     output = Path(args.output)
     (output / PARTS_DIR).mkdir(parents=True, exist_ok=True)
     check_settings(output, {
@@ -191,11 +193,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.prog = "python -m detection.ray_predict"
     add_ray_flags(parser)
     args = parser.parse_args(argv)
+    from ray.exceptions import RayError
+
     try:
         check_ray_flags(args)
         print(predict_on_ray(args))
     except (PredictError, FileNotFoundError, ValueError, ImportError) as error:
         raise SystemExit(f"error: {error}") from None
+    except RayError as error:  # an actor's own error (a checkpoint it cannot load): its last line, not Ray's trace
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise SystemExit(f"error: the Ray job failed: {lines[-1] if lines else type(error).__name__}") from None
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def test_a_rerun_resumes_from_the_finished_parts(cluster, sources, tmp_path, cap
     assert len(records(output)) == len(first) == 7
 
 
-def test_videos_and_local_only_options_are_refused_in_one_line(sources, tmp_path):
+def test_videos_local_only_options_and_bad_files_are_refused_in_one_line(sources, tmp_path):
     root, arguments = sources
     video = root / "clip.mp4"
     video.write_bytes(b"")
@@ -118,6 +118,14 @@ def test_videos_and_local_only_options_are_refused_in_one_line(sources, tmp_path
     with pytest.raises(SystemExit, match="local engine"):
         main([*arguments, *COMMON, "--output", str(tmp_path / "a"), "--save-annotated"])
     assert not (tmp_path / "v" / PREDICTIONS_FILE).exists()
+    missing = ["--checkpoint", str(tmp_path / "none.safetensors")]
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        main([*arguments, *COMMON, *missing, "--output", str(tmp_path / "m")])
+    damaged = tmp_path / "damaged"
+    (damaged / PARTS_DIR).mkdir(parents=True)
+    (damaged / PARTS_DIR / "part-00000.jsonl").write_text('{"file": \n')
+    with pytest.raises(SystemExit, match="part-00000.jsonl: line 1 is not a record; delete the part"):
+        main([*arguments, *COMMON, "--output", str(damaged)])
 
 
 def test_losing_a_node_mid_run_loses_no_image(cluster, sources, tmp_path):
