@@ -13,6 +13,8 @@ from ray_fixtures import require_ray
 
 require_ray()
 
+import pyarrow.parquet  # noqa: E402  (comes with the ray extra)
+
 from detection.data import generate_synthetic  # noqa: E402
 from detection.predict import PREDICTIONS_FILE  # noqa: E402
 from detection.predict import main as predict_locally  # noqa: E402
@@ -82,7 +84,8 @@ def test_every_node_is_on_loopback(cluster):
 def test_ray_records_equal_the_local_commands(cluster, sources, tmp_path, capsys):
     root, arguments = sources
     predict_locally([*arguments, *COMMON, "--output", str(tmp_path / "local")])
-    main([*arguments, *COMMON, "--output", str(tmp_path / "ray"), "--address", cluster.address, "--actors", "2"])
+    ray_options = ["--address", cluster.address, "--actors", "2", "--parquet"]
+    main([*arguments, *COMMON, "--output", str(tmp_path / "ray"), *ray_options])
     local, ours = records(tmp_path / "local"), records(tmp_path / "ray")
     assert len(ours) == len({r["file"] for r in ours}) == 7  # 6 images + the broken file, each once
     assert sum(len(r.get("detections", [])) for r in local) > 0
@@ -90,6 +93,8 @@ def test_ray_records_equal_the_local_commands(cluster, sources, tmp_path, capsys
     assert_same_records(ours, local)
     assert [r["file"] for r in ours] == sorted(r["file"] for r in ours)  # source order (the folder's is sorted)
     assert list((tmp_path / "ray" / PARTS_DIR).glob("part-*.jsonl"))
+    table = pyarrow.parquet.read_table(tmp_path / "ray" / "predictions.parquet")
+    assert [json.loads(record) for record in table.column("record").to_pylist()] == ours
 
 
 def test_a_rerun_resumes_from_the_finished_parts(cluster, sources, tmp_path, capsys):
