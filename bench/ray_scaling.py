@@ -58,12 +58,10 @@ def main() -> None:
 
     from detection.predict import main as predict_locally
     from detection.ray_local import local_cluster
-    from detection.ray_predict import add_ray_flags, build_parser, merge, predict_on_ray
+    from detection.ray_predict import build_ray_parser, merge, predict_on_ray
 
     def ray_args(sources: list[str], output: Path, actors: int) -> argparse.Namespace:
-        ray_parser = build_parser()
-        add_ray_flags(ray_parser)
-        return ray_parser.parse_args([*sources, "--checkpoint", args.checkpoint, "--output", str(output),
+        return build_ray_parser().parse_args([*sources, "--checkpoint", args.checkpoint, "--output", str(output),
                                       "--actors", str(actors), "--workers", "1"])  # fmt: skip
 
     print(f"# {cpu_and_load()}")

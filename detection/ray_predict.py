@@ -171,14 +171,13 @@ def run_on_ray(files: Sequence[str], *, args: argparse.Namespace) -> Iterator[li
 
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     """The Ray engine's own flags (the rest are the local command's)."""
-    group = parser.add_argument_group("Ray engine")
-    group.add_argument("--address", help="A running Ray cluster to join (ray://... or host:port); default: a "
+    parser.add_argument("--address", help="A running Ray cluster to join (ray://... or host:port); default: a "
                        "cluster of this machine on 127.0.0.1, started for the run.")  # fmt: skip
-    group.add_argument("--actors", type=int, default=1, help="Actors, each with its own model (default: 1).")
-    group.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default: 1).")
-    group.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default: 0).")
-    group.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all).")
-    group.add_argument("--parquet", action="store_true", help="Also write predictions.parquet.")
+    parser.add_argument("--actors", type=int, default=1, help="Actors, each with its own model (default: 1).")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default: 1).")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default: 0).")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all).")
+    parser.add_argument("--parquet", action="store_true", help="Also write predictions.parquet.")
 
 
 def check_ray_flags(args: argparse.Namespace) -> None:
@@ -188,11 +187,16 @@ def check_ray_flags(args: argparse.Namespace) -> None:
         raise PredictError("--save-annotated and --coco-results run on the local engine (drop --engine ray)")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_ray_parser() -> argparse.ArgumentParser:
+    """The local command's flags and the Ray engine's."""
     parser = build_parser()
     parser.prog = "python -m detection.ray_predict"
     add_ray_flags(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_ray_parser().parse_args(argv)
     from ray.exceptions import RayError
 
     try:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ray import serve
 
+from backbone.flags import FlagParser
 from service.app import create_app
 from service.settings import Settings
 
@@ -71,13 +72,16 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     return deployment(settings)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`serve run CONFIG` on a loopback cluster that this process starts, owns and stops (Ctrl-C)."""
-    parser = argparse.ArgumentParser(prog="python -m service.ray_serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+def build_parser() -> argparse.ArgumentParser:
+    parser = FlagParser(prog="python -m service.ray_serve", description=__doc__)
     parser.add_argument("config", type=Path, help="A Serve config file, e.g. deploy/ray/serve.yaml.")
     parser.add_argument("--num-cpus", type=float, default=None, help="CPUs the local node offers (default: all).")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`serve run CONFIG` on a loopback cluster that this process starts, owns and stops (Ctrl-C)."""
+    args = build_parser().parse_args(argv)
     if not args.config.is_file():
         raise SystemExit(f"error: {args.config} is not a file (a Serve config such as deploy/ray/serve.yaml)")
     from ray.serve.scripts import cli
