@@ -26,8 +26,8 @@ from PIL import Image
 
 from detection import load_detector
 from detection.onnx_predictor import OnnxRuntimePredictor
-from detection.predict import PREDICTIONS_FILE
 from detection.predict import main as predict_main
+from detection.prediction_pipeline import PREDICTIONS_FILE
 from detection.predictor import Predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

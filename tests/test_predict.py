@@ -18,7 +18,8 @@ from training_scripts import REPO_ROOT, script_env
 
 from detection import load_detector
 from detection.data import generate_synthetic
-from detection.predict import PREDICTIONS_FILE, main
+from detection.predict import main
+from detection.prediction_pipeline import PREDICTIONS_FILE
 
 DEMO = REPO_ROOT / "service" / "models" / "demo_detector.safetensors"
 pytestmark = pytest.mark.usefixtures("one_thread")
