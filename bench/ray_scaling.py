@@ -56,13 +56,14 @@ def main() -> None:
     parser.add_argument("--max-actors", type=int, default=2, help="Time 1..N actors (default: 2).")
     args = parser.parse_args()
 
+    from detection.predict import build_parser
     from detection.predict import main as predict_locally
     from detection.ray_local import local_cluster
-    from detection.ray_predict import build_ray_parser, merge, predict_on_ray
+    from detection.ray_predict import merge, predict_on_ray
 
     def ray_args(sources: list[str], output: Path, actors: int) -> argparse.Namespace:
-        return build_ray_parser().parse_args([*sources, "--checkpoint", args.checkpoint, "--output", str(output),
-                                      "--actors", str(actors), "--workers", "1"])  # fmt: skip
+        return build_parser().parse_args([*sources, "--checkpoint", args.checkpoint, "--output", str(output),
+                                          "--engine", "ray", "--actors", str(actors), "--workers", "1"])  # fmt: skip
 
     print(f"# {cpu_and_load()}")
     with tempfile.TemporaryDirectory(prefix="rdbench-") as temporary:

@@ -39,6 +39,10 @@ def load_model(args: argparse.Namespace) -> tuple[Predictor, dict[str, Any]]:
 
 def predict(args: argparse.Namespace) -> str:
     """The whole command; returns the closing summary line."""
+    if args.engine == "ray":
+        from detection.ray_predict import predict_on_ray
+
+        return predict_on_ray(args)
     files = expand_sources(args.sources)
     if any(is_video(file) for file in files):
         import_av()
@@ -89,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help=f"Decoding threads (default: {DEFAULT_WORKERS})."
     )
+    parser.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="Where the model runs: local (this process, default) or ray (Ray Data actors, each loading the model "
+        "once, on the cluster of --address or on one started on this machine; docs/DEPLOYMENT.md).",
+    )  # fmt: skip
+    from detection.ray_predict import add_ray_flags  # here: it imports this module's load_model
+
+    add_ray_flags(parser)
     return parser
 
 

@@ -1,7 +1,7 @@
 """`detection.predict --engine ray`: the same sources, model and records as the local command, run by a pool of
 Ray Data actors (each loads the model once) on a cluster (--address) or on a loopback cluster of this machine.
 
-    python -m detection.ray_predict photos/ --checkpoint model.safetensors --output runs/predict --actors 2
+    python -m detection.predict photos/ --checkpoint model.safetensors --output runs/predict --engine ray --actors 2
 
 OUTPUT/parts/part-NNNNN.jsonl are written as the actors' results arrive (each atomically: a part is whole or
 absent), then merged into OUTPUT/predictions.jsonl (each input once, in source order; --parquet also writes
@@ -18,15 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from backbone.files import write_atomically
-from detection.predict import (
+from detection.prediction_pipeline import (
     PREDICTIONS_FILE,
     DecodingPipeline,
     PredictError,
-    build_parser,
     check_settings,
     expand_sources,
     is_video,
-    load_model,
     run_batches,
 )
 from detection.predictor import Cut
@@ -40,6 +38,8 @@ class PredictActor:
     (its decoding pipeline, its batches, its records)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        from detection.predict import load_model  # the command's loader (that module imports this one)
+
         self.args = args
         self.predictor, _ = load_model(args)
         self.cut = Cut(score_threshold=args.score_threshold, max_detections=args.max_detections)
@@ -121,7 +121,20 @@ def connected(args: argparse.Namespace) -> Iterator[None]:
 
 
 def predict_on_ray(args: argparse.Namespace) -> str:
-    """The whole command on Ray; returns the closing summary line."""
+    """The whole command on Ray; returns the closing summary line. Errors are PredictErrors (one line)."""
+    check_ray_flags(args)
+    try:
+        from ray.exceptions import RayError
+    except ImportError:
+        raise PredictError("--engine ray needs Ray: pip install 'resdet[ray]'") from None
+    try:
+        return run_command(args)
+    except RayError as error:  # an actor's own error (a checkpoint it cannot load): its last line, not Ray's trace
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise PredictError(f"the Ray job failed: {lines[-1] if lines else type(error).__name__}") from None
+
+
+def run_command(args: argparse.Namespace) -> str:
     files = expand_sources(args.sources)
     videos = [file for file in files if is_video(file)]
     if videos:
@@ -185,29 +198,3 @@ def check_ray_flags(args: argparse.Namespace) -> None:
         raise PredictError("--actors must be >= 1, --cpus-per-actor and --gpus-per-actor >= 0")
     if args.save_annotated or args.coco_results:
         raise PredictError("--save-annotated and --coco-results run on the local engine (drop --engine ray)")
-
-
-def build_ray_parser() -> argparse.ArgumentParser:
-    """The local command's flags and the Ray engine's."""
-    parser = build_parser()
-    parser.prog = "python -m detection.ray_predict"
-    add_ray_flags(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = build_ray_parser().parse_args(argv)
-    from ray.exceptions import RayError
-
-    try:
-        check_ray_flags(args)
-        print(predict_on_ray(args))
-    except (PredictError, FileNotFoundError, ValueError, ImportError) as error:
-        raise SystemExit(f"error: {error}") from None
-    except RayError as error:  # an actor's own error (a checkpoint it cannot load): its last line, not Ray's trace
-        lines = [line for line in str(error).splitlines() if line.strip()]
-        raise SystemExit(f"error: the Ray job failed: {lines[-1] if lines else type(error).__name__}") from None
-
-
-if __name__ == "__main__":
-    main()

@@ -34,7 +34,6 @@ COMMANDS = {
     "training.device_data": ["-m", "training.device_data"],
     "train_det.py": ["training/train_det.py"],
     "pretrain.py": ["training/pretrain.py"],
-    "detection.ray_predict": ["-m", "detection.ray_predict"],
 }
 PARSERS = {
     "detection.convert": convert_parser,
@@ -46,11 +45,10 @@ PARSERS = {
     "training.device_data": device_data_parser,
 }
 if importlib.util.find_spec("ray") is not None:  # the ray extra: service.ray_serve imports Ray Serve
-    from detection.ray_predict import build_ray_parser
     from service.ray_serve import build_parser as ray_serve_parser
 
     COMMANDS["service.ray_serve"] = ["-m", "service.ray_serve"]
-    PARSERS |= {"detection.ray_predict": build_ray_parser, "service.ray_serve": ray_serve_parser}
+    PARSERS["service.ray_serve"] = ray_serve_parser
 
 
 def all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:

@@ -1,4 +1,4 @@
-"""detection.ray_predict (`detection.predict --engine ray`) on a two-node loopback cluster: the records equal
+"""`detection.predict --engine ray` (detection/ray_predict.py) on a two-node loopback cluster: the records equal
 the local command's, each input once, a rerun resumes from the finished parts, and losing a node mid-run
 loses no image."""
 
@@ -16,14 +16,21 @@ require_ray()
 import pyarrow.parquet  # noqa: E402  (comes with the ray extra)
 
 from detection.data import generate_synthetic  # noqa: E402
-from detection.predict import PREDICTIONS_FILE  # noqa: E402
 from detection.predict import main as predict_locally  # noqa: E402
+from detection.prediction_pipeline import PREDICTIONS_FILE  # noqa: E402
 from detection.ray_local import LOOPBACK, local_cluster  # noqa: E402
-from detection.ray_predict import PARTS_DIR, main  # noqa: E402
+from detection.ray_predict import PARTS_DIR  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "service" / "models" / "demo_detector.safetensors"
 COMMON = ["--checkpoint", str(DEMO), "--score-threshold", "0.3", "--batch-size", "2", "--workers", "1"]
+
+
+def main(argv: list[str]) -> None:
+    """The predict command on the Ray engine."""
+    predict_locally([*argv, "--engine", "ray"])
+
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
