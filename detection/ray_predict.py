@@ -123,10 +123,14 @@ def connected(args: argparse.Namespace) -> Iterator[None]:
 def predict_on_ray(args: argparse.Namespace) -> str:
     """The whole command on Ray; returns the closing summary line. Errors are PredictErrors (one line)."""
     check_ray_flags(args)
+    from detection.ray_local import import_ray
+
     try:
-        from ray.exceptions import RayError
+        import_ray()  # first, under the loopback environment
     except ImportError:
         raise PredictError("--engine ray needs Ray: pip install 'resdet[ray]'") from None
+    from ray.exceptions import RayError
+
     try:
         return run_command(args)
     except RayError as error:  # an actor's own error (a checkpoint it cannot load): its last line, not Ray's trace
