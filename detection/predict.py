@@ -43,6 +43,10 @@ def load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 def predict(args: argparse.Namespace) -> str:
     """The whole command; returns the closing summary line."""
+    if args.engine == "ray":
+        from detection.ray_predict import predict_on_ray
+
+        return predict_on_ray(args)
     from detection.prediction_pipeline import PredictError, expand_sources, import_av, is_video, predict_files
 
     files = expand_sources(args.sources)
@@ -95,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help=f"Decoding threads (default: {DEFAULT_WORKERS})."
     )
+    parser.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="Where the model runs: local (this process, default) or ray (Ray Data actors, each loading the model "
+        "once, on the cluster of --address or on one started on this machine; docs/DEPLOYMENT.md).",
+    )  # fmt: skip
+    ray = parser.add_argument_group("the Ray engine (--engine ray)")
+    ray.add_argument("--address", help="A running Ray cluster to join (ray://... or host:port); default: a "
+                     "cluster of this machine on 127.0.0.1, started for the run.")  # fmt: skip
+    ray.add_argument("--actors", type=int, default=1, help="Actors, each with its own model (default: 1).")
+    ray.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default: 1).")
+    ray.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default: 0).")
+    ray.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all).")
+    ray.add_argument("--parquet", action="store_true", help="Also write predictions.parquet.")
     add_logging_flags(parser)
     return parser
 

@@ -3,6 +3,7 @@ heavy modules (bench/help_time.py measures the seconds); every flag's help is a 
 flag takes both spellings (`--class-names`, `--class_names`)."""
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -57,6 +58,11 @@ PARSERS = {
     "training.analysis": analysis_parser,
     "training.device_data": device_data_parser,
 }
+if importlib.util.find_spec("ray") is not None:  # the ray extra: service.ray_serve imports Ray Serve
+    from service.ray_serve import build_parser as ray_serve_parser
+
+    COMMANDS["service.ray_serve"] = ["-m", "service.ray_serve"]
+    PARSERS["service.ray_serve"] = ray_serve_parser
 
 
 def all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
