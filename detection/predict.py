@@ -104,14 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Where the model runs: local (this process, default) or ray (Ray Data actors, each loading the model "
         "once, on the cluster of --address or on one started on this machine; docs/DEPLOYMENT.md).",
     )  # fmt: skip
-    ray = parser.add_argument_group("the Ray engine (--engine ray)")
-    ray.add_argument("--address", help="A running Ray cluster to join (ray://... or host:port); default: a "
-                     "cluster of this machine on 127.0.0.1, started for the run.")  # fmt: skip
-    ray.add_argument("--actors", type=int, default=1, help="Actors, each with its own model (default: 1).")
-    ray.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default: 1).")
-    ray.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default: 0).")
-    ray.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all).")
-    ray.add_argument("--parquet", action="store_true", help="Also write predictions.parquet.")
+    # the Ray engine's own flags (--engine ray); on the parser itself, which adds both spellings
+    parser.add_argument("--address", help="A running Ray cluster to join (ray://... or host:port); default: a "
+                        "cluster of this machine on 127.0.0.1, started for the run.")  # fmt: skip
+    parser.add_argument("--actors", type=int, default=1, help="Actors, each with its own model (default: 1).")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default: 1).")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default: 0).")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all).")
+    parser.add_argument("--parquet", action="store_true", help="Also write predictions.parquet.")
     add_logging_flags(parser)
     return parser
 
