@@ -196,6 +196,8 @@ class DecodePool:
             raise
         except (EOFError, OSError):  # the worker died: over its CPU budget, or killed from outside
             exitcode = await asyncio.to_thread(_reaped, worker)
+            if self._stopped:  # killed by stop(): the server is shutting down, the file did nothing wrong
+                raise DecodePoolStopped("the server is shutting down") from None
             self._replace(worker)
             if exitcode == -signal.SIGPROF:
                 self.on_event("over_budget")

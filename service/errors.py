@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.disconnect import ClientDisconnected
 from service.engine import EngineBusy
@@ -96,9 +97,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(request, error.status, error.detail)
 
     @app.exception_handler(ClientDisconnected)
-    async def client_left(request: Request, error: ClientDisconnected) -> JSONResponse:
-        # nginx's 499: sent to a closed connection, read by no one; /metrics counts it
-        return error_response(request, 499, str(error))
+    @app.exception_handler(ClientDisconnect)  # Starlette's, raised reading a body whose client has gone
+    async def client_left(request: Request, error: Exception) -> JSONResponse:
+        # nginx's 499: sent to a closed connection, read by no one; /metrics counts it. Not an error of ours: no
+        # traceback, which a client leaving mid-upload over and over would otherwise write to the log each time.
+        return error_response(request, 499, "the client closed the connection")
 
     @app.exception_handler(EngineBusy)
     async def busy(request: Request, error: EngineBusy) -> JSONResponse:

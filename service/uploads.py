@@ -23,7 +23,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
 from detection.decoding import DecodedImage, ImageDecodeError
-from service.decode_pool import DecodeBudgetExceeded, DecodePool, DecodePoolBusy, DecoderCrashed, MemoryRefused
+from service.decode_pool import (
+    DecodeBudgetExceeded,
+    DecodePool,
+    DecodePoolBusy,
+    DecodePoolStopped,
+    DecoderCrashed,
+    MemoryRefused,
+)
 from service.images import ImageRejected, check_content_type, decode_unless_large, decode_upload_bytes, rejection
 from service.memory import LARGE_IMAGE_PIXELS, MemoryBudget, release_free_memory
 from service.settings import Settings
@@ -74,6 +81,8 @@ class UploadDecoders:
                 f"{label}: the decodes in flight hold the memory budget; retry shortly",
                 headers={"Retry-After": "1"},
             ) from None
+        except DecodePoolStopped:
+            raise HTTPException(503, f"{label}: the server is shutting down", headers={"Retry-After": "1"}) from None
         except DecodePoolBusy:
             raise HTTPException(
                 503, f"{label}: another large image is being decoded; retry shortly", headers={"Retry-After": "1"}

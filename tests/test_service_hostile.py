@@ -252,3 +252,29 @@ def test_decodes_in_flight_never_reserve_more_than_the_budget_and_the_rest_wait_
 
 async def _reserve(memory, nbytes: int) -> bool:
     return memory.try_reserve(nbytes)
+
+
+def test_a_client_leaving_mid_upload_costs_no_traceback_and_is_counted_as_499(live_server, classifier_path, caplog):
+    app = create_app(Settings(classifier_checkpoint=classifier_path, detector_checkpoint=None, optimize=False))
+    url = live_server(app)
+    host, port = url.removeprefix("http://").split(":")
+    data = small_png()
+    for _ in range(3):  # the body is declared whole and sent in half
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(
+                f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n".encode()
+                + data[: len(data) // 2]
+            )
+    deadline = time.monotonic() + GUARD_S
+    while metric_of(url, 'resdet_http_requests_total{method="POST",route="/classify",status="499"}') < 3:
+        assert time.monotonic() < deadline, httpx.get(f"{url}/metrics").text[-2000:]
+        time.sleep(0.02)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text[-2000:]
+
+
+def metric_of(url: str, line_start: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(line_start):
+            return float(line.split()[-1])
+    return 0.0
