@@ -68,6 +68,8 @@ class Detector(nn.Module):
         score_threshold: float | None = None,
         max_detections: int | None = None,
         iou_threshold: float | None = None,
+        vote_threshold: float | None = None,
+        refine_boxes: bool = False,
         targets_prepared: bool = False,
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Return (losses, detections) for a list of RGB float images [3, H, W] in [0, 1].
@@ -76,6 +78,8 @@ class Detector(nn.Module):
         (boxes x1, y1, x2, y2 in original pixels, scores, labels 1..K), plus the same losses when
         targets are given (a validation loss). score_threshold, max_detections and iou_threshold override
         the built-in box_score_thresh, box_detections_per_img and box_nms_thresh (per class) for this call.
+        vote_threshold: box voting after NMS (detection/box_voting.py); refine_boxes: the appendix's box
+        refinement (RoIHeads.forward); both off by default.
         targets_prepared: the targets come from `detection.transform.batch_to_device`, checked on the CPU
         (checks here would sync a GPU).
         """
@@ -100,6 +104,8 @@ class Detector(nn.Module):
             score_thresh=score_threshold,
             detections_per_img=max_detections,
             nms_thresh=iou_threshold,
+            vote_thresh=vote_threshold,
+            refine=refine_boxes,
         )
         detections = to_original_coordinates(detections, batch.image_sizes, original_sizes)
         return {**rpn_losses, **head_losses}, detections
