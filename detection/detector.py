@@ -60,6 +60,13 @@ class Detector(nn.Module):
         size = self.transform.stable_size(height, width)
         return self.transform.padded_size(*size) if padded else size
 
+    def scaled_max_size(self, test_size: int) -> int:
+        """The longer side's cap at another test size: the model's max_size scaled by the same factor (the
+        paper's pyramid gives only shorter sides; detectron2's TTA keeps one cap of 4000 instead)."""
+        if not isinstance(test_size, int) or test_size < 1:
+            raise ValueError(f"test_size must be a positive number of pixels, got {test_size!r}")
+        return max(1, round(self.transform.max_size * test_size / self.transform.min_size[-1]))
+
     def forward(
         self,
         images: list[torch.Tensor],
@@ -70,6 +77,7 @@ class Detector(nn.Module):
         iou_threshold: float | None = None,
         vote_threshold: float | None = None,
         refine_boxes: bool = False,
+        test_size: int | None = None,
         targets_prepared: bool = False,
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Return (losses, detections) for a list of RGB float images [3, H, W] in [0, 1].
@@ -79,7 +87,8 @@ class Detector(nn.Module):
         targets are given (a validation loss). score_threshold, max_detections and iou_threshold override
         the built-in box_score_thresh, box_detections_per_img and box_nms_thresh (per class) for this call.
         vote_threshold: box voting after NMS (detection/box_voting.py); refine_boxes: the appendix's box
-        refinement (RoIHeads.forward); both off by default.
+        refinement (RoIHeads.forward); both off by default. test_size: the shorter side to test at in this
+        call (eval only; the longer side's cap scales with it; None: the model's own test size).
         targets_prepared: the targets come from `detection.transform.batch_to_device`, checked on the CPU
         (checks here would sync a GPU).
         """
@@ -93,7 +102,12 @@ class Detector(nn.Module):
             raise RuntimeError("this detector was optimized for inference (BN folded); it cannot be trained")
         original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]
 
-        batch, targets = self.transform(images, targets)
+        if test_size is None:
+            batch, targets = self.transform(images, targets)
+        else:
+            if targets is not None:
+                raise ValueError("test_size is for detection without targets (losses are at the training sizes)")
+            batch = self.transform.batch_at_size(images, min_size=test_size, max_size=self.scaled_max_size(test_size))
         features = self.features(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, targets)
         detections, head_losses = self.roi_heads(
