@@ -1,4 +1,6 @@
-"""Test-time augmentation: each image at several test sizes, optionally mirrored, merged by NMS + box voting.
+"""Test-time options of the detector: augmentation, refinement, voting and tiles, one call applies them.
+
+Test-time augmentation: each image at several test sizes, optionally mirrored, merged by NMS + box voting.
 
 Beyond the paper (as detectron2's TEST.AUG and mmdetection's --tta): every variant runs through the
 detector's own forward (its resize rule at that size), its boxes come back in source pixels (mirrored
@@ -8,13 +10,14 @@ rung of the test-time ladder; its defaults are the baseline.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from detection.box_voting import VOTE_IOU_THRESHOLD, merge_detections
 from detection.detector import Detector
+from detection.slicing import detect_sliced_batch, tile_windows
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,9 @@ class TestTimeOptions:
     vote_threshold: float | None = None  # box voting after NMS at this IoU (Detectron's 0.8 when merging)
     flip: bool = False  # add each image mirrored left-right
     test_sizes: tuple[int, ...] = ()  # shorter sides to test at; () = the model's own test size only
+    tile_size: int | None = None  # sliced inference (detection/slicing.py) in square tiles of this side
+    tile_overlap: int | None = None  # pixels shared by neighbouring tiles (None: a fifth of a tile, as SAHI)
+    tile_full_image: bool = False  # the whole image as one more tile (for objects larger than a tile)
 
     def __post_init__(self) -> None:
         if self.vote_threshold is not None and not 0.0 <= self.vote_threshold <= 1.0:
@@ -35,6 +41,18 @@ class TestTimeOptions:
             raise ValueError(f"test_sizes must be positive pixel counts, got {self.test_sizes}")
         if len(set(self.test_sizes)) != len(self.test_sizes):
             raise ValueError(f"test_sizes repeats a size: {self.test_sizes}")
+        if self.tile_size is None:
+            if self.tile_overlap is not None or self.tile_full_image:
+                raise ValueError("tile_overlap and tile_full_image need a tile_size")
+        else:
+            tile_windows(self.tile_size, self.tile_size, tile_size=self.tile_size, overlap=self.overlap)  # checks
+
+    @property
+    def overlap(self) -> int:
+        """The tile overlap in pixels."""
+        if self.tile_overlap is not None:
+            return self.tile_overlap
+        return 0 if self.tile_size is None else self.tile_size // 5
 
     @property
     def augmented(self) -> bool:
@@ -51,6 +69,16 @@ def detect_with_options(
     iou_threshold: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Detections of float images [3, H, W] in their own pixels, with the ladder's options applied."""
+    if options.tile_size is not None:
+        untiled = replace(options, tile_size=None, tile_overlap=None, tile_full_image=False)
+        return detect_sliced_batch(
+            lambda tiles: detect_with_options(
+                model, tiles, untiled, score_threshold=score_threshold, max_detections=max_detections,
+                iou_threshold=iou_threshold,
+            ),
+            images, tile_size=options.tile_size, overlap=options.overlap, full_image=options.tile_full_image,
+            max_detections=model.roi_heads.detections_per_img if max_detections is None else max_detections,
+        )  # fmt: skip
     if not options.augmented:
         _, detections = model(
             images, score_threshold=score_threshold, max_detections=max_detections, iou_threshold=iou_threshold,
