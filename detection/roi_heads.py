@@ -10,6 +10,8 @@ are reused so its weights load unchanged. We own:
   score threshold and detections-per-image can be set per call (no shared state: thread-safe);
 - postprocessing that skips classifier outputs no class uses (`unused_class_ids`) and returns our
   contiguous labels 1..K, while NMS runs on the same ids as torchvision's for identical results;
+- global context (option `global_context`, the appendix's): the whole image pooled as one RoI through the
+  same box head, its feature concatenated with each region's before the classifier and box regressor;
 - two test-time options of the paper's appendix, off by default: box voting after NMS
   (detection/box_voting.py) and box refinement (`refine=True`: pool again from the regressed boxes,
   run the head once more, NMS at IoU 0.3 over the union of both passes, then voting).
@@ -37,7 +39,9 @@ REFINE_NMS_THRESHOLD = 0.3
 class RoIHeads(TorchvisionRoIHeads):
     """Pool each proposal, run the box head, classify and regress; losses and/or detections."""
 
-    def __init__(self, *, num_classes: int, unused_class_ids: Sequence[int], **kwargs) -> None:
+    def __init__(
+        self, *, num_classes: int, unused_class_ids: Sequence[int], global_context: bool = False, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         num_columns = num_classes + 1 + len(unused_class_ids)
         unused = set(unused_class_ids)
@@ -51,6 +55,7 @@ class RoIHeads(TorchvisionRoIHeads):
         self.register_buffer("column_to_label", column_to_label, persistent=False)
         self.num_classes = num_classes
         self.has_unused_columns = bool(unused)
+        self.global_context = global_context
 
     def forward(
         self,
@@ -110,7 +115,14 @@ class RoIHeads(TorchvisionRoIHeads):
         self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = self.box_roi_pool(features, proposals, image_shapes)
-        class_logits, box_regression = self.box_predictor(self.box_head(pooled))
+        regions = self.box_head(pooled)
+        if self.global_context:
+            context = self.box_head(
+                self.box_roi_pool(features, whole_image_boxes(proposals, image_shapes), image_shapes)
+            )
+            counts = torch.tensor([len(boxes) for boxes in proposals], device=context.device)
+            regions = torch.cat([regions, context.repeat_interleave(counts, dim=0)], dim=1)
+        class_logits, box_regression = self.box_predictor(regions)
         return class_logits.float(), box_regression.float()  # decode boxes in fp32 under bf16 autocast
 
     def candidates(
@@ -181,6 +193,14 @@ class RoIHeads(TorchvisionRoIHeads):
         ]
 
 
+def whole_image_boxes(proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """One RoI per image covering all of it (its resized size, without the batch's padding): global context."""
+    return [
+        torch.tensor([[0.0, 0.0, float(width), float(height)]], dtype=boxes.dtype, device=boxes.device)
+        for boxes, (height, width) in zip(proposals, image_shapes)
+    ]
+
+
 class Res5Head(nn.Module):
     """The C4 box head: res5 on each pooled RoI (its first block halves 14x14 to 7x7), then average pooling."""
 
@@ -218,4 +238,5 @@ def roi_heads_kwargs(options: DetectorOptions) -> dict:
         nms_thresh=options.box_nms_thresh,
         detections_per_img=options.box_detections_per_img,
         unused_class_ids=options.unused_class_ids,
+        global_context=options.global_context,
     )
