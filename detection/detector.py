@@ -17,6 +17,8 @@ from torch import nn
 from backbone.weights import load_checked
 from detection.images import to_float_image
 from detection.inference import optimize_detector
+from detection.multiscale import MaxoutPyramidPooler
+from detection.poolers import SingleLevelRoIAlign
 from detection.postprocess import to_original_coordinates
 from detection.roi_heads import RoIHeads
 from detection.transform import DetectorTransform, check_images, prepare_targets
@@ -78,6 +80,7 @@ class Detector(nn.Module):
         vote_threshold: float | None = None,
         refine_boxes: bool = False,
         test_size: int | None = None,
+        maxout_sizes: Sequence[int] = (),
         targets_prepared: bool = False,
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Return (losses, detections) for a list of RGB float images [3, H, W] in [0, 1].
@@ -89,6 +92,8 @@ class Detector(nn.Module):
         vote_threshold: box voting after NMS (detection/box_voting.py); refine_boxes: the appendix's box
         refinement (RoIHeads.forward); both off by default. test_size: the shorter side to test at in this
         call (eval only; the longer side's cap scales with it; None: the model's own test size).
+        maxout_sizes: multi-scale testing with maxout on this pyramid of shorter sides (C4 only; e.g.
+        detection.multiscale.PYRAMID_SIZES); the RPN stays at the test size.
         targets_prepared: the targets come from `detection.transform.batch_to_device`, checked on the CPU
         (checks here would sync a GPU).
         """
@@ -110,6 +115,11 @@ class Detector(nn.Module):
             batch = self.transform.batch_at_size(images, min_size=test_size, max_size=self.scaled_max_size(test_size))
         features = self.features(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, targets)
+        region_pooler = None
+        if maxout_sizes:
+            if targets is not None:
+                raise ValueError("maxout_sizes is for detection without targets")
+            region_pooler = self.maxout_pooler(images, batch.image_sizes, sizes=maxout_sizes)
         detections, head_losses = self.roi_heads(
             features,
             proposals,
@@ -120,9 +130,31 @@ class Detector(nn.Module):
             nms_thresh=iou_threshold,
             vote_thresh=vote_threshold,
             refine=refine_boxes,
+            region_pooler=region_pooler,
         )
         detections = to_original_coordinates(detections, batch.image_sizes, original_sizes)
         return {**rpn_losses, **head_losses}, detections
+
+    def maxout_pooler(
+        self, images: list[torch.Tensor], image_sizes: list[tuple[int, int]], *, sizes: Sequence[int]
+    ) -> MaxoutPyramidPooler:
+        """The pooler of multi-scale testing: the head's feature map of `images` at each shorter side in sizes."""
+        pooler = self.roi_heads.box_roi_pool
+        if not isinstance(pooler, SingleLevelRoIAlign):
+            raise ValueError(
+                "multi-scale testing with maxout is the C4 head's (one pooled map); for FPN test at several "
+                "sizes merged by NMS + voting (detection.test_time.TestTimeOptions(test_sizes=...))"
+            )
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"maxout_sizes repeats a size: {tuple(sizes)}")
+        maps, level_sizes = [], []
+        for size in sorted(sizes):
+            level = self.transform.batch_at_size(images, min_size=size, max_size=self.scaled_max_size(size))
+            maps.append(self.features(level.tensors)[pooler.feature_name])
+            level_sizes.append(level.image_sizes)
+        return MaxoutPyramidPooler(
+            pooler=pooler, feature_maps=maps, level_image_sizes=level_sizes, image_sizes=image_sizes
+        )
 
     def predict(
         self,

@@ -17,7 +17,7 @@ are reused so its weights load unchanged. We own:
   run the head once more, NMS at IoU 0.3 over the union of both passes, then voting).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,10 +69,12 @@ class RoIHeads(TorchvisionRoIHeads):
         nms_thresh: float | None = None,
         vote_thresh: float | None = None,
         refine: bool = False,
+        region_pooler: Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         """vote_thresh: box voting after NMS at this IoU (None: no voting, unless refine); refine: box
         refinement, whose NMS runs at nms_thresh or, when None, the paper's 0.3, and whose voting at
-        vote_thresh or Detectron's 0.8."""
+        vote_thresh or Detectron's 0.8; region_pooler: pools the regions at inference instead of
+        box_roi_pool (multi-scale testing's maxout pooler, detection/multiscale.py)."""
         losses = {}
         if targets is not None:
             targets = [{**target, "labels": self.label_to_column[target["labels"]]} for target in targets]
@@ -83,13 +85,15 @@ class RoIHeads(TorchvisionRoIHeads):
         detections = []
         if not self.training:
             score_thresh = self.score_thresh if score_thresh is None else score_thresh
-            class_logits, box_regression = self.classify(features, proposals, image_shapes)
+            class_logits, box_regression = self.classify(features, proposals, image_shapes, region_pooler=region_pooler)
             candidates = self.candidates(
                 class_logits, box_regression, proposals, image_shapes, score_thresh=score_thresh
             )
             if refine:
                 refined = self.regressed_boxes(class_logits, box_regression, proposals, image_shapes)
-                class_logits, box_regression = self.classify(features, refined, image_shapes)
+                class_logits, box_regression = self.classify(
+                    features, refined, image_shapes, region_pooler=region_pooler
+                )
                 second = self.candidates(class_logits, box_regression, refined, image_shapes, score_thresh=score_thresh)
                 candidates = [
                     tuple(torch.cat([a, b]) for a, b in zip(first, again)) for first, again in zip(candidates, second)
@@ -112,9 +116,18 @@ class RoIHeads(TorchvisionRoIHeads):
         return detections, losses
 
     def classify(
-        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        *,
+        region_pooler: Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.box_roi_pool(features, proposals, image_shapes)
+        """Class logits and box deltas of each proposal; the global context, when on, is pooled from `features`."""
+        if region_pooler is None:
+            pooled = self.box_roi_pool(features, proposals, image_shapes)
+        else:
+            pooled = region_pooler(proposals)
         regions = self.box_head(pooled)
         if self.global_context:
             context = self.box_head(

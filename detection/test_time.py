@@ -30,6 +30,7 @@ class TestTimeOptions:
     vote_threshold: float | None = None  # box voting after NMS at this IoU (Detectron's 0.8 when merging)
     flip: bool = False  # add each image mirrored left-right
     test_sizes: tuple[int, ...] = ()  # shorter sides to test at; () = the model's own test size only
+    maxout_sizes: tuple[int, ...] = ()  # multi-scale testing with maxout on this pyramid (C4; detection/multiscale.py)
     tile_size: int | None = None  # sliced inference (detection/slicing.py) in square tiles of this side
     tile_overlap: int | None = None  # pixels shared by neighbouring tiles (None: a fifth of a tile, as SAHI)
     tile_full_image: bool = False  # the whole image as one more tile (for objects larger than a tile)
@@ -37,10 +38,12 @@ class TestTimeOptions:
     def __post_init__(self) -> None:
         if self.vote_threshold is not None and not 0.0 <= self.vote_threshold <= 1.0:
             raise ValueError(f"vote_threshold must lie in [0, 1], got {self.vote_threshold}")
-        if any(not isinstance(size, int) or size < 1 for size in self.test_sizes):
-            raise ValueError(f"test_sizes must be positive pixel counts, got {self.test_sizes}")
-        if len(set(self.test_sizes)) != len(self.test_sizes):
-            raise ValueError(f"test_sizes repeats a size: {self.test_sizes}")
+        for name in ("test_sizes", "maxout_sizes"):
+            sizes = getattr(self, name)
+            if any(not isinstance(size, int) or size < 1 for size in sizes):
+                raise ValueError(f"{name} must be positive pixel counts, got {sizes}")
+            if len(set(sizes)) != len(sizes):
+                raise ValueError(f"{name} repeats a size: {sizes}")
         if self.tile_size is None:
             if self.tile_overlap is not None or self.tile_full_image:
                 raise ValueError("tile_overlap and tile_full_image need a tile_size")
@@ -83,13 +86,14 @@ def detect_with_options(
         _, detections = model(
             images, score_threshold=score_threshold, max_detections=max_detections, iou_threshold=iou_threshold,
             vote_threshold=options.vote_threshold, refine_boxes=options.refine_boxes,
+            maxout_sizes=options.maxout_sizes,
         )  # fmt: skip
         return detections
     return detect_augmented(
         model, images, flip=options.flip, test_sizes=options.test_sizes,
         vote_threshold=VOTE_IOU_THRESHOLD if options.vote_threshold is None else options.vote_threshold,
         score_threshold=score_threshold, max_detections=max_detections, iou_threshold=iou_threshold,
-        refine_boxes=options.refine_boxes,
+        refine_boxes=options.refine_boxes, maxout_sizes=options.maxout_sizes,
     )  # fmt: skip
 
 
