@@ -49,6 +49,7 @@ from detection.data import (
 )
 from detection.data import collate_fn as detection_collate
 from detection.evaluation import to_coco_results, write_json
+from detection.evaluation.report import dataset_image_loader, write_evaluation_report
 from detection.pretrained import detector_architecture, initialise_detector
 from detection.transform import batch_to_device
 from training.checkpoint import RunCheckpoints
@@ -321,6 +322,13 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
             write_reports(output_dir, flat=flat, full=full, predictions=predictions,
                           category_ids=val_data.category_ids)  # fmt: skip
             print(f"wrote {output_dir / 'eval.json'}", flush=True)
+            if "coco" in full:
+                tables = write_evaluation_report(
+                    output_dir, dataset=val_data, predictions=predictions, coco=full["coco"],
+                    load_image=dataset_image_loader(val_data),
+                )  # fmt: skip
+                print(tables, flush=True)
+                print(f"wrote {output_dir / 'report.json'}, confusion.png/.json, worst_images.jpg", flush=True)
         return flat
 
     train_base = train_data.dataset
