@@ -18,6 +18,7 @@ baseline's, measured in the same run.
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -94,9 +95,7 @@ def ladder(model, context_model, *, pyramid: tuple[int, ...]) -> list[tuple[str,
     # C4: the paper's maxout over the pyramid; FPN (its pyramid is inside the network): the image pyramid's
     # detections merged by NMS + box voting
     multiscale = TestTimeOptions(refine_boxes=True, **({"maxout_sizes": pyramid} if c4 else {"test_sizes": pyramid}))
-    tta = TestTimeOptions(
-        refine_boxes=True, flip=True, **({"maxout_sizes": pyramid} if c4 else {"test_sizes": pyramid})
-    )
+    tta = replace(multiscale, test_flip=True)
     rows += [("+ multi-scale testing", model, multiscale), ("+ test-time augmentation", model, tta)]
     return rows
 

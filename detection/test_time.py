@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from backbone.flags import option
 from detection.box_voting import VOTE_IOU_THRESHOLD, merge_detections
 from detection.detector import Detector
 from detection.slicing import detect_sliced_batch, tile_windows
@@ -22,44 +23,69 @@ from detection.slicing import detect_sliced_batch, tile_windows
 
 @dataclass(frozen=True)
 class TestTimeOptions:
-    """The test-time ladder; the defaults run the plain detector (the cheapest)."""
+    """The test-time ladder, each field a flag of train_det.py (--eval-only); the defaults run the plain
+    detector (the cheapest). Fields have one type each (flags): 0 switches a number off."""
 
     __test__ = False  # not a pytest class, whatever its name says
 
-    refine_boxes: bool = False  # the appendix's box refinement (RoIHeads.forward)
-    vote_threshold: float | None = None  # box voting after NMS at this IoU (Detectron's 0.8 when merging)
-    flip: bool = False  # add each image mirrored left-right
-    test_sizes: tuple[int, ...] = ()  # shorter sides to test at; () = the model's own test size only
-    maxout_sizes: tuple[int, ...] = ()  # multi-scale testing with maxout on this pyramid (C4; detection/multiscale.py)
-    tile_size: int | None = None  # sliced inference (detection/slicing.py) in square tiles of this side
-    tile_overlap: int | None = None  # pixels shared by neighbouring tiles (None: a fifth of a tile, as SAHI)
-    tile_full_image: bool = False  # the whole image as one more tile (for objects larger than a tile)
+    refine_boxes: bool = option(
+        False, "Box refinement at test time (paper, appendix): pool again from the regressed boxes, run the head "
+        "again, NMS at IoU 0.3 over both passes, then box voting.",
+    )  # fmt: skip
+    vote_threshold: float = option(
+        0.0, "Box voting at test time: each kept box becomes the score-weighted mean of the boxes overlapping it "
+        "at this IoU (Detectron: 0.8); 0 is off, except where refinement or merging use 0.8.",
+    )  # fmt: skip
+    test_flip: bool = option(
+        False, "Test-time augmentation: each image mirrored left-right too, merged by NMS + voting."
+    )
+    test_sizes: tuple[int, ...] = option(
+        (), "Test-time augmentation: shorter sides to test at, merged by NMS + box voting (none: the model's own)."
+    )
+    maxout_sizes: tuple[int, ...] = option(
+        (), "Multi-scale testing with maxout (paper, appendix; C4 only) on this pyramid of shorter sides, e.g. "
+        "200 400 600 800 1000; the RPN stays at the test size.",
+    )  # fmt: skip
+    tile_size: int = option(
+        0, "Sliced inference: square tiles of this many pixels through the detector, merged across tiles (0: off)."
+    )
+    tile_overlap: float = option(0.2, "Sliced inference: the fraction of a tile its neighbours share (SAHI: 0.2).")
+    tile_full_image: bool = option(False, "Sliced inference: the whole image as one more tile, for large objects.")
 
     def __post_init__(self) -> None:
-        if self.vote_threshold is not None and not 0.0 <= self.vote_threshold <= 1.0:
-            raise ValueError(f"vote_threshold must lie in [0, 1], got {self.vote_threshold}")
+        if not 0.0 <= self.vote_threshold <= 1.0:
+            raise ValueError(f"vote_threshold must lie in [0, 1] (0: off), got {self.vote_threshold}")
         for name in ("test_sizes", "maxout_sizes"):
             sizes = getattr(self, name)
+            if isinstance(sizes, list):  # JSON round trips give lists
+                object.__setattr__(self, name, tuple(sizes))
+                sizes = tuple(sizes)
             if any(not isinstance(size, int) or size < 1 for size in sizes):
                 raise ValueError(f"{name} must be positive pixel counts, got {sizes}")
             if len(set(sizes)) != len(sizes):
                 raise ValueError(f"{name} repeats a size: {sizes}")
-        if self.tile_size is None:
-            if self.tile_overlap is not None or self.tile_full_image:
-                raise ValueError("tile_overlap and tile_full_image need a tile_size")
-        else:
+        if self.tile_size < 0:
+            raise ValueError(f"tile_size must be >= 0 (0: off), got {self.tile_size}")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise ValueError(f"tile_overlap is a fraction of a tile in [0, 1), got {self.tile_overlap}")
+        if self.tile_full_image and not self.tile_size:
+            raise ValueError("tile_full_image needs a tile_size")
+        if self.tile_size:
             tile_windows(self.tile_size, self.tile_size, tile_size=self.tile_size, overlap=self.overlap)  # checks
 
     @property
     def overlap(self) -> int:
         """The tile overlap in pixels."""
-        if self.tile_overlap is not None:
-            return self.tile_overlap
-        return 0 if self.tile_size is None else self.tile_size // 5
+        return round(self.tile_size * self.tile_overlap)
 
     @property
     def augmented(self) -> bool:
-        return self.flip or bool(self.test_sizes)
+        return self.test_flip or bool(self.test_sizes)
+
+    @property
+    def vote(self) -> float | None:
+        """The voting IoU, None when off."""
+        return self.vote_threshold or None
 
 
 def detect_with_options(
@@ -72,8 +98,8 @@ def detect_with_options(
     iou_threshold: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Detections of float images [3, H, W] in their own pixels, with the ladder's options applied."""
-    if options.tile_size is not None:
-        untiled = replace(options, tile_size=None, tile_overlap=None, tile_full_image=False)
+    if options.tile_size:
+        untiled = replace(options, tile_size=0, tile_full_image=False)
         return detect_sliced_batch(
             lambda tiles: detect_with_options(
                 model, tiles, untiled, score_threshold=score_threshold, max_detections=max_detections,
@@ -85,13 +111,13 @@ def detect_with_options(
     if not options.augmented:
         _, detections = model(
             images, score_threshold=score_threshold, max_detections=max_detections, iou_threshold=iou_threshold,
-            vote_threshold=options.vote_threshold, refine_boxes=options.refine_boxes,
+            vote_threshold=options.vote, refine_boxes=options.refine_boxes,
             maxout_sizes=options.maxout_sizes,
         )  # fmt: skip
         return detections
     return detect_augmented(
-        model, images, flip=options.flip, test_sizes=options.test_sizes,
-        vote_threshold=VOTE_IOU_THRESHOLD if options.vote_threshold is None else options.vote_threshold,
+        model, images, flip=options.test_flip, test_sizes=options.test_sizes,
+        vote_threshold=options.vote or VOTE_IOU_THRESHOLD,
         score_threshold=score_threshold, max_detections=max_detections, iou_threshold=iou_threshold,
         refine_boxes=options.refine_boxes, maxout_sizes=options.maxout_sizes,
     )  # fmt: skip

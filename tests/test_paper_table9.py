@@ -45,5 +45,5 @@ def test_the_ladder_uses_maxout_for_c4_and_the_merged_pyramid_for_fpn():
     assert (
         fpn_rows["+ multi-scale testing"].test_sizes == (32, 64) and not fpn_rows["+ multi-scale testing"].maxout_sizes
     )
-    assert c4_rows["+ test-time augmentation"].flip and c4_rows["+ test-time augmentation"].refine_boxes
+    assert c4_rows["+ test-time augmentation"].test_flip and c4_rows["+ test-time augmentation"].refine_boxes
     assert c4_rows["baseline"] == paper_table9.TestTimeOptions()

@@ -97,11 +97,13 @@ def test_a_real_detector_runs_on_tiles_and_answers_in_the_image_pixels():
 def test_test_time_options_route_tiles_through_the_merge():
     image, objects = _scene()
     finder = RectangleFinder()
-    merged = detect_with_options(finder, [image], TestTimeOptions(tile_size=100, tile_overlap=40))
+    merged = detect_with_options(finder, [image], TestTimeOptions(tile_size=100, tile_overlap=0.4))
     assert _sorted(merged[0]["boxes"]) == sorted(objects)
     assert len(finder.calls) == 1
     assert TestTimeOptions(tile_size=100).overlap == 20
     with pytest.raises(ValueError, match="overlap"):
-        TestTimeOptions(tile_size=100, tile_overlap=100)
-    with pytest.raises(ValueError, match="need a tile_size"):
+        TestTimeOptions(tile_size=100, tile_overlap=1.0)
+    with pytest.raises(ValueError, match="overlap"):
+        TestTimeOptions(tile_size=2, tile_overlap=0.9)  # rounds to the whole tile
+    with pytest.raises(ValueError, match="needs a tile_size"):
         TestTimeOptions(tile_full_image=True)

@@ -74,6 +74,7 @@ def test_options_reject_nonsense_and_default_to_one_plain_pass():
         TestTimeOptions(test_sizes=(400, 400))
     with pytest.raises(ValueError, match="vote_threshold"):
         TestTimeOptions(vote_threshold=2.0)
+    assert TestTimeOptions(test_sizes=[400, 600]).test_sizes == (400, 600)  # as a JSON round trip gives them
     model = RectangleFinder()
     detections = detect_with_options(model, [_image()], TestTimeOptions())
     assert len(model.calls) == 1 and model.calls[0]["refine_boxes"] is False
@@ -87,7 +88,7 @@ def test_a_real_detector_at_its_own_test_size_gives_its_plain_answer_and_augment
     with torch.no_grad():
         _, plain = model(images)
         _, same_size = model(images, test_size=TINY["min_size"])
-        augmented = detect_with_options(model, images, TestTimeOptions(flip=True, test_sizes=(48, 80)))
+        augmented = detect_with_options(model, images, TestTimeOptions(test_flip=True, test_sizes=(48, 80)))
     for a, b in zip(plain, same_size):
         assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
     assert_detections_valid(augmented, images, num_classes=2)

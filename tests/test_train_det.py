@@ -82,6 +82,13 @@ def test_coco_layout_trains_evaluates_and_writes_every_output(shapes, tmp_path):
     for name in ("confusion.png", "confusion.json", "worst_images.jpg"):
         assert (tmp_path / "eval" / name).is_file(), name
 
+    # the test-time ladder from the same command: other detections, scored the same way, no validation loss
+    ladder = main(tiny_config(shapes, tmp_path / "ladder", eval_only=str(run / "model.safetensors"),
+                              refine_boxes=True, test_flip=True, vote_threshold=0.8))  # fmt: skip
+    assert {"AP", "AP50"} <= set(ladder) and "val_loss" not in ladder
+    with pytest.raises(ValueError, match="eval_only"):
+        main(tiny_config(shapes, tmp_path / "no", refine_boxes=True))
+
 
 def test_voc_layout_reports_both_voc_metrics_and_coco(shapes, tmp_path):
     config = tiny_config(shapes, tmp_path / "voc", dataset="voc", data_path=str(shapes / "voc"), max_iterations=2,
