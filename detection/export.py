@@ -7,7 +7,7 @@
 Exporter: torch.onnx.export(..., dynamo=True) (torch.export) for every op; none needs the TorchScript
 exporter. torchvision's roi_align is translated by onnxscript's torchlib; NMS is our `resdet::grouped_nms`
 op (detection/exportable.py), translated here to ONNX NonMaxSuppression. Detector graph inputs and
-outputs: see detection/exportable.py and the README ("Export (ONNX, Triton)").
+outputs: see detection/exportable.py and docs/INFERENCE.md ("Export (ONNX, Triton)").
 """
 
 import argparse

@@ -3,7 +3,7 @@
 PIL images of every common mode: RGB, L, 1, P (palette), RGBA / LA / PA and P with transparency
 (composited onto white, so transparent areas do not turn black), CMYK and YCbCr, 16-bit and 32-bit
 integer greyscale (I;16*: divided by 65535; I: by 2**31-1 when a TIFF says 32 bits, else 65535) and float
-(F: clipped to [0, 1]). `to_rgb` is the one PIL-to-RGB conversion: the service decodes uploads with it too.
+(F: clipped to [0, 1]). `to_array` is the one PIL-to-pixels conversion: detection.decoding decodes files with it.
 Tensors: uint8 (/255), uint16 (/65535) or float in [0, 1], shaped [H, W], [1, H, W], [3, H, W] or
 [4, H, W] (RGBA, alpha composited as for PIL). Pixels are used as stored: EXIF orientation is not
 applied (boxes refer to the stored pixel grid; rotate with PIL.ImageOps.exif_transpose first if needed).
@@ -12,7 +12,6 @@ applied (boxes refer to the stored pixel grid; rotate with PIL.ImageOps.exif_tra
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as F
 
 # Modes whose samples are wider than 8 bits; PIL's convert("RGB") would clip them, not scale them.
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -31,17 +30,17 @@ def to_float_image(image: Image.Image | torch.Tensor, *, index: int = 0) -> torc
 def _from_pil(image: Image.Image, *, index: int) -> torch.Tensor:
     if image.width == 0 or image.height == 0:
         raise ValueError(f"image {index}: empty image ({image.width}x{image.height})")
+    return torch.from_numpy(to_array(image)).permute(2, 0, 1).contiguous()
+
+
+def to_array(image: Image.Image) -> np.ndarray:
+    """RGB [H, W, 3] as the detector consumes it: uint8 for 8-bit images (a quarter of float's memory),
+    float32 in [0, 1] for 16-bit, 32-bit and float images, which 8 bits would truncate."""
     if image.mode in WIDE_MODES:
         # Kept in float: 8 bits would truncate them. The range is `to_rgb`'s.
         grey = np.asarray(image, dtype=np.float32) / wide_range(image)
-        return torch.from_numpy(np.clip(np.nan_to_num(grey), 0.0, 1.0)).expand(3, -1, -1).contiguous()
-    return F.pil_to_tensor(to_rgb(image))
-
-
-def to_pixels(image: Image.Image) -> torch.Tensor:
-    """RGB [3, H, W] as the detector consumes it: uint8 for 8-bit images (a quarter of float's memory),
-    float in [0, 1] for 16-bit and float images, which 8 bits would truncate."""
-    return _from_pil(image, index=0)
+        return np.repeat(np.clip(np.nan_to_num(grey), 0.0, 1.0)[..., None], 3, axis=2)
+    return np.array(to_rgb(image))
 
 
 def wide_range(image: Image.Image) -> float:

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
@@ -35,6 +34,7 @@ from backbone.devices import resolve_device
 from backbone.files import write_atomically
 from backbone.flags import FlagParser
 from backbone.weights import CheckpointError
+from detection import decoding
 from detection.annotate import draw_detections
 from detection.checkpoint import load_detector
 from detection.data.annotations import AnnotationError
@@ -42,7 +42,6 @@ from detection.data.batching import DEFAULT_WORKERS
 from detection.data.voc import read_class_names
 from detection.detector import Detector
 from detection.evaluation import to_coco_results, write_json
-from detection.images import to_pixels
 from detection.transform import padded_input_shape
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -125,16 +124,12 @@ def _read_path_list(path: Path) -> list[str]:
 
 
 def decode_image(file: str) -> Decoded:
-    """The image as displayed (EXIF orientation applied, as the service does); an error record if unreadable."""
+    """The image as displayed (`detection.decoding`, the service's decoder); an error record if unreadable."""
     try:
-        with Image.open(file) as image:
-            image.seek(0)  # animated images: the first frame
-            image.load()
-            return Decoded(file=file, frame=None, pixels=to_pixels(ImageOps.exif_transpose(image)))
-    except UnidentifiedImageError:
-        return Decoded(file=file, frame=None, error="not an image in a format PIL reads")
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
-        return Decoded(file=file, frame=None, error=f"cannot decode: {error}")
+        decoded = decoding.decode_image(file, label="the file")
+    except decoding.ImageDecodeError as error:
+        return Decoded(file=file, frame=None, error=str(error))
+    return Decoded(file=file, frame=None, pixels=torch.from_numpy(decoded.pixels).permute(2, 0, 1))
 
 
 def import_av():

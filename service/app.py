@@ -19,6 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 from service.body_limit import BodySizeLimitMiddleware
 from service.cors import SettingsCORSMiddleware
 from service.errors import install_error_handlers
+from service.form_declared_image import FormDeclaredImageMiddleware
 from service.loading import ModelLoadError, select_device
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.middleware import ScopeMiddleware
@@ -112,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_page(app)
     install_openapi(app)
     # Added last = outermost: metrics also count the 413s the body limit answers.
+    # Innermost: re-declares an image sent as a form before FastAPI parses it (the body limit counts first).
+    app.add_middleware(FormDeclaredImageMiddleware)
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response it passes carries the id

@@ -12,6 +12,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
@@ -20,6 +21,7 @@ from backbone import ResNet
 from backbone.inference import optimize_for_inference
 from backbone.preprocessing import ClassifierPreprocessing
 from detection import Detector
+from detection.decoding import DecodedImage
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,14 @@ class ClassifierPredictor:
         self.channels_last = optimize
         self.model = optimize_for_inference(model) if optimize else model
 
-    def prepare(self, image: Image.Image) -> torch.Tensor:
+    def prepare(self, image: DecodedImage) -> torch.Tensor:
         """8-bit resize and crop of the region the model sees, then float: [3, size, size] normalised."""
-        return self.preprocessing.prepare(image)
+        return self.preprocessing.prepare(image.to_pil())
 
     def warmup_request(self) -> ClassifyRequest:
         size = self.preprocessing.size
-        return ClassifyRequest(pixels=self.prepare(Image.new("RGB", (size, size), (128, 128, 128))), top_k=1)
+        grey = DecodedImage(pixels=np.full((size, size, 3), 128, dtype=np.uint8))
+        return ClassifyRequest(pixels=self.prepare(grey), top_k=1)
 
     @torch.inference_mode()
     def run(self, batch: Sequence[ClassifyRequest]) -> list[list[dict[str, Any]]]:
@@ -116,8 +119,9 @@ class DetectorPredictor:
         self.model = model
         self.device = device
 
-    def prepare(self, image: Image.Image) -> ResizedImage:
+    def prepare(self, image: DecodedImage) -> ResizedImage:
         """Bilinear in 8-bit (antialiased when shrinking: PIL's filter widens with the scale)."""
+        image = image.to_pil()
         width, height = image.size
         input_height, input_width = self.model.input_size(height, width)
         resized = image.resize((input_width, input_height), resample=Image.Resampling.BILINEAR)
@@ -125,7 +129,9 @@ class DetectorPredictor:
 
     def warmup_request(self) -> DetectRequest:
         return DetectRequest(
-            image=self.prepare(Image.new("RGB", (640, 480), (128, 128, 128))), score_threshold=0.5, max_detections=1
+            image=self.prepare(DecodedImage(pixels=np.full((480, 640, 3), 128, dtype=np.uint8))),
+            score_threshold=0.5,
+            max_detections=1,
         )
 
     @torch.inference_mode()

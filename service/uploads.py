@@ -25,7 +25,8 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
-from service.images import ImageRejected, check_content_type, decode_opened, open_image
+from detection.decoding import DecodedImage, ImageDecodeError, decode_opened, open_image
+from service.images import ImageRejected, check_content_type, rejection
 from service.memory import LARGE_IMAGE_PIXELS, release_free_memory
 
 
@@ -89,7 +90,9 @@ async def image_upload(
         if file is None:
             raise HTTPException(422, f"file: no part named 'file' in the form; {RAW_BODY_HINT}")
         return file
-    if media_type == "application/x-www-form-urlencoded":  # curl --data-binary without -H 'Content-Type: ...'
+    # curl --data-binary without -H 'Content-Type: ...' declares a form; an image body was re-declared by
+    # service/form_declared_image.py, so what still arrives as a form is not an image.
+    if media_type == "application/x-www-form-urlencoded":
         raise ImageRejected(
             415, "the body is declared as application/x-www-form-urlencoded, not an image: "
             f"{RAW_BODY_HINT} (curl: add -H 'Content-Type: image/jpeg')",
@@ -116,25 +119,35 @@ def upload_label(upload: UploadFile, index: int | None = None) -> str:
 
 
 async def decode_upload(
-    upload: UploadFile, *, label: str, max_pixels: int, prepare: Callable[[Image.Image], Any], keep_image: bool = False
+    upload: UploadFile,
+    *,
+    label: str,
+    max_pixels: int,
+    prepare: Callable[[DecodedImage], Any],
+    keep_image: bool = False,
 ) -> DecodedUpload:
     started = time.perf_counter()
     check_content_type(upload.content_type, label=label)
     data = await upload.read()
 
     # The header, read once here (nothing decoded yet): its size picks the thread below, whose decode goes on from it.
-    opened = open_image(data, max_pixels=max_pixels, label=label)
+    try:
+        opened = open_image(data, max_pixels=max_pixels, label=label)
+    except ImageDecodeError as error:
+        raise rejection(error) from error
     large = opened.width * opened.height >= LARGE_IMAGE_PIXELS
 
     def decode_and_prepare() -> DecodedUpload:
-        image = decode_opened(opened, label=label)
+        try:
+            image = decode_opened(opened, label=label)  # closes `opened`: its pixels live on in `image` alone
+        except ImageDecodeError as error:
+            raise rejection(error) from error
+        prepared = prepare(image)
         decoded = DecodedUpload(
-            size=image.size, prepared=prepare(image), decode_ms=0.0, image=image if keep_image else None
+            size=image.size, prepared=prepared, decode_ms=0.0, image=image.to_pil() if keep_image else None
         )
         if not keep_image and large:
-            # close, not del: `opened` (possibly this very image) outlives this function, and the pixels must be
-            # gone before the heap is handed back. What prepare made is its own copy (a resize, a tensor).
-            image.close()
+            del image  # what prepare made is its own copy (a resize): the pixels must be gone before the heap goes back
             release_free_memory()
         return decoded
 

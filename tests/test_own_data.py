@@ -1,4 +1,4 @@
-"""Training on your own data as the README tells it: a VOC-layout set whose classes.txt holds COCO's
+"""Training on your own data as docs/TRAINING.md tells it: a VOC-layout set whose classes.txt holds COCO's
 multi-word names, default splits, training from scratch, evaluating with a progress bar, then predicting."""
 
 import json

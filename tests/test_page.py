@@ -1,6 +1,6 @@
 """The web page at GET / and the offline /docs, driven in a real headless Chromium (Debian's `chromium`).
 
-`.ci/run` installs chromium when it is missing; elsewhere `apt-get install chromium` (README). Without it
+`.ci/run` installs chromium when it is missing; elsewhere `apt-get install chromium` (docs/SERVING.md). Without it
 the browser tests skip saying so; the checks that need no browser still run.
 """
 
@@ -136,7 +136,7 @@ def test_page_uploads_an_image_and_draws_the_boxes_of_the_json(live_server, page
     assert "detect" in timing and "classify" in timing and "round trip" in timing
     assert page.evaluate("window.resdetPalette") == list(PALETTE)
 
-    # The README's screenshot (bus.jpg, so only beside ../shared), rewritten on request only: its timings
+    # The screenshot in docs/SERVING.md (bus.jpg, so only beside ../shared), rewritten on request only: its timings
     # change every run, and a test run should leave the checkout as it found it.
     if photo == BUS and os.environ.get("UPDATE_SCREENSHOT") == "1":
         page.locator("details").evaluate("element => element.open = true")

@@ -3,6 +3,7 @@ from its manifest for training's evaluation and the service."""
 
 import io
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -11,8 +12,8 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from backbone import create_model
 from backbone.checkpoint import load_classifier, save_classifier
 from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ClassifierPreprocessing
+from detection.decoding import DecodedImage, decode_image
 from detection.images import to_float_image
-from service.images import decode_image
 from service.predictors import ClassifierPredictor
 
 
@@ -26,7 +27,7 @@ def tiff(image: Image.Image) -> bytes:
 def test_a_32_bit_tiff_means_the_same_to_the_detector_and_the_service(value):
     """The detector divided every "I" image by 65535: a 32-bit TIFF at half range turned white, not grey."""
     data = tiff(Image.new("I", (4, 3), value))
-    served = pil_to_tensor(decode_image(data, max_pixels=10_000, label="deep.tiff")).float() / 255
+    served = pil_to_tensor(decode_image(data, max_pixels=10_000, label="deep.tiff").to_pil()).float() / 255
     detected = to_float_image(Image.open(io.BytesIO(data)))
     assert detected.shape == served.shape == (3, 3, 4)
     assert float((detected - served).abs().max()) <= 0.5 / 255 + 1e-6
@@ -53,6 +54,8 @@ def test_the_service_serves_with_the_preprocessing_training_saved(tmp_path):
     generator = torch.Generator().manual_seed(0)
     image = Image.fromarray(torch.randint(0, 256, (70, 90, 3), generator=generator, dtype=torch.uint8).numpy())
     # the service's 8-bit region resize and training's evaluation transform: the same pixels within one level
-    difference = (predictor.prepare(image) - trained.transform()(image)) * torch.tensor(trained.std).view(3, 1, 1)
-    assert predictor.prepare(image).shape == (3, 40, 40)
+    difference = (predictor.prepare(DecodedImage(np.asarray(image))) - trained.transform()(image)) * torch.tensor(
+        trained.std
+    ).view(3, 1, 1)
+    assert predictor.prepare(DecodedImage(np.asarray(image))).shape == (3, 40, 40)
     assert float(difference.abs().max()) * 255 <= 1.01

@@ -1,4 +1,5 @@
-"""Upload decoding: every image mode the API promises, EXIF orientation, and hostile files refused early."""
+"""Upload decoding (detection.decoding, the one decoder): every image mode the API promises, EXIF orientation,
+and hostile files refused early with the right HTTP status."""
 
 import functools
 import io
@@ -8,7 +9,8 @@ import zlib
 import pytest
 from PIL import Image, ImageFile
 
-from service.images import ImageRejected, check_content_type, decode_image
+from detection.decoding import ImageDecodeError, decode_image
+from service.images import DECODE_STATUS, ImageRejected, check_content_type
 
 MAX_PIXELS = 40_000_000
 
@@ -79,7 +81,7 @@ def mode_images() -> dict[str, tuple[bytes, tuple[int, int], tuple[int, int, int
 @pytest.mark.parametrize("name", list(mode_images()))
 def test_every_promised_mode_decodes_to_rgb(name):
     data, size, first_pixel = mode_images()[name]
-    image = decode_image(data, max_pixels=MAX_PIXELS, label=name)
+    image = decode_image(data, max_pixels=MAX_PIXELS, label=name).to_pil()
     assert image.mode == "RGB" and image.size == size
     got = image.getpixel((0, 0))
     assert max(abs(a - b) for a, b in zip(got, first_pixel)) <= 2, (name, got, first_pixel)
@@ -91,7 +93,8 @@ def test_exif_orientation_is_applied():
     stored.paste((255, 0, 0), (0, 0, 10, 10))
     exif = Image.Exif()
     exif[0x0112] = 6
-    image = decode_image(encode(stored, "JPEG", exif=exif, quality=95), max_pixels=MAX_PIXELS, label="rotated")
+    data = encode(stored, "JPEG", exif=exif, quality=95)
+    image = decode_image(data, max_pixels=MAX_PIXELS, label="rotated").to_pil()
     assert image.size == (40, 60)
     assert image.getpixel((35, 5))[0] > 200 and image.getpixel((35, 5))[1] < 60  # marker now at the top-right
     assert image.getpixel((5, 5))[1] > 200
@@ -155,10 +158,10 @@ def test_hostile_files_are_refused_with_the_right_status(name, monkeypatch):
     loads = []
     original_load = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loads.append(self.size) or original_load(self))
-    with pytest.raises(ImageRejected) as rejected:
+    with pytest.raises(ImageDecodeError) as rejected:
         decode_image(data, max_pixels=MAX_PIXELS, label=f"file {name!r}")
-    assert rejected.value.status == status
-    assert name in rejected.value.detail  # the error names the file
+    assert DECODE_STATUS[rejected.value.kind] == status
+    assert name in str(rejected.value)  # the error names the file
     if status == 413:
         assert loads == [], "a too-large image must be refused before its pixels are decoded"
 
@@ -171,14 +174,14 @@ def test_polyglots_decode_only_as_the_image_they_are():
     png = encode(Image.new("RGB", (20, 10), (0, 128, 255)), "PNG")
     # A PNG with a zip / HTML payload appended is a valid PNG: served as an image, the rest ignored.
     for payload in (b"PK\x03\x04" + b"\x00" * 100, b"<script>alert(1)</script>"):
-        image = decode_image(png + payload, max_pixels=MAX_PIXELS, label="polyglot")
+        image = decode_image(png + payload, max_pixels=MAX_PIXELS, label="polyglot").to_pil()
         assert image.size == (20, 10) and image.getpixel((0, 0)) == (0, 128, 255)
 
 
 def test_pixel_limit_is_a_setting():
     data = encode(Image.new("RGB", (100, 100)), "PNG")
     assert decode_image(data, max_pixels=10_000, label="x").size == (100, 100)
-    with pytest.raises(ImageRejected, match="10000 pixels, over MAX_IMAGE_PIXELS=9999"):
+    with pytest.raises(ImageDecodeError, match="10000 pixels, over MAX_IMAGE_PIXELS=9999"):
         decode_image(data, max_pixels=9_999, label="x")
 
 
@@ -204,21 +207,21 @@ def test_whatever_a_decoder_raises_is_a_4xx_naming_the_file(error, monkeypatch):
         raise error
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", failing_load)
-    with pytest.raises(ImageRejected) as rejected:
+    with pytest.raises(ImageDecodeError) as rejected:
         decode_image(encode(Image.new("RGB", (8, 8)), "PNG"), max_pixels=MAX_PIXELS, label="file 'odd.png'")
-    assert 400 <= rejected.value.status < 500 and "file 'odd.png'" in rejected.value.detail
-    assert type(error).__name__ in rejected.value.detail  # the reason is named
+    assert 400 <= DECODE_STATUS[rejected.value.kind] < 500 and "file 'odd.png'" in str(rejected.value)
+    assert type(error).__name__ in str(rejected.value)  # the reason is named
 
 
 def test_psd_is_served_as_its_composite():
-    image = decode_image(psd(7, 5, (200, 100, 50)), max_pixels=MAX_PIXELS, label="layered.psd")
+    image = decode_image(psd(7, 5, (200, 100, 50)), max_pixels=MAX_PIXELS, label="layered.psd").to_pil()
     assert image.size == (7, 5) and image.getpixel((3, 2)) == (200, 100, 50)
 
 
 @pytest.mark.parametrize(("value", "grey"), [(2**30, 128), (2**31 - 1, 255), (70_000, 0), (0, 0)])
 def test_32_bit_integer_tiff_is_scaled_by_its_real_range(value, grey):
     data = encode(Image.new("I", (4, 3), value), "TIFF")  # Pillow writes "I" as 32-bit signed samples
-    image = decode_image(data, max_pixels=MAX_PIXELS, label="deep.tiff")
+    image = decode_image(data, max_pixels=MAX_PIXELS, label="deep.tiff").to_pil()
     assert image.getpixel((0, 0)) == (grey, grey, grey)
 
 
@@ -237,7 +240,9 @@ def test_an_upload_has_its_header_read_once_and_is_decoded_as_displayed(monkeypa
     monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args) or real_open(*args, **kwargs))
     upload = UploadFile(file=io.BytesIO(data), filename="x.png", headers=Headers({"content-type": "image/png"}))
     decoded = asyncio.run(
-        decode_upload(upload, label="file 'x.png'", max_pixels=MAX_PIXELS, prepare=lambda image: image.getpixel((0, 0)))
+        decode_upload(
+            upload, label="file 'x.png'", max_pixels=MAX_PIXELS, prepare=lambda image: tuple(image.pixels[0, 0])
+        )
     )
     assert len(opened) == 1
-    assert decoded.size == (30, 20) and decoded.prepared == (255, 255, 255)  # transparent onto white, in RGB
+    assert decoded.size == (30, 20) and tuple(decoded.prepared) == (255, 255, 255)  # transparent onto white, in RGB

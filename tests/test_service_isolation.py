@@ -5,6 +5,7 @@ import io
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -13,6 +14,7 @@ from test_service import save_tiny_classifier
 from test_service_detect import CLASS_NAMES, TINY, image_bytes, wait_ready
 
 from detection import build_detector, save_detector
+from detection.decoding import DecodedImage
 from service import Settings, create_app
 from service.engine import BatchingEngine
 
@@ -168,7 +170,7 @@ def peak_growth_mb(action) -> float:
 def test_classifier_preprocessing_caps_both_sides(width, height):
     """A legal 1 x 1,000,000 PNG (3 KB) once cost gigabytes: the shorter side went to 32 px and the longer with it."""
     from backbone import create_model
-    from service.images import decode_image
+    from detection.decoding import decode_image
     from service.predictors import ClassifierPredictor
 
     buffer = io.BytesIO()
@@ -207,7 +209,7 @@ def test_classifier_crop_is_torchvisions_resize_and_centre_crop(size, preprocess
     )  # fmt: skip
     resize, crop = preprocessing.get("resize", preprocessing["size"]), preprocessing["size"]
     expected = v2.CenterCrop(crop)(v2.Resize(resize, antialias=True)(pil_to_tensor(image))).float() / 255
-    ours = predictor.prepare(image)
+    ours = predictor.prepare(DecodedImage(np.asarray(image)))
     assert ours.shape == expected.shape == (3, crop, crop)
     assert float((ours - expected).abs().max()) * 255 <= 1.01
 
