@@ -79,6 +79,12 @@ class TestTimeOptions:
         return round(self.tile_size * self.tile_overlap)
 
     @property
+    def from_source(self) -> bool:
+        """Whether a rung resizes the source image itself (other sizes, mirroring, a pyramid, tiles): such
+        images cannot be prepared at the model's one input size beforehand."""
+        return self.augmented or bool(self.maxout_sizes) or bool(self.tile_size)
+
+    @property
     def augmented(self) -> bool:
         return self.test_flip or bool(self.test_sizes)
 
