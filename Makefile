@@ -1,5 +1,5 @@
 # The two commands of the README: `make serve` (main job) and `make test` (tests).
-# Each sets up its own virtual environment in .venv the first time (about a minute: torch is large), with
+# Each sets up its own virtual environment in .venv the first time (minutes: torch is large; README.md), with
 # every extra (the dev extra pulls train: TensorBoard and matplotlib; video: PyAV; export: ONNX), so `make test` runs it all.
 PYTHON ?= python3
 VENV ?= .venv

@@ -6,7 +6,17 @@ The lowest layer, so the pieces every package shares live here, each in its modu
 `devices` (resolve_device).
 """
 
-from backbone.registry import create_model, list_models
-from backbone.resnet import FeatureInfo, ResNet, convert_to_frozen_batchnorm
+from backbone.lazy_exports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "create_model": "backbone.registry",
+        "list_models": "backbone.registry",
+        "FeatureInfo": "backbone.resnet",
+        "ResNet": "backbone.resnet",
+        "convert_to_frozen_batchnorm": "backbone.resnet",
+    },
+)
 
 __all__ = ["FeatureInfo", "ResNet", "convert_to_frozen_batchnorm", "create_model", "list_models"]

@@ -2,12 +2,14 @@
 
 from collections.abc import Sequence
 
-from backbone.complexity import PAPER_CIFAR_PARAMS_M, PAPER_GMACS, count_macs, count_parameters
 from backbone.flags import FlagParser
-from backbone.registry import create_model
 
 
 def imagenet_rows() -> list[dict]:
+    # torch (through the models) only when counting, so that --help answers at once
+    from backbone.complexity import PAPER_GMACS, count_macs, count_parameters
+    from backbone.registry import create_model
+
     rows = []
     for name, paper in PAPER_GMACS.items():
         variants = [("paper (stride in 1x1)", True)]
@@ -24,6 +26,9 @@ def imagenet_rows() -> list[dict]:
 
 
 def cifar_rows() -> list[dict]:
+    from backbone.complexity import PAPER_CIFAR_PARAMS_M, count_parameters
+    from backbone.registry import create_model
+
     rows = []
     for name, paper in PAPER_CIFAR_PARAMS_M.items():
         params_m = count_parameters(create_model(name)) / 1e6

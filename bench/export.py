@@ -6,7 +6,7 @@
 
 The R50-FPN is torchvision's fasterrcnn_resnet50_fpn with random weights made to behave like trained
 ones (bench/detector.py's anchor), converted to our checkpoint, then exported with
-`detection.export.export_detector`. Both sides include the resize/normalise/pad step (ONNX Runtime
+`detection.onnx_export.export_detector`. Both sides include the resize/normalise/pad step (ONNX Runtime
 gets it from `Predictor.prepare` and `batch`, outside the graph). Calls alternate round-robin and each
 ratio is the median over calls of PyTorch time / ONNX Runtime time for the same images (paired, so
 load that drifts between rounds cancels). ONNX Runtime gets as many intra-op threads as torch.
@@ -23,7 +23,7 @@ import torch
 
 from bench.detector import load_images, time_round_robin, torchvision_anchor
 from detection import build_detector, load_detector, save_detector
-from detection.export import DETECTOR_INPUTS, export_detector
+from detection.onnx_export import DETECTOR_INPUTS, export_detector
 from detection.predictor import Predictor
 from detection.torchvision_compat import describe_torchvision_detector, rename_torchvision_detector
 

@@ -11,12 +11,23 @@ The package imports no command module (convert, predict, data.synthetic): runpy 
 `python -m` runs a module its package has already imported.
 """
 
-from detection.builder import DETECTOR_BACKBONES, build_detector
-from detection.checkpoint import convert_torchvision_detector, load_detector, save_detector
-from detection.detector import Detector
-from detection.options import DetectorOptions
-from detection.predictor import Predictor
-from detection.torchvision_compat import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from backbone.lazy_exports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "DETECTOR_BACKBONES": "detection.builder",
+        "build_detector": "detection.builder",
+        "convert_torchvision_detector": "detection.checkpoint",
+        "load_detector": "detection.checkpoint",
+        "save_detector": "detection.checkpoint",
+        "Detector": "detection.detector",
+        "Predictor": "detection.predictor",
+        "DetectorOptions": "detection.options",
+        "COCO_CATEGORY_IDS": "detection.torchvision_compat",
+        "COCO_CLASS_NAMES": "detection.torchvision_compat",
+    },
+)
 
 __all__ = [
     "COCO_CATEGORY_IDS",

@@ -3,6 +3,13 @@
 The one drawing used by `detection.predict --save-annotated` and the service's /detect/annotated: boxes in a
 colour fixed per class, and above each a label "name score" on a filled background, in a font scaled to the
 image so that it reads the same on a 100-pixel thumbnail and a 4000-pixel photo.
+
+Not torchvision.utils.draw_bounding_boxes (torchvision 0.29), which does the rest of this job: it scales a label
+only with a TrueType font file given by path (without one, PIL's fixed default font ignores `font_size`, and no
+such file ships with the project or every base image); it writes each label inside its box's top-left corner
+and draws box and label in one loop, so a later box crosses an earlier label; and it converts the tensor to a
+PIL image and back, two copies of the picture, where the service draws on the decoded upload itself (a 40 M
+pixel upload would cost another 240 MB: docs/SERVING.md, "Memory, measured").
 """
 
 from collections.abc import Sequence

@@ -14,10 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backbone.flags import FlagParser
-from backbone.weights import CheckpointError
-from detection.checkpoint import convert_torchvision_detector
-from detection.data.annotations import AnnotationError
-from detection.data.voc import read_class_names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # torch and the detector's code only once the command runs, so that --help answers at once
+    from backbone.weights import CheckpointError
+    from detection.checkpoint import convert_torchvision_detector
+    from detection.data.annotations import AnnotationError
+    from detection.data.voc import read_class_names
+
     class_names = None
     try:
         if args.class_names is not None:

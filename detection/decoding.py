@@ -11,6 +11,7 @@ process pool.
 
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,15 +59,25 @@ class DecodedImage:
 
 
 def decode_image(
-    source: bytes | str | os.PathLike, *, max_pixels: int | None = None, label: str = "the image"
+    source: bytes | str | os.PathLike,
+    *,
+    max_pixels: int | None = None,
+    label: str = "the image",
+    formats: Sequence[str] | None = None,
 ) -> DecodedImage:
     """Decode `source` (the file's bytes or its path); raises ImageDecodeError. `max_pixels` None: no limit but
-    PIL's own bomb ceiling. `label` names the image in error messages ("file 'a.jpg'")."""
-    return decode_opened(open_image(source, max_pixels=max_pixels, label=label), label=label)
+    PIL's own bomb ceiling. `label` names the image in error messages ("file 'a.jpg'"). `formats`: Pillow's
+    names of the formats to read (None: all); another is refused ("unsupported") before its header is parsed."""
+    opened = open_image(source, max_pixels=max_pixels, label=label, formats=formats)
+    return decode_opened(opened, label=label)
 
 
 def open_image(
-    source: bytes | str | os.PathLike, *, max_pixels: int | None = None, label: str = "the image"
+    source: bytes | str | os.PathLike,
+    *,
+    max_pixels: int | None = None,
+    label: str = "the image",
+    formats: Sequence[str] | None = None,
 ) -> Image.Image:
     """The image's header alone (PIL opens lazily: nothing is decoded), its size checked; raises ImageDecodeError."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -81,9 +92,16 @@ def open_image(
             raise ImageDecodeError("corrupt", f"{label} cannot be read ({type(error).__name__}: {error})") from error
         stream = source
     try:
-        image = Image.open(stream)
+        image = Image.open(stream, formats=formats)
     except UnidentifiedImageError as error:
-        raise ImageDecodeError("unidentified", f"{label} is not an image in a format we read") from error
+        other = _format_by_signature(source) if formats is not None else None
+        if other is not None and other not in formats:  # an accepted one that did not open is broken, not refused
+            raise ImageDecodeError(
+                "unsupported",
+                f"{label} is not in an accepted format (it looks like {other}); accepted: {', '.join(formats)}",
+            ) from error
+        accepted = f" (accepted: {', '.join(formats)})" if formats is not None else ""
+        raise ImageDecodeError("unidentified", f"{label} is not an image in a format we read{accepted}") from error
     except Exception as error:  # a decoder may raise anything (struct.error, NotImplementedError, ...)
         raise decoder_failure(error, label=label) from error
 
@@ -98,6 +116,23 @@ def open_image(
             f"{label} is {width}x{height} = {width * height} pixels, over MAX_IMAGE_PIXELS={max_pixels}",
         )
     return image
+
+
+def _format_by_signature(source: bytes | str | os.PathLike) -> str | None:
+    """The format whose signature the first 16 bytes carry (what Image.open reads first); no header is parsed."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        prefix = bytes(source[:16])
+    else:
+        with open(source, "rb") as handle:
+            prefix = handle.read(16)
+    Image.init()
+    for name, (_factory, accepts) in Image.OPEN.items():
+        try:
+            if accepts is not None and accepts(prefix):
+                return name
+        except Exception:  # a signature check that trips on 16 bytes is no match
+            continue
+    return None
 
 
 def decode_opened(image: Image.Image, *, label: str = "the image") -> DecodedImage:

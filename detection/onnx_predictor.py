@@ -36,7 +36,7 @@ class OnnxRuntimePredictor(Predictor):
         max_detections: int,
         iou_threshold: float | None,
     ) -> list[dict[str, torch.Tensor]]:
-        from detection.export import DETECTOR_INPUTS, DETECTOR_OUTPUTS
+        from detection.onnx_export import DETECTOR_INPUTS, DETECTOR_OUTPUTS
 
         if iou_threshold is not None and iou_threshold != self.nms_threshold:
             raise ValueError(f"iou_threshold {iou_threshold}: the exported graph's NMS runs at {self.nms_threshold}")

@@ -286,6 +286,24 @@ class Predictor:
         return None if classes is None else labels_of(classes, class_names=self.class_names)
 
 
+def _label_id(value: str | int, *, count: int) -> int | None:
+    """The label id `value` is or spells in ASCII digits, if it is one of 1..count. `str.isdigit` also accepts `¹`
+    and `٣` (which `int` refuses or reads) and `int` refuses over 4,300 digits; no label needs 10 digits."""
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdecimal()) or len(value) > 9:
+            return None
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 1 <= value <= count else None
+
+
+def _shortened(value: str | int, limit: int = 40) -> str | int:
+    """A client's value as an error quotes it: a 4,000-character one is not echoed whole."""
+    text = str(value)
+    return value if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def labels_of(classes: Iterable[str | int], *, class_names: Sequence[str]) -> frozenset[int]:
     """Labels (1..K) from class names or label ids (a name first: a class may be called "1"); ValueError listing
     the model's classes for one it does not know, or when none is given."""
@@ -295,14 +313,15 @@ def labels_of(classes: Iterable[str | int], *, class_names: Sequence[str]) -> fr
     for value in classes:
         if value in label_of:
             labels.add(label_of[value])
-        elif str(value).isdigit() and 1 <= int(value) <= len(class_names):
-            labels.add(int(value))
+        elif (label := _label_id(value, count=len(class_names))) is not None:
+            labels.add(label)
         else:
             unknown.append(value)
     if unknown:
         listed = ", ".join(f"{label}={name!r}" for label, name in enumerate(class_names, start=1))
         raise ValueError(
-            f"unknown class {', '.join(map(repr, unknown))}; this model's classes (label=name) are: {listed}"
+            f"unknown class {', '.join(repr(_shortened(value)) for value in unknown)}; "
+            f"this model's classes (label=name) are: {listed}"
         )
     if not labels:
         raise ValueError("no class given (omit the parameter to keep every class)")

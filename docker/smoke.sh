@@ -10,8 +10,8 @@
 # CONTAINER: podman or docker (default: podman where installed). SMOKE_PORT: host port (default 18000, clear of
 # a `make serve` on 8000). KEEP_IMAGE=1 keeps resdet:cpu afterwards. PYTHON runs detection.predict.
 # DETECTION_TOLERANCE: largest box (pixels) or score difference between /detect and detection.predict, whose
-# count, labels and order must match; 0 asks equality. Default `report`: the differences are printed, not enforced,
-# until issue 23's one inference path lands (today the service finds 8 objects in bus.jpg, the CLI 4); then 0.
+# count, labels and order must match; default 0: equality (both run detection.predictor.Predictor); `report` prints
+# the differences without failing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
@@ -21,7 +21,7 @@ PROJECT=resdet-smoke
 IMAGE=resdet:cpu  # docker-compose.yml's api image
 SMOKE_PORT=${SMOKE_PORT:-18000}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-120}
-DETECTION_TOLERANCE=${DETECTION_TOLERANCE:-report}
+DETECTION_TOLERANCE=${DETECTION_TOLERANCE:-0}
 PYTHON=${PYTHON:-.venv/bin/python}
 IMAGE_FILE=../shared/data/demo-images/bus.jpg
 CHECKPOINT=service/models/demo_detector.safetensors  # what the container serves from the mounted service/models
@@ -127,11 +127,11 @@ echo
     "$work/classify.json"
 
 step "compare with python -m detection.predict on the same file and checkpoint"
-# the same precision as the served detector: BF16=auto turns bf16 on where the CPU computes it
-bf16=$(curl -fsS "$URL/models" | "$PYTHON" -c \
-    "import json, sys; print(' '.join('--bf16' for m in json.load(sys.stdin)['models'] if m['role'] == 'detector' and m['default'] and m['precision'] == 'bfloat16'))")
-"$PYTHON" -m detection.predict "$IMAGE_FILE" --checkpoint "$CHECKPOINT" --output "$work/predict" --device cpu $bf16 \
-    >/dev/null
+# the same precision as the served detector (/models), which BF16=auto and the CLI's --precision auto pick alike
+precision=$(curl -fsS "$URL/models" | "$PYTHON" -c \
+    "import json, sys; print(*[{'bfloat16': 'bf16', 'float32': 'fp32'}[m['precision']] for m in json.load(sys.stdin)['models'] if m['role'] == 'detector' and m['default']])")
+"$PYTHON" -m detection.predict "$IMAGE_FILE" --checkpoint "$CHECKPOINT" --output "$work/predict" --device cpu \
+    --precision "$precision" >/dev/null
 "$PYTHON" docker/compare_detections.py "$work/multipart.json" "$work/raw.json" "$work/predict/predictions.jsonl" \
     --tolerance "$DETECTION_TOLERANCE"
 

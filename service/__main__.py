@@ -8,15 +8,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app
 from service.settings import DEMO_MODEL_DIR, Settings, get_settings
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from service.settings_doc import default_text
 
 DEMO_HINT = (
     "The demo models are trained by this project's own pipeline: `make demo-models` retrains them; "
@@ -29,11 +26,7 @@ def settings_help() -> str:
     """Every setting, its default and what it does, from service/settings.py (`python -m service --help`)."""
     lines = ["Settings are environment variables (e.g. `PORT=9000 python -m service`):"]
     for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        shown = "unset" if default in (None, []) else str(default)
-        if isinstance(default, Path) and default.is_relative_to(REPO_ROOT):
-            shown = str(default.relative_to(REPO_ROOT))  # never print this machine's paths
-        lines.append(f"  {name.upper()} (default: {shown})\n      {field.description}")
+        lines.append(f"  {name.upper()} (default: {default_text(name)})\n      {field.description}")
     return "\n".join(lines)
 
 
@@ -85,7 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(DEMO_HINT, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    from service.app import create_app  # torch and the models' code: only when serving, not for --help
+
+    # server_header=False: naming the server software and version only helps whoever looks for its bugs
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, server_header=False)
     return 0
 
 

@@ -26,10 +26,12 @@ from service.middleware import ScopeMiddleware
 from service.openapi import install_openapi
 from service.registry import ModelRegistry
 from service.request_id import RequestIdMiddleware
+from service.response_headers import ResponseHeadersMiddleware
 from service.routers import classify, detect, health, metrics, models
 from service.routers.page import install_page
 from service.settings import Settings, resolve_settings
 from service.state import ServiceState
+from service.uploads import UploadDecoders
 
 log = logging.getLogger("service")
 
@@ -69,7 +71,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("startup failed: %s", error)
         app.state.startup_error = str(error)  # logged in one line: QuietStartupFailure drops the traceback
         raise
-    state = ServiceState(settings=settings, device=device, registry=registry)
+    metrics: ServiceMetrics = app.state.metrics
+    decoders = UploadDecoders(settings, on_event=metrics.record_decode_event)
+    metrics.decode_memory_reserved.set_function(lambda: decoders.memory.used)
+    try:
+        await decoders.start()
+    except BaseException:
+        await registry.stop()
+        raise
+    state = ServiceState(settings=settings, device=device, registry=registry, decoders=decoders)
     app.state.service = state
     background = [asyncio.create_task(warm_up(state))]
     if settings.reload_poll_s > 0:
@@ -82,6 +92,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await registry.stop()
+        await decoders.stop()
         del app.state.service
 
 
@@ -117,10 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(FormDeclaredImageMiddleware)
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response it passes carries the id
-    # Outermost, so errors (413 from the body limit, 401, 503) carry the CORS headers too and a page on
-    # another origin can read their detail.
+    # Errors (413 from the body limit, 401, 503) pass CORS too, so a page on another origin can read their detail.
     app.add_middleware(SettingsCORSMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost of ours: every response carries the id, preflights too
+    app.add_middleware(ResponseHeadersMiddleware)  # refused preflights included
     app.add_middleware(QuietStartupFailure)
     return app
 

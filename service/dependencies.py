@@ -1,6 +1,8 @@
 """Typed dependencies the routers declare: settings, service state, the served model a request picked, and
 the check that a request names only query parameters its route takes."""
 
+import types
+import typing
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -71,22 +73,38 @@ DetectorDep = Annotated[ServedModel, Depends(get_detector)]
 ClassifierDep = Annotated[ServedModel, Depends(get_classifier)]
 
 
-def _query_names(dependant: Dependant) -> set[str]:
-    names = {parameter.alias for parameter in dependant.query_params}
+def _takes_a_list(annotation: object) -> bool:
+    """`list[str]` or `list[str] | None`: a parameter that may be repeated."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_a_list(member) for member in typing.get_args(annotation))
+    return typing.get_origin(annotation) in (list, tuple, set, frozenset)
+
+
+def _query_names(dependant: Dependant) -> dict[str, bool]:
+    """Each query parameter the route takes, and whether it may be repeated."""
+    names = {parameter.alias: _takes_a_list(parameter.field_info.annotation) for parameter in dependant.query_params}
     for dependency in dependant.dependencies:
         names |= _query_names(dependency)
     return names
 
 
 def reject_unknown_query(request: Request) -> None:
-    """422 naming a query parameter the route does not take (a typo like `score=0.3` would else be ignored)."""
+    """422 naming a query parameter the route does not take (a typo like `score=0.3` would else be ignored), or
+    one given twice that takes one value (`max_detections=5&max_detections=500`: which did the client mean?)."""
     route: APIRoute = request.scope["route"]
     allowed = _query_names(route.dependant)  # a walk of a few nodes; routes are unhashable, so not cached
-    unknown = sorted(set(request.query_params) - allowed)
+    unknown = sorted(set(request.query_params) - set(allowed))
     if unknown:
         names = ", ".join(map(repr, unknown))
         raise HTTPException(
             422,
             f"unknown query parameter{'s' if len(unknown) > 1 else ''} {names}; "
             f"{request.url.path} takes: {', '.join(sorted(allowed)) or 'none'}",
+        )
+    repeated = sorted(
+        name for name, many in allowed.items() if not many and len(request.query_params.getlist(name)) > 1
+    )
+    if repeated:
+        raise HTTPException(
+            422, f"query parameter {', '.join(map(repr, repeated))} given more than once; it takes one value"
         )

@@ -58,6 +58,7 @@ class BatchingEngine(Generic[Item, Result]):
         max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        on_cancelled: Callable[[int], None] | None = None,
         worker_init: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
@@ -67,6 +68,7 @@ class BatchingEngine(Generic[Item, Result]):
         self.max_queue = max_queue
         self.on_batch = on_batch or (lambda size, seconds: None)
         self.on_queue_depth = on_queue_depth or (lambda depth: None)
+        self.on_cancelled = on_cancelled or (lambda count: None)
         self.worker_init = worker_init
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
@@ -120,7 +122,10 @@ class BatchingEngine(Generic[Item, Result]):
             batch = await self._collect()
             self.on_queue_depth(self._queue.qsize())
             # A client that went away cancelled its future: do not compute for it.
-            batch = [pending for pending in batch if not pending.future.done()]
+            live = [pending for pending in batch if not pending.future.done()]
+            if len(live) < len(batch):
+                self.on_cancelled(len(batch) - len(live))
+            batch = live
             if not batch:
                 continue
             started = time.perf_counter()

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.disconnect import ClientDisconnected
 from service.engine import EngineBusy
 from service.images import ImageRejected
 from service.request_id import HEADER, request_id_of
@@ -39,9 +40,15 @@ INFERENCE_ERRORS = {
     **_error(404, "?model= names no served model of this kind; the detail lists the ones there are."),
     **_error(413, "The body is over MAX_UPLOAD_BYTES, an image is over MAX_IMAGE_PIXELS, or too many files."),
     **_error(
-        415, "A file is declared with a content type that is not an image, or uses a format variant we cannot decode."
+        415,
+        "A file is declared with a content type that is not an image, is in a format outside IMAGE_FORMATS (the "
+        "detail lists them), or uses a format variant we cannot decode.",
     ),
-    **_error(422, "A parameter is missing or out of range, or a single-image route got two `file` parts."),
+    **_error(
+        422,
+        "A parameter is missing, malformed, out of range or repeated, a single-image route got two `file` parts, or "
+        "decoding a file took over its CPU-time budget (DECODE_CPU_S).",
+    ),
     **_error(503, "Queue full or models not ready (with Retry-After), or the model is not configured."),
 }
 NOT_READY_ERROR = _error(503, "Models are not loaded and warmed up yet (with Retry-After).")
@@ -87,6 +94,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageRejected)
     async def rejected_image(request: Request, error: ImageRejected) -> JSONResponse:
         return error_response(request, error.status, error.detail)
+
+    @app.exception_handler(ClientDisconnected)
+    async def client_left(request: Request, error: ClientDisconnected) -> JSONResponse:
+        # nginx's 499: sent to a closed connection, read by no one; /metrics counts it
+        return error_response(request, 499, str(error))
 
     @app.exception_handler(EngineBusy)
     async def busy(request: Request, error: EngineBusy) -> JSONResponse:

@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
 
+from service.disconnect import cancelled_on_disconnect
 from service.engine import BatchTiming
 from service.images import ImageRejected
 from service.loading import ServedModel
@@ -43,6 +44,7 @@ class Answer:
 
 
 async def infer(
+    request: Request,
     served: ServedModel,
     uploads: list[UploadFile],
     *,
@@ -52,28 +54,32 @@ async def infer(
     keep_images: bool = False,
 ) -> list[Answer]:
     """Results in upload order; any bad file fails the whole request with an error naming it.
-    `keep_images` keeps each decoded image on its answer (for drawing on it)."""
+    `keep_images` keeps each decoded image on its answer (for drawing on it). A client that leaves meanwhile
+    cancels what is left of its work (ClientDisconnected)."""
     if batch_form and len(uploads) > settings.max_files:
         raise ImageRejected(413, f"{len(uploads)} files in one request, over MAX_FILES={settings.max_files}")
-    # One file after another: a request's peak memory is one decoded upload (each is model-sized once
-    # prepared), not all of its files at full resolution at once.
-    decoded = [
-        await decode_upload(
-            upload,
-            label=upload_label(upload, index if batch_form else None),
-            max_pixels=settings.max_image_pixels,
-            prepare=served.predictor.prepare,
-            keep_image=keep_images,
-        )
-        for index, upload in enumerate(uploads)
-    ]
-    # All queued at once, so they can share one batch. If one is refused (queue full: 503), the others are
-    # cancelled, and the engine skips cancelled requests instead of computing answers nobody will read.
-    submissions = [asyncio.ensure_future(served.engine.submit(make_request(item.prepared))) for item in decoded]
-    try:
-        outcomes = await asyncio.gather(*submissions)
-    except BaseException:
-        for submission in submissions:
-            submission.cancel()
-        raise
+    decoders = request.app.state.service.decoders
+    async with cancelled_on_disconnect(request):
+        # One file after another: a request's peak memory is one decoded upload (each is model-sized once
+        # prepared), not all of its files at full resolution at once.
+        decoded = [
+            await decode_upload(
+                upload,
+                label=upload_label(upload, index if batch_form else None),
+                decoders=decoders,
+                prepare=served.predictor.prepare,
+                keep_image=keep_images,
+            )
+            for index, upload in enumerate(uploads)
+        ]
+        # All queued at once, so they can share one batch. If one is refused (queue full: 503), or the client
+        # leaves, the others are cancelled, and the engine skips cancelled requests instead of computing answers
+        # nobody will read.
+        submissions = [asyncio.ensure_future(served.engine.submit(make_request(item.prepared))) for item in decoded]
+        try:
+            outcomes = await asyncio.gather(*submissions)
+        except BaseException:
+            for submission in submissions:
+                submission.cancel()
+            raise
     return [Answer(upload=item, result=result, timing=timing) for item, (result, timing) in zip(decoded, outcomes)]

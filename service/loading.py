@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -25,6 +26,15 @@ log = logging.getLogger("service")
 
 class ModelLoadError(RuntimeError):
     """A configured model cannot be served; the message names the file and the setting."""
+
+
+class UnusableFile(ModelLoadError):
+    """A checkpoint path that is no readable regular file (a symlink loop, FIFO, device, folder, unreadable file);
+    `reason` is one of a fixed set, a metric label."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -112,12 +122,48 @@ def select_device(choice: str) -> torch.device:
 
 
 def file_version(path: Path) -> str:
-    """The first 12 hex digits of the file's SHA-256: the exact weights being served."""
+    """The first 12 hex digits of the file's SHA-256: the exact weights being served.
+
+    Opened without blocking and hashed only when it is a regular file: a FIFO would block the reader until a
+    writer came, and a link to /dev/zero would be hashed forever (UnusableFile instead)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise UnusableFile(f"{path} is {_file_kind(mode)}, not a regular file", reason="not_a_regular_file")
+    with os.fdopen(descriptor, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return f"sha256:{digest.hexdigest()[:12]}"
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket")]  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def check_checkpoint_file(path: Path, setting: str) -> None:
+    """ModelLoadError unless `path` is a regular file this user can read; a symlink to one is fine (Kubernetes
+    mounts are links). Only the file's type is looked at (stat): nothing is opened, so a FIFO cannot block."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{setting}: checkpoint not found: {path}") from None
+    except OSError as error:  # ELOOP (a symlink loop), EACCES on a folder on the way, ...
+        reason = "symlink_loop" if error.errno == errno.ELOOP else "unreadable"
+        raise UnusableFile(f"{setting}: cannot read {path}: {error.strerror}", reason=reason) from None
+    if not stat.S_ISREG(status.st_mode):
+        raise UnusableFile(
+            f"{setting}: {path} is {_file_kind(status.st_mode)}, not a regular file", reason="not_a_regular_file"
+        )
+    if not os.access(path, os.R_OK):
+        mode = stat.filemode(status.st_mode)
+        raise UnusableFile(
+            f"{setting}: checkpoint {path} ({mode}) is not readable by this user (uid {os.getuid()})",
+            reason="unreadable",
+        )
 
 
 @dataclass(frozen=True)
@@ -153,15 +199,16 @@ def configured_sources(settings: Settings) -> list[ModelSource]:
         raise ModelLoadError(
             "no model configured: set DETECTOR_CHECKPOINT, CLASSIFIER_CHECKPOINT, MODEL_CHECKPOINTS or MODELS_DIR"
         )
-    unique: dict[Path, ModelSource] = {}
+    unique: dict[str, ModelSource] = {}
     for source in sources:  # a default checkpoint that also sits in MODELS_DIR is served once, as the default
-        unique.setdefault(source.path.resolve(), source)
+        # os.path.realpath, not Path.resolve: a symlink loop is loaded (and refused) later, not a crash here
+        unique.setdefault(os.path.realpath(source.path), source)
     return list(unique.values())
 
 
 def load_model(source: ModelSource, *, settings: Settings, device: torch.device) -> ServedModel:
     """One checkpoint as a served model (no engine yet), or ModelLoadError naming the file and the setting."""
-    _check_exists(source.path, source.setting)
+    check_checkpoint_file(source.path, source.setting)
     role = source.role or _manifest_kind(source)
     loader = _load_detector if role == "detector" else _load_classifier
     return loader(source, settings=settings, device=device)
@@ -185,14 +232,6 @@ def use_bf16(settings: Settings, device: torch.device) -> bool:
 
 def _precision(bf16: bool) -> str:
     return "bfloat16" if bf16 else "float32"
-
-
-def _check_exists(path: Path, setting: str) -> None:
-    if not path.is_file():
-        raise ModelLoadError(f"{setting}: checkpoint not found: {path}")
-    if not os.access(path, os.R_OK):
-        mode = stat.filemode(path.stat().st_mode)
-        raise ModelLoadError(f"{setting}: checkpoint {path} ({mode}) is not readable by this user (uid {os.getuid()})")
 
 
 def served_name(path: Path, manifest: dict[str, Any], *, setting: str | None) -> str:

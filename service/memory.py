@@ -1,4 +1,5 @@
-"""Give freed heap memory back to the system after a large image, so the resident size falls after a spike.
+"""Give freed heap memory back to the system after a large image, so the resident size falls after a spike;
+and the one byte budget that admits work by the memory it may hold (MemoryBudget).
 
 glibc keeps freed memory in its arenas (and raises its mmap threshold after large frees, so the next
 large image also lands there); `malloc_trim(0)` returns the free pages of every arena. Elsewhere
@@ -8,6 +9,7 @@ large image also lands there); `malloc_trim(0)` returns the free pages of every 
 import ctypes
 import ctypes.util
 import functools
+import threading
 
 # Images from this many pixels up (about 12 MB as RGB) are worth a trim; smaller ones are not.
 LARGE_IMAGE_PIXELS = 4_000_000
@@ -29,3 +31,24 @@ def release_free_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+class MemoryBudget:
+    """Bytes that work in flight may hold at once (DECODE_MEMORY_BYTES): each piece reserves its bound before it
+    allocates, and is refused (not queued) when it would not fit. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def try_reserve(self, nbytes: int) -> bool:
+        with self._lock:
+            if self.used + nbytes > self.limit:
+                return False
+            self.used += nbytes
+            return True
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.used -= nbytes

@@ -49,9 +49,33 @@ class ServiceMetrics:
             "resdet_inference_duration_seconds", "Forward pass time per batch.",
             ["model"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.model_files_skipped = Counter(
+            "resdet_model_files_skipped", "Checkpoint files left unserved (at start-up, reload or watch), by reason: "
+            "symlink_loop, not_a_regular_file, unreadable, does_not_load.", ["reason"], registry=self.registry,
+        )  # fmt: skip
+        self.cancelled_work = Counter(
+            "resdet_cancelled_work", "Work dropped because its client left: decode_queued (never started), "
+            "decode_running (its process killed), inference_queued (images never run through a model).",
+            ["stage"], registry=self.registry,
+        )  # fmt: skip
+        self.decode_workers_replaced = Counter(
+            "resdet_decode_workers_replaced", "Decoding processes killed and replaced: over_budget (DECODE_CPU_S), "
+            "crashed (died on a file), cancelled (its client left).", ["reason"], registry=self.registry,
+        )  # fmt: skip
+        self.decode_memory_reserved = Gauge(
+            "resdet_decode_memory_reserved_bytes", "Bytes the decodes in flight have reserved (DECODE_MEMORY_BYTES).",
+            registry=self.registry,
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "resdet_queue_depth", "Images waiting for inference.", ["model"], registry=self.registry
         )
+
+    def record_decode_event(self, kind: str) -> None:
+        """What service.decode_pool reports: cancelled jobs and the workers it replaced."""
+        if kind.startswith("cancelled_"):
+            self.cancelled_work.labels(stage=kind.replace("cancelled_", "decode_")).inc()
+        if kind in ("over_budget", "crashed", "cancelled_running"):
+            self.decode_workers_replaced.labels(reason=kind.replace("_running", "")).inc()
 
     def record_batch(self, model: str, size: int, seconds: float) -> None:
         self.batch_size.labels(model=model).observe(size)

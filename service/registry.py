@@ -17,7 +17,16 @@ from pathlib import Path
 import torch
 
 from service.engine import BatchingEngine
-from service.loading import ModelLoadError, ModelSource, ServedModel, configured_sources, file_version, load_model
+from service.loading import (
+    ModelLoadError,
+    ModelSource,
+    ServedModel,
+    UnusableFile,
+    check_checkpoint_file,
+    configured_sources,
+    file_version,
+    load_model,
+)
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -35,12 +44,18 @@ class ReloadFailed(RuntimeError):
     """The new file could not be loaded or warmed up; the old version still serves."""
 
 
+# The stamp of a path that cannot be looked at (a symlink loop, a folder on the way not searchable).
+UNREADABLE: FileStamp = (-1, -1, -1)
+
+
 def file_stamp(path: Path) -> FileStamp | None:
-    """What a cheap poll compares; None when the file is absent."""
+    """What a cheap poll compares; None when the file is absent, UNREADABLE when stat itself fails."""
     try:
         status = os.stat(path)
     except FileNotFoundError:
         return None
+    except OSError:
+        return UNREADABLE
     return (status.st_ino, status.st_size, status.st_mtime_ns)
 
 
@@ -81,8 +96,13 @@ class ModelRegistry:
         sources = configured_sources(self.settings)
         stamps = [file_stamp(source.path) for source in sources]  # before reading: a later change is seen
         loaded = await asyncio.to_thread(self._load_all, sources)
+        usable = [(source, stamp, served) for source, stamp, served in zip(sources, stamps, loaded) if served]
+        if not usable:
+            raise ModelLoadError(
+                f"no usable model: each of the {len(sources)} checkpoint files of MODELS_DIR was skipped (logged above)"
+            )
         slots: dict[str, ModelSlot] = {}
-        for source, stamp, served in zip(sources, stamps, loaded):
+        for source, stamp, served in usable:
             if served.name in slots:
                 raise ModelLoadError(
                     f"{source.setting}: {source.path} and {slots[served.name].source.path} are both named "
@@ -98,8 +118,28 @@ class ModelRegistry:
             await self._start_engine(slot.served)
         self.slots = slots
 
-    def _load_all(self, sources: list[ModelSource]) -> list[ServedModel]:
-        return [load_model(source, settings=self.settings, device=self.device) for source in sources]
+    def _load_all(self, sources: list[ModelSource]) -> list[ServedModel | None]:
+        """Each source's model; None for a file of MODELS_DIR that cannot be served (skipped, logged, counted):
+        a folder is whatever lands in it. A checkpoint a setting names must load, or start-up fails."""
+        loaded = []
+        for source in sources:
+            try:
+                loaded.append(load_model(source, settings=self.settings, device=self.device))
+            except ModelLoadError as error:
+                if source.setting != "MODELS_DIR":
+                    raise
+                self.skipped(error)
+                loaded.append(None)
+        return loaded
+
+    def skipped(self, error: ModelLoadError) -> None:
+        """One log line and one count for a checkpoint file left unserved."""
+        log.error("skipped checkpoint file (%s): %s", self._count_skipped(error), error)
+
+    def _count_skipped(self, error: BaseException) -> str:
+        reason = error.reason if isinstance(error, UnusableFile) else "does_not_load"
+        self.metrics.model_files_skipped.labels(reason=reason).inc()
+        return reason
 
     async def stop(self) -> None:
         """Stop every engine, the retiring ones included (their requests are over: the server is shutting down)."""
@@ -121,6 +161,7 @@ class ModelRegistry:
             max_queue=settings.max_queue,
             on_batch=partial(self.metrics.record_batch, served.name),
             on_queue_depth=self.metrics.queue_depth.labels(model=served.name).set,
+            on_cancelled=self.metrics.cancelled_work.labels(stage="inference_queued").inc,
             # torch's thread count belongs to the calling thread (OpenMP): set it in the inference thread itself
             worker_init=partial(torch.set_num_threads, settings.torch_threads) if settings.torch_threads else None,
         )
@@ -171,6 +212,7 @@ class ModelRegistry:
                 new = await self._load_replacement(slot)
             except Exception as error:  # any failure of the new file must leave the old model serving
                 slot.stamp = stamp
+                self._count_skipped(error)
                 reason = str(error) if isinstance(error, ModelLoadError) else repr(error)
                 log.error("reload of %s failed, still serving %s: %s", name, old.version, reason)
                 # Clients (the reload answer, the open /models) see the file's name, not where the server keeps it.
@@ -229,9 +271,24 @@ class ModelRegistry:
             stamp = file_stamp(slot.source.path)
             if stamp is None or stamp == slot.stamp:  # a file being replaced may be absent for a moment
                 continue
+            if stamp == UNREADABLE:  # said once, and again only after the path was readable in between
+                slot.stamp = stamp
+                try:
+                    check_checkpoint_file(slot.source.path, name)
+                except ModelLoadError as error:  # says what stat said: a symlink loop, permission denied
+                    self.skipped(error)
+                continue
             try:
                 same = await asyncio.to_thread(file_version, slot.source.path) == slot.served.version
-            except OSError:  # gone again between stat and read: the next poll looks again
+            except FileNotFoundError:  # gone again between stat and read: the next poll looks again
+                continue
+            except UnusableFile as error:  # a FIFO, a device: said once, not every poll
+                slot.stamp = stamp
+                self.skipped(error)
+                continue
+            except OSError as error:  # unreadable
+                slot.stamp = stamp
+                self.skipped(UnusableFile(f"{name}: cannot read {slot.source.path}: {error}", reason="unreadable"))
                 continue
             if same:
                 slot.stamp = stamp

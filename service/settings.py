@@ -1,6 +1,7 @@
 """Service settings from environment variables (pydantic-settings), or given to `create_app(settings=...)`."""
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -10,7 +11,17 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
+# What cameras, phones and the web send (Pillow's JPEG covers MPO, a JPEG with a second view); the rest are rarer
+# parsers, each more attack surface. ICO, ICNS and CUR embed images (a PNG) whose size their directory does not
+# tell: Pillow decodes the embedded image to learn it, so they are never accepted.
+DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+UNBOUNDED_FORMATS = ("ICO", "ICNS", "CUR")
 # BF16's accepted words: "auto" and the spellings pydantic reads as a boolean
+# Names a setting had before, refused with the name it has now (an ignored old name would silently change nothing).
+RENAMED_SETTINGS = {"model_dir": "model_paths_base"}
+RENAMED_SETTINGS_WHY = {
+    "model_dir": "the folder in which relative model paths are found (MODELS_DIR is the folder of models to serve)"
+}
 BF16_WORDS = frozenset({"auto", "true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
 
@@ -25,13 +36,16 @@ class Settings(BaseSettings):
     detector_checkpoint: Path | None = Field(
         DEMO_MODEL_DIR / "demo_detector.safetensors",
         description="Detector in the resdet checkpoint format, or a torchvision Faster R-CNN .pth converted on load "
-        "(its class names from DETECTOR_CLASS_NAMES). Empty disables /detect.",
+        "(its class names from DETECTOR_CLASS_NAMES; `python -m detection.convert SRC DST` once saves the "
+        "conversion at every start). Empty disables /detect.",
     )
     classifier_checkpoint: Path | None = Field(
         DEMO_MODEL_DIR / "demo_classifier.safetensors",
-        description="Classifier in the resdet checkpoint format. Empty disables /classify.",
+        description="Classifier in the resdet checkpoint format. Empty disables /classify (its routes answer 503 'no "
+        "classifier is configured', without Retry-After).",
     )
-    model_dir: Path | None = Field(
+    # Not MODEL_DIR: beside MODELS_DIR (the folder of models to serve) that name read as its twin.
+    model_paths_base: Path | None = Field(
         None,
         description="Folder in which relative DETECTOR_CHECKPOINT, CLASSIFIER_CHECKPOINT, DETECTOR_CLASS_NAMES, "
         "MODELS_DIR and MODEL_CHECKPOINTS are found (compose sets /models, the mounted folder). Default: the working "
@@ -87,18 +101,63 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest request body; larger is 413.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest width*height, read from the header: 413.")
     max_files: int = Field(16, ge=1, description="Most files in one batch request.")
+    image_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_IMAGE_FORMATS),
+        description="The image formats decoded (Pillow's names, comma-separated); any other is refused with 415 "
+        "before its header is parsed. Each format is a parser facing strangers: fewer is safer.",
+    )
+    decode_workers: int = Field(
+        2, ge=1, le=64, description="Decoding processes: every upload is decoded in one, never in the server process."
+    )
+    decode_memory_bytes: int = Field(
+        1536 * 1024 * 1024,
+        ge=1,
+        description="Bytes all decodes in flight may hold together, each reserving its bound from its header (22 "
+        "bytes a pixel for 8-bit images, 40 for wider ones) before decoding: one that does not fit now answers 503 "
+        "with Retry-After, one larger than all of it 413. The default holds one MAX_IMAGE_PIXELS 8-bit image.",
+    )
+    decode_cpu_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="CPU seconds one decode may use (header, structure and pixels); over it, its process is killed "
+        "and replaced and the upload answers 422. A MAX_IMAGE_PIXELS JPEG takes about 1 s on one core.",
+    )
 
     api_key: str | None = Field(
         None,
-        description="When set, inference routes need `Authorization: Bearer` or X-API-Key. Unset runs without "
-        "authentication; set but empty (or with surrounding spaces) refuses to start.",
+        description="When set, inference routes need `Authorization: Bearer KEY` or `X-API-Key: KEY`, checked before "
+        "the upload is read. Unset runs without authentication; set but empty (or with surrounding spaces) refuses "
+        "to start.",
     )
 
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins whose browser pages may call the API (CORS), comma-separated, e.g. "
-        "`https://app.example.com,http://localhost:3000`; `*` for any. Default: none (same origin only).",
+        "`https://app.example.com,http://localhost:3000`; `*` for any; preflights, answers and errors then carry the "
+        "CORS headers (X-Request-ID, Retry-After and X-Detections exposed). Default: none (same origin only).",
     )
+
+    @field_validator("image_formats", mode="before")
+    @classmethod
+    def _known_formats(cls, value: str | list[str] | None) -> list[str]:
+        from PIL import Image  # here, not at import: settings stay cheap to import
+
+        names = value.split(",") if isinstance(value, str) else list(value or [])
+        formats = [name.strip().upper() for name in names if name.strip()]
+        Image.init()
+        unknown = [name for name in formats if name not in Image.OPEN]
+        unbounded = [name for name in formats if name in UNBOUNDED_FORMATS]
+        if unbounded:
+            raise ValueError(
+                f"IMAGE_FORMATS: {', '.join(unbounded)} cannot be accepted: they hold images whose size no header "
+                "tells, so MAX_IMAGE_PIXELS could not be checked before decoding"
+            )
+        if unknown or not formats:
+            raise ValueError(
+                f"IMAGE_FORMATS: {', '.join(unknown) or 'none given'}; Pillow reads: {', '.join(sorted(Image.OPEN))}"
+            )
+        return formats
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -157,14 +216,23 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_renamed_settings(cls, data: object) -> object:
+        given = {key.lower() for key in data} if isinstance(data, dict) else set()
+        for old, new in RENAMED_SETTINGS.items():
+            if old.upper() in os.environ or old in given:
+                raise ValueError(f"{old.upper()} is now {new.upper()}: {RENAMED_SETTINGS_WHY[old]}")
+        return data
+
     @model_validator(mode="after")
     def _paths_in_model_dir(self) -> "Settings":
-        if self.model_dir is not None:
+        if self.model_paths_base is not None:
             for field in ("detector_checkpoint", "classifier_checkpoint", "detector_class_names", "models_dir"):
                 path = getattr(self, field)
                 if path is not None and not path.is_absolute():
-                    setattr(self, field, self.model_dir / path)
-            self.model_checkpoints = [path if path.is_absolute() else self.model_dir / path
+                    setattr(self, field, self.model_paths_base / path)
+            self.model_checkpoints = [path if path.is_absolute() else self.model_paths_base / path
                                       for path in self.model_checkpoints]  # fmt: skip
         return self
 

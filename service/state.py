@@ -1,4 +1,4 @@
-"""What the lifespan handler builds and the routes read: the model registry and its readiness."""
+"""What the lifespan handler builds and the routes read: the model registry, the decoders and the readiness."""
 
 from dataclasses import dataclass
 
@@ -6,6 +6,7 @@ import torch
 
 from service.registry import ModelRegistry
 from service.settings import Settings
+from service.uploads import UploadDecoders
 
 
 @dataclass
@@ -15,5 +16,6 @@ class ServiceState:
     settings: Settings
     device: torch.device
     registry: ModelRegistry
+    decoders: UploadDecoders
     ready: bool = False
     warmup_error: str | None = None

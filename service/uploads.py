@@ -1,22 +1,19 @@
-"""One uploaded file (a multipart part or the raw request body) to a prepared model input, off the event loop,
-with errors naming the file.
+"""One uploaded file (a multipart part or the raw request body) to a prepared model input, with errors naming
+the file. Nothing of it is parsed in the server process: its header and its pixels are read in decoding
+processes (service/decode_pool.py), each under DECODE_CPU_S of CPU time, only in IMAGE_FORMATS.
 
 The decoded image lives only as long as `prepare` needs it (unless the route draws on it): a queued
 request holds the model-sized input. After a large image the freed heap is handed back to the system.
 
-A large image (from LARGE_IMAGE_PIXELS up) costs seconds of CPU and hundreds of MB to decode, so one
-decodes at a time, in a thread of the lowest CPU priority: it takes what the other requests leave and
+A large image (from LARGE_IMAGE_PIXELS up) costs seconds of CPU and hundreds of MB to decode, so it is
+decoded by a process of its own at the lowest CPU priority: it takes what the other requests leave and
 slows only itself (bench/soak.py measures this). A second large image arriving meanwhile gets a 503 with
 Retry-After instead of waiting, which also bounds the memory of large decodes to one image.
 """
 
-import asyncio
 import io
-import os
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -25,23 +22,62 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 
-from detection.decoding import DecodedImage, ImageDecodeError, decode_opened, open_image
-from service.images import ImageRejected, check_content_type, rejection
-from service.memory import LARGE_IMAGE_PIXELS, release_free_memory
+from detection.decoding import DecodedImage, ImageDecodeError
+from service.decode_pool import DecodeBudgetExceeded, DecodePool, DecodePoolBusy, DecoderCrashed, MemoryRefused
+from service.images import ImageRejected, check_content_type, decode_unless_large, decode_upload_bytes, rejection
+from service.memory import LARGE_IMAGE_PIXELS, MemoryBudget, release_free_memory
+from service.settings import Settings
 
 
-def _lowest_cpu_priority() -> None:
-    try:  # Linux gives each thread its own nice value
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # elsewhere the large image just runs at normal priority
-        pass
+class UploadDecoders:
+    """The decoding processes of one app: DECODE_WORKERS for every header and image, one more for large images."""
 
+    def __init__(self, settings: Settings, *, on_event: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.memory = MemoryBudget(settings.decode_memory_bytes)  # one budget for both pools
+        budgets = {"cpu_budget_s": settings.decode_cpu_s, "memory": self.memory, "on_event": on_event}
+        self.pool = DecodePool(workers=settings.decode_workers, **budgets)
+        self.large = DecodePool(workers=1, nice=19, **budgets)
 
-# Threads start on first use, so importing this module stays free of side effects.
-_large_image_decoder = ThreadPoolExecutor(
-    max_workers=1, thread_name_prefix="large-image", initializer=_lowest_cpu_priority
-)
-large_image_slot = threading.BoundedSemaphore(1)
+    async def start(self) -> None:
+        await self.pool.start()
+        await self.large.start()
+
+    async def stop(self) -> None:
+        await self.pool.stop()
+        await self.large.stop()
+
+    async def decode(self, data: bytes, *, label: str) -> DecodedImage:
+        """The upload as displayed; ImageRejected (or a 503 when a large image is already being decoded)."""
+        settings = self.settings
+        job = (data, settings.max_image_pixels, label, settings.image_formats)
+        try:
+            decoded = await self.pool.run(decode_unless_large, *job, LARGE_IMAGE_PIXELS)
+            if isinstance(decoded, DecodedImage):
+                return decoded
+            return await self.large.run(decode_upload_bytes, *job, wait=False)
+        except ImageDecodeError as error:
+            raise rejection(error) from error
+        except DecodeBudgetExceeded as error:
+            raise ImageRejected(
+                422, f"{label}: decoding it took over its CPU-time budget (DECODE_CPU_S={settings.decode_cpu_s:g} s)"
+            ) from error
+        except DecoderCrashed as error:
+            raise ImageRejected(400, f"{label} is not a decodable image: {error}") from error
+        except MemoryRefused as error:
+            if error.too_large:
+                raise ImageRejected(
+                    413, f"{label} needs {error.nbytes} bytes to decode, over DECODE_MEMORY_BYTES={error.limit}"
+                ) from error
+            raise HTTPException(
+                503,
+                f"{label}: the decodes in flight hold the memory budget; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from None
+        except DecodePoolBusy:
+            raise HTTPException(
+                503, f"{label}: another large image is being decoded; retry shortly", headers={"Retry-After": "1"}
+            ) from None
 
 
 @dataclass
@@ -122,45 +158,26 @@ async def decode_upload(
     upload: UploadFile,
     *,
     label: str,
-    max_pixels: int,
+    decoders: UploadDecoders,
     prepare: Callable[[DecodedImage], Any],
     keep_image: bool = False,
 ) -> DecodedUpload:
     started = time.perf_counter()
     check_content_type(upload.content_type, label=label)
     data = await upload.read()
+    image = await decoders.decode(data, label=label)
+    del data
 
-    # The header, read once here (nothing decoded yet): its size picks the thread below, whose decode goes on from it.
-    try:
-        opened = open_image(data, max_pixels=max_pixels, label=label)
-    except ImageDecodeError as error:
-        raise rejection(error) from error
-    large = opened.width * opened.height >= LARGE_IMAGE_PIXELS
-
-    def decode_and_prepare() -> DecodedUpload:
-        try:
-            image = decode_opened(opened, label=label)  # closes `opened`: its pixels live on in `image` alone
-        except ImageDecodeError as error:
-            raise rejection(error) from error
-        prepared = prepare(image)
+    def prepare_and_release() -> DecodedUpload:
+        nonlocal image
         decoded = DecodedUpload(
-            size=image.size, prepared=prepared, decode_ms=0.0, image=image.to_pil() if keep_image else None
+            size=image.size, prepared=prepare(image), decode_ms=0.0, image=image.to_pil() if keep_image else None
         )
-        if not keep_image and large:
-            del image  # what prepare made is its own copy (a resize): the pixels must be gone before the heap goes back
+        if not keep_image and image.size[0] * image.size[1] >= LARGE_IMAGE_PIXELS:
+            image = None  # what prepare made is its own copy (a resize): the pixels must go before the heap goes back
             release_free_memory()
         return decoded
 
-    if large:
-        if not large_image_slot.acquire(blocking=False):
-            raise HTTPException(
-                503, f"{label}: another large image is being decoded; retry shortly", headers={"Retry-After": "1"}
-            )
-        try:
-            decoded = await asyncio.wrap_future(_large_image_decoder.submit(decode_and_prepare))
-        finally:
-            large_image_slot.release()
-    else:
-        decoded = await run_in_threadpool(decode_and_prepare)
+    decoded = await run_in_threadpool(prepare_and_release)
     decoded.decode_ms = (time.perf_counter() - started) * 1e3
     return decoded

@@ -13,7 +13,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.ops import FrozenBatchNorm2d
 
 from detection import build_detector, convert_torchvision_detector, load_detector, save_detector
-from detection.export import export_checkpoint, write_triton_repository
+from detection.onnx_export import export_checkpoint, write_triton_repository
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DETECTOR = REPO_ROOT / "service" / "models" / "demo_detector.safetensors"

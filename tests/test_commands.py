@@ -1,5 +1,6 @@
-"""Every command answers --help and exits, without runpy warnings; every flag's help is a whole sentence
-and every long flag takes both spellings (`--class-names`, `--class_names`)."""
+"""Every command answers --help and exits, without runpy warnings and without importing torch or the other
+heavy modules (bench/help_time.py measures the seconds); every flag's help is a whole sentence and every long
+flag takes both spellings (`--class-names`, `--class_names`)."""
 
 import argparse
 import os
@@ -34,6 +35,18 @@ COMMANDS = {
     "train_det.py": ["training/train_det.py"],
     "pretrain.py": ["training/pretrain.py"],
 }
+# What --help must not import: each costs seconds (torch alone 3-8 s on a loaded 2-core machine).
+HEAVY_MODULES = ("torch", "torchvision", "pycocotools", "onnx", "onnxruntime", "onnxscript")
+# The commands whose --help answers without them; the training scripts, detection.predict, training.analysis
+# and training.device_data still import torch at the top (issue 25, not yet done).
+LIGHT_HELP = [
+    "service",
+    "backbone.summary",
+    "detection.convert",
+    "detection.export",
+    "detection.data.synthetic",
+    "training.plots",
+]
 PARSERS = {
     "detection.convert": convert_parser,
     "detection.export": export_parser,
@@ -57,13 +70,25 @@ def all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     return actions
 
 
+def imported_modules(importtime_log: str) -> set[str]:
+    """The top-level packages of every module a `python -X importtime` run imported."""
+    names = set()
+    for line in importtime_log.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            name = line.rsplit("|", 1)[1].strip()
+            if name != "imported package":  # the header line
+                names.add(name.split(".")[0])
+    return names
+
+
 @pytest.fixture(scope="module")
 def help_outputs() -> dict[str, subprocess.CompletedProcess]:
-    """`--help` of every command, run side by side (each pays for importing torch)."""
+    """`--help` of every command, run side by side under `-X importtime`; stderr without its import lines,
+    which are in `.importtime`."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     processes = {
         name: subprocess.Popen(
-            [sys.executable, *args, "--help"],
+            [sys.executable, "-X", "importtime", *args, "--help"],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -75,7 +100,11 @@ def help_outputs() -> dict[str, subprocess.CompletedProcess]:
     outputs = {}
     for name, process in processes.items():
         stdout, stderr = process.communicate(timeout=300)
+        lines = stderr.splitlines(keepends=True)
+        importtime = "".join(line for line in lines if line.startswith("import time:"))
+        stderr = "".join(line for line in lines if not line.startswith("import time:"))
         outputs[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        outputs[name].importtime = importtime
     return outputs
 
 
@@ -85,6 +114,23 @@ def test_every_command_answers_help_and_exits_without_warnings(help_outputs, nam
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage:"), result.stdout[:200]
     assert "RuntimeWarning" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("name", LIGHT_HELP)
+def test_help_imports_no_heavy_module(help_outputs, name):
+    result = help_outputs[name]
+    assert result.returncode == 0 and "argparse" in imported_modules(result.importtime)
+    assert not imported_modules(result.importtime) & set(HEAVY_MODULES)
+
+
+def test_imported_modules_reads_the_importtime_log():
+    log = (
+        "import time: self [us] | cumulative | imported package\n"
+        "import time:       120 |        120 |     torch._C\n"
+        "import time:      3000 |       3120 |   torch\n"
+        "import time:        40 |         40 | argparse\n"
+    )
+    assert imported_modules(log) == {"torch", "argparse"}
 
 
 def test_service_help_lists_every_setting_instead_of_starting_a_server(help_outputs):

@@ -22,7 +22,7 @@ from tests.conftest import REPO_ROOT
 BASE = "docker-compose.yml"
 OVERLAYS = ("docker-compose.gpu.yml", "docker-compose.train.yml")
 # Set by the compose file itself (container paths, the device), not passed through from the shell.
-FIXED = {"MODEL_DIR", "DEVICE", "DETECTOR_CHECKPOINT", "CLASSIFIER_CHECKPOINT"}
+FIXED = {"MODEL_PATHS_BASE", "DEVICE", "DETECTOR_CHECKPOINT", "CLASSIFIER_CHECKPOINT"}
 # The container's address is the image's (0.0.0.0:8000); the shell's PORT is the published host port.
 NOT_PASSED = {"HOST", "PORT"}
 
@@ -111,7 +111,7 @@ def test_an_empty_value_in_the_shell_means_unset_for_settings_without_a_value_of
     """`CORS_ORIGINS=` exported in a shell reaches the container as an empty value (compose passes it through)."""
     monkeypatch.setenv("CORS_ORIGINS", "")
     monkeypatch.setenv("DETECTOR_CLASS_NAMES", "")
-    monkeypatch.setenv("MODEL_DIR", "/models")
+    monkeypatch.setenv("MODEL_PATHS_BASE", "/models")
     settings = Settings()
     assert settings.cors_origins == [] and settings.detector_class_names is None
 

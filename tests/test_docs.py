@@ -74,3 +74,15 @@ def test_github_anchor_rule():
 
 def test_the_readme_fits_on_two_screens():
     assert len((REPO_ROOT / "README.md").read_text().splitlines()) < 200
+
+
+def test_the_settings_table_is_generated_from_the_settings_class():
+    from service.settings import Settings
+    from service.settings_doc import SERVING_DOC, settings_table, with_table
+
+    document = SERVING_DOC.read_text()
+    assert with_table(document) == document, "run `python -m service.settings_doc` to rewrite the table"
+    rows = [line for line in settings_table().splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == [name.upper() for name in Settings.model_fields]
+    stale = document.replace("| `MAX_QUEUE` | `64` |", "| `MAX_QUEUE` | `32` |")
+    assert stale != document and with_table(stale) == document

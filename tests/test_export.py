@@ -14,7 +14,8 @@ from test_detector_torchvision import DEMO_IMAGES, sample_images, to_float_image
 from backbone.checkpoint import load_classifier
 from detection import load_detector
 from detection.data.synthetic_shapes import render_image
-from detection.export import DETECTOR_INPUTS, DETECTOR_OUTPUTS, MANIFEST_KEY, classifier_input_size, main
+from detection.export import main
+from detection.onnx_export import DETECTOR_INPUTS, DETECTOR_OUTPUTS, MANIFEST_KEY, classifier_input_size
 from detection.predictor import Predictor
 
 

@@ -11,15 +11,21 @@ import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
+from playwright.sync_api import expect
 
+from detection import build_detector, save_detector
 from detection.annotate import PALETTE
 from detection.data.synthetic_shapes import render_image
 from service import Settings, create_app
 from service.settings import DEMO_MODEL_DIR
 from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.test_service_detect import TINY
+from tests.test_service_models import rename_in_manifest
 
 BUS = SHARED_DATA / "demo-images" / "bus.jpg"
 SCREENSHOT = REPO_ROOT / "docs" / "page.png"
@@ -53,13 +59,19 @@ def browser():
 
 @pytest.fixture
 def page(browser):
+    """A fresh page; waits use Playwright's `expect`, not wait_for_function, whose string predicates the page's
+    CSP (no 'unsafe-eval') would refuse."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    # Chromium reports each thing the Content-Security-Policy blocked as a console error ("Refused to ...")
+    opened.on(
+        "console", lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None
+    )
     yield opened
     context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not errors, f"JavaScript errors or CSP violations on the page: {errors}"
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +119,7 @@ def drawn_boxes(page) -> list[dict]:
 def test_page_uploads_an_image_and_draws_the_boxes_of_the_json(live_server, page, photo):
     url = live_server(create_app(demo_settings()))
     page.goto(url)
-    page.wait_for_function("document.querySelectorAll('#classes option').length === 4")
+    expect(page.locator("#classes option")).to_have_count(4)
     answer = upload_and_wait(page, photo)
     assert answer["detections"], "the demo detector finds nothing in the photo: the box check would be empty"
 
@@ -146,7 +158,7 @@ def test_page_uploads_an_image_and_draws_the_boxes_of_the_json(live_server, page
 def test_page_sends_the_threshold_and_classes_and_draws_only_those(live_server, page, photo):
     url = live_server(create_app(demo_settings(classifier_checkpoint=None)))
     page.goto(url)
-    page.wait_for_function("document.querySelectorAll('#classes option').length === 4")
+    expect(page.locator("#classes option")).to_have_count(4)
     everything = upload_and_wait(page, photo)
     assert page.locator("#classifier-panel").is_hidden()  # no classifier served, no top-5
     name = everything["detections"][0]["name"]
@@ -186,7 +198,7 @@ def test_page_explains_413_and_415(live_server, page, photo, tmp_path):
     assert re.search(r"Too large for this server: .*MAX_UPLOAD_BYTES", page.locator("#status").inner_text())
 
     page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"})
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('Not an image type')")
+    expect(page.locator("#status")).to_have_text(re.compile(r"^Not an image type"))
     assert page.evaluate("document.body.dataset.state") == "error"
 
 
@@ -204,7 +216,7 @@ def test_page_retries_a_503_with_retry_after_then_shows_the_answer(live_server, 
     page.route("**/detect?*", busy_once)
     page.goto(url)
     page.set_input_files("#file", str(photo))
-    page.wait_for_function("document.getElementById('status').textContent.includes('retrying in 1 s')")
+    expect(page.locator("#status")).to_contain_text("retrying in 1 s")
     page.wait_for_selector("body[data-state=done]")
     assert len(refused) == 1
     assert page.locator("#boxes rect.box").count() > 0
@@ -247,3 +259,41 @@ def test_page_and_docs_load_nothing_from_other_origins():
             assert [source for source in sources if re.match(r"(https?:)?//", source)] == [], path
             for asset in (source for source in sources if source.endswith((".js", ".css", ".png"))):
                 assert client.get(asset if asset.startswith("/") else f"/{asset}").status_code == 200, asset
+
+
+def test_page_offers_the_classes_of_the_default_detector_not_the_first_listed(live_server, page, photo, tmp_path):
+    """/models lists files in folder order (zz_shapes first); the default, which /detect runs, is aa_pets."""
+    for file_name, name, classes in [("a.safetensors", "zz_shapes", ["circle", "square", "triangle"]),
+                                     ("b.safetensors", "aa_pets", ["cat", "dog"])]:  # fmt: skip
+        torch.manual_seed(0)
+        model = build_detector(class_names=classes, **{**TINY, "num_classes": len(classes)})
+        rename_in_manifest(save_detector(tmp_path / file_name, model=model), name)
+    settings = demo_settings(detector_checkpoint=None, classifier_checkpoint=None, models_dir=tmp_path)
+    url = live_server(create_app(settings))
+    listed = [model for model in httpx.get(f"{url}/models").json()["models"] if model["role"] == "detector"]
+    assert [(model["name"], model["default"]) for model in listed] == [("zz_shapes", False), ("aa_pets", True)]
+    page.goto(url)
+    expect(page.locator("#classes option")).not_to_have_count(0)
+    assert page.locator("#classes option").all_text_contents() == ["cat", "dog"]
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("body[data-state=done]")
+    with page.expect_response(lambda response: urlsplit(response.url).path == "/detect") as answer:
+        page.select_option("#classes", ["dog"])
+    page.wait_for_selector("body[data-state=done]")
+    assert answer.value.status == 200 and answer.value.json()["model"]["name"] == "aa_pets"
+
+
+def test_page_and_static_files_carry_nosniff_a_content_security_policy_and_no_referrer():
+    with TestClient(create_app(demo_settings(classifier_checkpoint=None))) as client:
+        for path in ("/", "/static/page.js", "/static/page.css"):
+            headers = client.get(path).headers
+            assert headers["x-content-type-options"] == "nosniff", path
+            assert headers["referrer-policy"] == "no-referrer", path
+            policy = dict(part.strip().split(" ", 1) for part in headers["content-security-policy"].split(";"))
+            assert policy["default-src"] == "'none'" and policy["script-src"] == "'self'", path
+            assert policy["frame-ancestors"] == "'none'", path
+        for response in (
+            client.get("/models"),
+            client.post("/detect", content=b"x", headers={"Content-Type": "image/png"}),
+        ):
+            assert response.headers["x-content-type-options"] == "nosniff"

@@ -384,6 +384,16 @@ def test_unknown_route_is_json_404(client):
     assert response.json()["request_id"] == response.headers["x-request-id"]
 
 
+def test_the_page_names_its_icon_and_the_app_serves_it(client):
+    # Browsers ask for /favicon.ico whether or not the page names it (it was a 404).
+    page = client.get("/").text
+    assert '<link rel="icon" href="favicon.ico"' in page
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/vnd.microsoft.icon"
+    image = Image.open(io.BytesIO(icon.content))
+    assert image.format == "ICO" and image.size[0] >= 16
+
+
 # ------------------------------------------------------------------------------------ api key
 
 
@@ -617,6 +627,7 @@ def test_main_command_serves_on_host_and_port(classifier_path):
                 time.sleep(0.1)
         response = httpx.post(f"http://127.0.0.1:{port}/classify", files=upload(image_bytes()), timeout=30)
         assert response.status_code == 200 and len(response.json()["predictions"]) == 5
+        assert "server" not in response.headers  # no server software or version named to a stranger
     finally:
         server.terminate()
         _, stderr = server.communicate(timeout=30)

@@ -184,6 +184,44 @@ def test_an_unknown_query_parameter_is_a_422_naming_it_and_the_allowed_ones(
     assert named in detail and listed in detail and "unknown query parameter" in detail
 
 
+HOSTILE_VALUES = ["\u00b9", "\u0663", "\uff11", "9" * 4301, "", "nan", "1e999", "\x00", "1" * 50]
+QUERY_PARAMETERS = {
+    "/detect": ["classes", "score_threshold", "max_detections", "iou_threshold", "box_format", "normalized", "model"],
+    "/detect/batch": ["classes", "max_detections", "model"],
+    "/detect/annotated": ["classes", "format", "model"],
+    "/classify": ["top_k", "model"],
+    "/classify/batch": ["top_k"],
+}
+
+
+@pytest.mark.parametrize("path", sorted(QUERY_PARAMETERS))
+def test_hostile_query_values_are_a_json_4xx_with_the_request_id_never_a_500(client, shapes_jpeg, path):
+    field = "files" if path.endswith("batch") else "file"
+    answers = {}
+    for name in QUERY_PARAMETERS[path]:
+        for value in HOSTILE_VALUES:
+            response = client.post(path, params={name: value}, files={field: ("s.jpg", shapes_jpeg, "image/jpeg")})
+            if response.status_code != 200:  # `classes=` (empty list item) or `normalized=1`... may be fine
+                answers[(name, value[:20])] = (response.status_code, response.json()["request_id"])
+                assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert all(400 <= status < 500 for status, _ in answers.values()), answers
+    # A Unicode digit or a number of 4,301 digits is no label id: refused by name, not read as one
+    for value in ["\u00b9", "\u0663", "9" * 4301]:
+        response = client.post(path, params={"classes": value}, files={field: ("s.jpg", shapes_jpeg, "image/jpeg")})
+        if path.startswith("/detect"):
+            assert response.status_code == 422 and "unknown class" in response.json()["detail"]
+            assert len(response.json()["detail"]) < 400  # the 4,301 digits are not echoed whole
+
+
+@pytest.mark.parametrize(("path", "name"), [("/detect", "max_detections"), ("/classify", "top_k")])
+def test_a_parameter_taking_one_value_given_twice_is_a_422_naming_it(client, shapes_jpeg, path, name):
+    response = client.post(f"{path}?{name}=5&{name}=500", files={"file": ("s.jpg", shapes_jpeg, "image/jpeg")})
+    assert response.status_code == 422
+    assert f"'{name}' given more than once" in response.json()["detail"]
+    repeated_list = detect(client, shapes_jpeg, classes=["square", "circle"])  # a list parameter may repeat
+    assert repeated_list.status_code == 200, repeated_list.text
+
+
 # --- raw bodies ----------------------------------------------------------------------------------------------
 
 
@@ -334,6 +372,42 @@ def test_cors_origins_lets_those_pages_call_the_api_and_read_errors(shapes_jpeg)
         assert "X-Request-ID" in error.headers["access-control-expose-headers"]
     finally:
         app.__exit__(None, None, None)
+
+
+def test_every_preflight_carries_the_request_id_and_a_refused_one_answers_json():
+    app = started(
+        Settings(detector_checkpoint=DEMO_DETECTOR, classifier_checkpoint=None, optimize=False,
+                 cors_origins="https://app.example.com")
+    )  # fmt: skip
+    try:
+        allowed = app.options(
+            "/detect",
+            headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+                     "X-Request-ID": "preflight-1"},
+        )  # fmt: skip
+        assert allowed.status_code == 200 and allowed.headers["x-request-id"] == "preflight-1"
+        for refused_headers, named in [
+            ({"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}, "origin"),
+            ({"Origin": "https://app.example.com", "Access-Control-Request-Method": "DELETE"}, "method"),
+            ({"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+              "Access-Control-Request-Headers": "X-Evil"}, "headers"),
+        ]:  # fmt: skip
+            refused = app.options("/detect", headers=refused_headers)
+            assert refused.status_code == 400
+            assert refused.headers["content-type"] == "application/json"
+            body = refused.json()
+            assert body["request_id"] == refused.headers["x-request-id"]
+            assert f"{named} not allowed" in body["detail"] and "POST" in body["detail"]
+    finally:
+        app.__exit__(None, None, None)
+
+
+def test_a_preflight_with_cors_off_is_a_json_405_with_the_request_id(client):
+    preflight = client.options(
+        "/detect", headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+    )
+    assert preflight.status_code == 405
+    assert preflight.json()["request_id"] == preflight.headers["x-request-id"]
 
 
 def test_cors_origins_that_are_not_origins_are_refused():

@@ -225,24 +225,30 @@ def test_32_bit_integer_tiff_is_scaled_by_its_real_range(value, grey):
     assert image.getpixel((0, 0)) == (grey, grey, grey)
 
 
-def test_an_upload_has_its_header_read_once_and_is_decoded_as_displayed(monkeypatch):
-    # The header's size picks the decoding thread (large images have their own); the decode goes on from that
-    # same opened file instead of opening it a second time.
+def test_an_upload_is_parsed_in_a_decoding_process_never_in_the_server_and_decoded_as_displayed(monkeypatch):
+    # The event loop only routes: header and pixels are read by the decoding processes (service/decode_pool.py).
     import asyncio
 
     from starlette.datastructures import Headers, UploadFile
 
-    from service.uploads import decode_upload
+    from service.settings import Settings
+    from service.uploads import UploadDecoders, decode_upload
 
     data = encode(Image.new("RGBA", (30, 20), (200, 10, 10, 0)), "PNG")
     opened = []
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args) or real_open(*args, **kwargs))
     upload = UploadFile(file=io.BytesIO(data), filename="x.png", headers=Headers({"content-type": "image/png"}))
-    decoded = asyncio.run(
-        decode_upload(
-            upload, label="file 'x.png'", max_pixels=MAX_PIXELS, prepare=lambda image: tuple(image.pixels[0, 0])
-        )
-    )
-    assert len(opened) == 1
+
+    async def decode():
+        decoders = UploadDecoders(Settings(max_image_pixels=MAX_PIXELS, decode_workers=1))
+        await decoders.start()
+        try:
+            prepare = lambda image: tuple(image.pixels[0, 0])  # noqa: E731
+            return await decode_upload(upload, label="file 'x.png'", decoders=decoders, prepare=prepare)
+        finally:
+            await decoders.stop()
+
+    decoded = asyncio.run(decode())
+    assert opened == []  # not in this process
     assert decoded.size == (30, 20) and tuple(decoded.prepared) == (255, 255, 255)  # transparent onto white, in RGB

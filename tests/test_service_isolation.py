@@ -366,16 +366,16 @@ def test_an_empty_api_key_is_not_read_as_unset(model_paths):
 
 def test_a_second_large_image_meanwhile_gets_503_with_retry_after_and_small_ones_pass(client):
     from service.memory import LARGE_IMAGE_PIXELS
-    from service.uploads import large_image_slot
 
     side = int(LARGE_IMAGE_PIXELS**0.5) + 1
     large = png(side, side)
-    assert large_image_slot.acquire(blocking=False)  # a large image is being decoded by another request
+    decoders = client.app.state.service.decoders
+    held = client.portal.call(decoders.large._idle.get)  # a large image is being decoded by another request
     try:
         busy = client.post("/classify", files={"file": ("big.png", large, "image/png")})
         small = client.post("/classify", files={"file": ("small.png", png(64, 48), "image/png")})
     finally:
-        large_image_slot.release()
+        client.portal.call(decoders.large._idle.put, held)
     assert busy.status_code == 503, busy.text
     assert busy.headers["retry-after"] == "1"
     assert "another large image" in busy.json()["detail"] and busy.json()["request_id"]
@@ -384,14 +384,12 @@ def test_a_second_large_image_meanwhile_gets_503_with_retry_after_and_small_ones
     assert served.status_code == 200 and served.json()["image"] == {"width": side, "height": side}
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "getpriority"), reason="thread priorities are a POSIX feature")
-def test_large_images_decode_at_the_lowest_cpu_priority(client):
+@pytest.mark.skipif(not hasattr(__import__("os"), "getpriority"), reason="process priorities are a POSIX feature")
+def test_large_images_decode_in_a_process_of_the_lowest_cpu_priority_the_others_at_normal(client):
     import os
 
-    from service.memory import LARGE_IMAGE_PIXELS
-    from service.uploads import _large_image_decoder
-
-    side = int(LARGE_IMAGE_PIXELS**0.5) + 1
-    assert client.post("/classify", files={"file": ("big.png", png(side, side), "image/png")}).status_code == 200
-    nice = _large_image_decoder.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
-    assert nice == 19
+    decoders = client.app.state.service.decoders
+    assert [os.getpriority(os.PRIO_PROCESS, worker.process.pid) for worker in decoders.large._all] == [19]
+    assert {os.getpriority(os.PRIO_PROCESS, worker.process.pid) for worker in decoders.pool._all} == {
+        os.getpriority(os.PRIO_PROCESS, 0)
+    }

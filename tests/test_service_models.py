@@ -137,9 +137,9 @@ def test_model_checkpoints_setting_takes_a_comma_list_or_json(monkeypatch, versi
     monkeypatch.setenv("MODEL_CHECKPOINTS", "")
     assert Settings().model_checkpoints == []
     relative = Settings(
-        model_dir=versions["old"].parent, models_dir="more", model_checkpoints=["a.safetensors", versions["old"]]
+        model_paths_base=versions["old"].parent, models_dir="more", model_checkpoints=["a.safetensors", versions["old"]]
     )
-    assert relative.models_dir == versions["old"].parent / "more"  # MODEL_DIR anchors relative paths, as for the others
+    assert relative.models_dir == versions["old"].parent / "more"  # anchored like the others
     assert relative.model_checkpoints == [versions["old"].parent / "a.safetensors", versions["old"]]
     settings = settings_for(None, model_checkpoints=[versions["cls_b"], versions["old"]])
     with TestClient(create_app(settings)) as client:
@@ -343,3 +343,92 @@ def test_reload_needs_the_api_key_when_one_is_set(models_dir):
         refused = client.post("/models/det/reload")
         assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
         assert client.post("/models/det/reload", headers={"X-API-Key": "secret"}).status_code == 200
+
+
+# ----------------------------------------------------------------------- files that are no model
+
+
+def make_bad_entry(path: Path, kind: str) -> None:
+    """Put at `path` something named like a checkpoint that is no readable regular file."""
+    if kind == "symlink loop":
+        path.symlink_to(path.name)  # relative: points at itself
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path.symlink_to("/dev/zero")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "half-written":
+        path.write_bytes(b"\x00" * 8)
+
+
+BAD_ENTRIES = {
+    "symlink loop": "symlink_loop",
+    "fifo": "not_a_regular_file",
+    "device": "not_a_regular_file",
+    "folder": "not_a_regular_file",
+    "half-written": "does_not_load",
+}
+
+
+def skipped_count(client, reason: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'resdet_model_files_skipped_total{{reason="{reason}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ENTRIES))
+def test_a_bad_entry_in_models_dir_is_skipped_at_start_up_with_one_log_line_and_a_metric(models_dir, kind, caplog):
+    make_bad_entry(models_dir / "bad.safetensors", kind)
+    with TestClient(create_app(settings_for(models_dir))) as client:
+        wait_ready(client)
+        assert sorted(model["name"] for model in client.get("/models").json()["models"]) == ["bee", "cls_a", "det"]
+        assert skipped_count(client, BAD_ENTRIES[kind]) == 1
+    lines = [record.getMessage() for record in caplog.records if "bad.safetensors" in record.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(f"skipped checkpoint file ({BAD_ENTRIES[kind]})"), lines
+    assert "\n" not in lines[0]
+
+
+def test_start_up_fails_in_one_line_only_when_no_usable_model_remains(tmp_path):
+    for kind in BAD_ENTRIES:
+        make_bad_entry(tmp_path / f"{kind.replace(' ', '_')}.safetensors", kind)
+    with pytest.raises(ModelLoadError) as raised:
+        with TestClient(create_app(settings_for(tmp_path))):
+            pass
+    assert str(raised.value).startswith("no usable model") and "\n" not in str(raised.value)
+
+
+def poll_guarded(client, registry) -> None:
+    """One watcher poll, which must come back: a FIFO read or /dev/zero hashed would hold it forever."""
+    finished = threading.Event()
+    thread = threading.Thread(target=lambda: (client.portal.call(registry.check_files), finished.set()), daemon=True)
+    thread.start()
+    assert finished.wait(30), "the watcher's poll did not come back (blocked reading the file)"
+
+
+@pytest.mark.parametrize("kind", ["symlink loop", "fifo", "device", "folder"])
+def test_the_watcher_skips_a_served_file_turned_bad_once_and_keeps_polling(models_dir, versions, kind, caplog):
+    with TestClient(create_app(settings_for(models_dir))) as client:  # RELOAD_POLL_S=0: polls run by hand here
+        wait_ready(client)
+        registry = client.app.state.service.registry
+        serving = registry.slots["det"].served
+        target = models_dir / "det.safetensors"
+        target.unlink()
+        make_bad_entry(target, kind)
+        poll_guarded(client, registry)
+        poll_guarded(client, registry)
+        assert registry.slots["det"].served is serving  # still serving the old version
+        assert client.post("/detect", files=upload(image_bytes())).status_code == 200
+        assert skipped_count(client, BAD_ENTRIES[kind]) == 1  # once, not every poll
+        reload = client.post("/models/det/reload")  # the route answers why, never a 500
+        assert reload.status_code == 422 and "det.safetensors" in reload.json()["detail"]
+
+        if target.is_dir():
+            target.rmdir()
+        else:
+            target.unlink()
+        replace_file(versions["new"], target)
+        poll_guarded(client, registry)
+        assert registry.slots["det"].served.version == file_version(versions["new"])
+    assert len([record for record in caplog.records if record.getMessage().startswith("skipped checkpoint")]) == 1

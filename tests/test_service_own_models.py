@@ -55,10 +55,10 @@ def compose_environment(shell: dict[str, str]) -> dict[str, str]:
 
 def test_compose_with_an_empty_classifier_file_serves_the_detector_alone(tmp_path, monkeypatch):
     environment = compose_environment({"DETECTOR_FILE": "model.safetensors", "CLASSIFIER_FILE": ""})
-    mounted = tmp_path / "models"  # what compose mounts at MODEL_DIR
+    mounted = tmp_path / "models"  # what compose mounts at MODEL_PATHS_BASE
     mounted.mkdir()
     (mounted / "model.safetensors").write_bytes(DEMO_DETECTOR.read_bytes())
-    environment["MODEL_DIR"] = str(mounted)
+    environment["MODEL_PATHS_BASE"] = str(mounted)
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
     settings = Settings()
@@ -77,7 +77,7 @@ def test_compose_defaults_still_serve_both_demo_models():
     environment = compose_environment({})
     assert environment["DETECTOR_CHECKPOINT"] == "demo_detector.safetensors"
     assert environment["CLASSIFIER_CHECKPOINT"] == "demo_classifier.safetensors"
-    assert environment["MODEL_DIR"] == "/models"
+    assert environment["MODEL_PATHS_BASE"] == "/models"
 
 
 def test_a_torchvision_pth_is_served_with_the_class_names_of_a_file(tmp_path):
@@ -88,7 +88,7 @@ def test_a_torchvision_pth_is_served_with_the_class_names_of_a_file(tmp_path):
     backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=3)
     torch.save(FasterRCNN(backbone, num_classes=3).state_dict(), tmp_path / "custom.pth")
     (tmp_path / "classes.txt").write_text("dining table\ntraffic light\n")
-    settings = Settings(model_dir=tmp_path, detector_checkpoint="custom.pth", detector_class_names="classes.txt",
+    settings = Settings(model_paths_base=tmp_path, detector_checkpoint="custom.pth", detector_class_names="classes.txt",
                         classifier_checkpoint=None, optimize=False)  # fmt: skip
     with TestClient(create_app(settings)) as client:
         ready(client)
@@ -144,11 +144,27 @@ def test_an_unsupported_checkpoint_is_one_log_line_without_traceback(tmp_path, l
     assert "mobilenet.pth" in failure and "not a ResNet" in failure and "\n" not in failure
 
 
-def test_model_dir_resolves_relative_paths_only(tmp_path):
-    settings = Settings(model_dir=tmp_path, detector_checkpoint="d.safetensors", classifier_checkpoint=DEMO_DETECTOR)
+def test_model_paths_base_resolves_relative_paths_only(tmp_path):
+    settings = Settings(
+        model_paths_base=tmp_path, detector_checkpoint="d.safetensors", classifier_checkpoint=DEMO_DETECTOR
+    )
     assert settings.detector_checkpoint == tmp_path / "d.safetensors"
     assert settings.classifier_checkpoint == DEMO_DETECTOR
     assert Settings(detector_checkpoint="d.safetensors").detector_checkpoint == Path("d.safetensors")
+
+
+def test_the_old_name_model_dir_is_refused_naming_the_new_one(monkeypatch, capsys):
+    from service.__main__ import main
+
+    with pytest.raises(ValueError, match="MODEL_DIR is now MODEL_PATHS_BASE"):
+        Settings(model_dir="/models")
+    monkeypatch.setenv("MODEL_DIR", "/models")
+    with pytest.raises(ValueError, match="MODEL_DIR is now MODEL_PATHS_BASE: .*MODELS_DIR is the folder of models"):
+        Settings()
+    monkeypatch.setattr("sys.argv", ["service"])
+    assert main() == 2
+    (problem,) = [line for line in capsys.readouterr().err.splitlines() if "MODEL_DIR" in line]
+    assert "MODEL_PATHS_BASE" in problem
 
 
 def test_python_m_service_help_lists_every_setting_and_starts_nothing(monkeypatch, capsys):
@@ -159,5 +175,5 @@ def test_python_m_service_help_lists_every_setting_and_starts_nothing(monkeypatc
     printed = capsys.readouterr().out
     for name in Settings.model_fields:
         assert f"  {name.upper()} (default: " in printed
-    assert "MODEL_DIR" in printed and "Empty disables /classify" in printed
+    assert "MODEL_PATHS_BASE" in printed and "Empty disables /classify" in printed
     assert str(REPO_ROOT) not in printed  # defaults inside the repository are shown relative to it

@@ -125,6 +125,19 @@ def test_two_gloo_processes_train_and_shard_evaluation(shapes, tmp_path):
     assert sharded["AP50"] == pytest.approx(single["AP50"], abs=1e-9)
 
 
+def test_a_redirected_run_logs_plain_lines_without_escape_codes(shapes, tmp_path):
+    # Output to a pipe, as to a file or a CI log: tqdm's carriage returns and escape codes were written there.
+    result = run_script("train_det.py", tiny_config(shapes, tmp_path / "run", max_iterations=6, log_every=1))
+    output = result.stdout + result.stderr
+    assert "\r" not in output and "\x1b" not in output
+    progress_lines = [line for line in output.splitlines() if line.startswith(("train:", "evaluate:"))]
+    # one summary line each for training and the evaluation at its end (a run this short logs no periodic line)
+    assert len(progress_lines) == 2, progress_lines
+    assert progress_lines[-1].startswith("train: 6/6 it (100%)") and "done in" in progress_lines[-1]
+    # the batch as both conventions count it: ours is global, torchvision's --batch-size per process
+    assert "batch: 2 images per iteration over all processes (2 per process)" in result.stdout
+
+
 def test_missing_dataset_says_what_to_pass(tmp_path):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "training" / "train_det.py")], cwd=REPO_ROOT,
                             env=script_env(), capture_output=True, text=True, timeout=120)  # fmt: skip

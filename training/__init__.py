@@ -6,44 +6,45 @@ the iteration loop, one optimizer step, logging and the best metric), checkpoint
 last.pt, best.pt, resume), meters, run_log (progress bar, metrics.jsonl, TensorBoard), plots (PNG curves).
 """
 
-import importlib
+from backbone.lazy_exports import lazy_exports
 
-from training.checkpoint import (
-    RunCheckpoints,
-    capture_rng_state,
-    load_training_checkpoint,
-    restore_rng_state,
-    save_training_checkpoint,
+# Every name comes on first use: `--help` of the commands stays free of torch, the plots need matplotlib (the
+# `train` extra) only when used, and `python -m training.plots` runs that module itself, which runpy warns
+# about when the package has imported it already.
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "RunCheckpoints": "training.checkpoint",
+        "capture_rng_state": "training.checkpoint",
+        "load_training_checkpoint": "training.checkpoint",
+        "restore_rng_state": "training.checkpoint",
+        "save_training_checkpoint": "training.checkpoint",
+        "config_to_dict": "training.config",
+        "format_config": "training.config",
+        "parse_config": "training.config",
+        "DistributedContext": "training.distributed",
+        "init_distributed": "training.distributed",
+        "shutdown_distributed": "training.distributed",
+        "BestMetric": "training.engine",
+        "Step": "training.engine",
+        "iterate_batches": "training.engine",
+        "log_training": "training.engine",
+        "make_loader": "training.engine",
+        "prepare_model": "training.engine",
+        "run_command": "training.engine",
+        "train_step": "training.engine",
+        "unwrap_model": "training.engine",
+        "MetricWindow": "training.meters",
+        "Precision": "training.precision",
+        "RunLog": "training.run_log",
+        "ResumableBatchSampler": "training.sampler",
+        "SeededDataset": "training.sampler",
+        "LRSchedule": "training.schedule",
+        "plot_error_curves": "training.plots",
+        "plot_run": "training.plots",
+    },
 )
-from training.config import config_to_dict, format_config, parse_config
-from training.distributed import DistributedContext, init_distributed, shutdown_distributed
-from training.engine import (
-    BestMetric,
-    Step,
-    iterate_batches,
-    log_training,
-    make_loader,
-    prepare_model,
-    run_command,
-    train_step,
-    unwrap_model,
-)
-from training.meters import MetricWindow
-from training.precision import Precision
-from training.run_log import RunLog
-from training.sampler import ResumableBatchSampler, SeededDataset
-from training.schedule import LRSchedule
-
-# The plots come on first use: they need matplotlib (the `train` extra), and `python -m training.plots`
-# runs that module itself, which runpy warns about when the package has imported it already.
-LAZY = {"plot_error_curves": "training.plots", "plot_run": "training.plots"}
-
-
-def __getattr__(name: str):
-    if name in LAZY:
-        return getattr(importlib.import_module(LAZY[name]), name)
-    raise AttributeError(f"module 'training' has no attribute {name!r}")
-
 
 __all__ = [
     "BestMetric",

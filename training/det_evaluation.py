@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from backbone.progress import progress
 from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions
 from detection.test_time import TestTimeOptions, detect_with_options
 from detection.transform import batch_to_device
@@ -45,8 +45,10 @@ def detect_shard(
     count = torch.zeros((), device=ctx.device)
     try:
         # rank 0 shows progress (images/s and ETA, as the training bar); leave=False keeps the log to one bar
-        progress = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True, leave=False, disable=not ctx.is_main)
-        for images, targets in progress:
+        batches = progress(
+            loader, desc="evaluate", unit="batch", dynamic_ncols=True, leave=False, disable=not ctx.is_main
+        )
+        for images, targets in batches:
             images, device_targets = batch_to_device(
                 images, targets, device=ctx.device, num_classes=unwrap_model(model).num_classes
             )

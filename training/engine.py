@@ -43,6 +43,17 @@ def start_process(*, device: str, seed: int) -> DistributedContext:
     return ctx
 
 
+def describe_run(ctx: DistributedContext, *, global_batch_size: int) -> str:
+    """The start-of-run line of both training scripts: processes, device and the batch as both conventions count it
+    (our --batch_size is global; torchvision's --batch-size is per process)."""
+    per_process = global_batch_size / ctx.world_size
+    shown = int(per_process) if per_process.is_integer() else round(per_process, 2)
+    return (
+        f"processes: {ctx.world_size}, device: {ctx.device}, batch: {global_batch_size} images per iteration over "
+        f"all processes ({shown} per process)"
+    )
+
+
 def prepare_model(
     model: nn.Module,
     *,

@@ -51,6 +51,7 @@ from training.device_data import (
 from training.distributed import barrier
 from training.engine import (
     BestMetric,
+    describe_run,
     iterate_batches,
     log_training,
     make_loader,
@@ -105,7 +106,11 @@ class PretrainConfig(RunOptions):
         False, "Start each residual branch's last BN at zero (Goyal et al. 2017; the paper does not use it)."
     )
     # --- optimisation: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 for batch 256 (Sec. 3.4); no dropout
-    batch_size: int = option(256, "Global batch size: over all processes together.")
+    batch_size: int = option(
+        256,
+        "Global batch size: images per iteration over all processes together (torchvision's --batch-size "
+        "counts per process).",
+    )
     lr: float = option(0.1, "Learning rate at lr_reference_batch, scaled linearly with batch_size (Goyal et al. 2017).")
     lr_reference_batch: int = option(256, "The batch size at which lr applies unscaled.")
     momentum: float = option(0.9, "SGD momentum (paper: 0.9).")
@@ -296,7 +301,7 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     output_dir = Path(cfg.output_dir)
     if ctx.is_main:
         print(format_config(cfg), flush=True)
-        print(f"processes: {ctx.world_size}, device: {ctx.device}", flush=True)
+        print(describe_run(ctx, global_batch_size=cfg.batch_size), flush=True)
     if cfg.data_on_device:
         if cfg.augmentation != "cifar":
             raise ValueError("--data_on_device true holds CIFAR-sized sets only: use it with --augmentation cifar")

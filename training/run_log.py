@@ -1,4 +1,5 @@
-"""Where a run reports: a tqdm bar (it/s, ETA, losses, img/s), metrics.jsonl and TensorBoard events.
+"""Where a run reports: a progress bar (it/s, ETA, losses, img/s; plain lines when not on a terminal),
+metrics.jsonl and TensorBoard events.
 
 Only rank 0 writes; on other ranks every method is a no-op. Resuming from iteration k drops the
 records after k from metrics.jsonl (and TensorBoard purges them) so the files read like one
@@ -12,9 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from backbone.files import write_atomically
+from backbone.progress import progress
 from training.distributed import DistributedContext
 
 
@@ -54,7 +54,7 @@ class RunLog:
             self.writer = SummaryWriter(
                 log_dir=str(self.output_dir / "tensorboard"), purge_step=start_iteration or None
             )
-        self.bar = tqdm(
+        self.bar = progress(
             total=total_iterations, initial=start_iteration, unit="it", dynamic_ncols=True, desc="train", smoothing=0.05
         )
 

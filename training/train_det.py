@@ -59,6 +59,7 @@ from training.det_evaluation import detect_shard, score
 from training.distributed import barrier
 from training.engine import (
     BestMetric,
+    describe_run,
     iterate_batches,
     log_training,
     make_loader,
@@ -127,7 +128,11 @@ class DetTrainConfig(RunOptions):
         "and fixes its architecture.",
     )  # fmt: skip
     # --- optimisation: SGD; the "1x" schedule: lr 0.02 at batch 16, steps at 2/3 and 8/9, 1000-it warm-up
-    batch_size: int = option(16, "Global batch size: over all processes together.")
+    batch_size: int = option(
+        16,
+        "Global batch size: images per iteration over all processes together (torchvision's --batch-size "
+        "counts per process).",
+    )
     lr: float = option(
         0.02, "Learning rate at lr_reference_batch, scaled linearly with batch_size (Goyal et al. 2017)."
     )
@@ -310,7 +315,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     output_dir = Path(cfg.output_dir)
     if ctx.is_main:
         print(format_config(cfg), flush=True)
-        print(f"processes: {ctx.world_size}, device: {ctx.device}", flush=True)
+        print(describe_run(ctx, global_batch_size=cfg.batch_size), flush=True)
     precision = Precision(amp=cfg.amp, device=ctx.device)
     metric_sets = cfg.metrics or (("coco",) if cfg.dataset == "coco" else ("coco", "voc"))
 

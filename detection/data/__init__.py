@@ -1,13 +1,27 @@
 """Detection data: COCO and VOC datasets, box-aware transforms, aspect-ratio groups, synthetic shapes."""
 
-from detection.data.annotations import AnnotationError, ImageAnnotation
-from detection.data.batching import DEFAULT_WORKERS, aspect_ratio_group_ids, collate_fn
-from detection.data.coco import CocoDetection
-from detection.data.concat import ConcatDetection
-from detection.data.dataset import DetectionDataset
-from detection.data.synthetic_shapes import SHAPE_CLASSES, SyntheticLayout, generate_synthetic
-from detection.data.transforms import build_transforms
-from detection.data.voc import VOC_CLASSES, VocDetection, read_class_names
+from backbone.lazy_exports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "AnnotationError": "detection.data.annotations",
+        "ImageAnnotation": "detection.data.annotations",
+        "DEFAULT_WORKERS": "detection.data.batching",
+        "aspect_ratio_group_ids": "detection.data.batching",
+        "collate_fn": "detection.data.batching",
+        "CocoDetection": "detection.data.coco",
+        "ConcatDetection": "detection.data.concat",
+        "DetectionDataset": "detection.data.dataset",
+        "SHAPE_CLASSES": "detection.data.synthetic_shapes",
+        "SyntheticLayout": "detection.data.synthetic_shapes",
+        "generate_synthetic": "detection.data.synthetic_shapes",
+        "build_transforms": "detection.data.transforms",
+        "VOC_CLASSES": "detection.data.voc",
+        "VocDetection": "detection.data.voc",
+        "read_class_names": "detection.data.voc",
+    },
+)
 
 __all__ = [
     "DEFAULT_WORKERS",

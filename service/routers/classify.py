@@ -3,7 +3,7 @@
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from service.dependencies import ClassifierDep, SettingsDep, reject_unknown_query
 from service.errors import INFERENCE_ERRORS
@@ -42,12 +42,16 @@ def _response(served: ServedModel, answer: Answer, started: float) -> ClassifyRe
     "Answers the `top_k` most probable classes.",
 )
 async def classify(
-    classifier: ClassifierDep, settings: SettingsDep, file: ImageUpload, top_k: TopK = 5
+    request: Request,
+    classifier: ClassifierDep,
+    settings: SettingsDep,
+    file: ImageUpload,
+    top_k: TopK = 5,
 ) -> ClassifyResponse:
     started = time.perf_counter()
     (answer,) = await infer(
-        classifier, [file], settings=settings, make_request=lambda pixels: ClassifyRequest(pixels=pixels, top_k=top_k),
-        batch_form=False,
+        request, classifier, [file], settings=settings, batch_form=False,
+        make_request=lambda pixels: ClassifyRequest(pixels=pixels, top_k=top_k),
     )  # fmt: skip
     return _response(classifier, answer, started)
 
@@ -59,6 +63,7 @@ async def classify(
     description="Up to MAX_FILES images as repeated multipart fields `files`; one answer per image, in order.",
 )
 async def classify_batch(
+    request: Request,
     classifier: ClassifierDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description="The images; answers come in the same order.")],
@@ -66,7 +71,7 @@ async def classify_batch(
 ) -> list[ClassifyResponse]:
     started = time.perf_counter()
     answers = await infer(
-        classifier, files, settings=settings, make_request=lambda pixels: ClassifyRequest(pixels=pixels, top_k=top_k),
-        batch_form=True,
+        request, classifier, files, settings=settings, batch_form=True,
+        make_request=lambda pixels: ClassifyRequest(pixels=pixels, top_k=top_k),
     )  # fmt: skip
     return [_response(classifier, answer, started) for answer in answers]

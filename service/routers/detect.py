@@ -4,7 +4,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from service.annotate import render_annotated
@@ -123,11 +123,16 @@ def _response(served: ServedModel, answer: Answer, started: float, boxes: BoxOpt
     "(after EXIF orientation) unless `normalized`.",
 )
 async def detect(
-    detector: DetectorDep, settings: SettingsDep, file: ImageUpload, options: DetectOptionsDep, boxes: BoxOptionsDep
+    request: Request,
+    detector: DetectorDep,
+    settings: SettingsDep,
+    file: ImageUpload,
+    options: DetectOptionsDep,
+    boxes: BoxOptionsDep,
 ) -> DetectResponse:
     started = time.perf_counter()
     (answer,) = await infer(
-        detector, [file], settings=settings, make_request=options.request_maker(detector), batch_form=False
+        request, detector, [file], settings=settings, make_request=options.request_maker(detector), batch_form=False
     )
     return _response(detector, answer, started, boxes)
 
@@ -140,6 +145,7 @@ async def detect(
     "One bad file fails the request with an error naming it.",
 )
 async def detect_batch(
+    request: Request,
     detector: DetectorDep,
     settings: SettingsDep,
     files: Annotated[list[UploadFile], File(description="The images; answers come in the same order.")],
@@ -148,7 +154,7 @@ async def detect_batch(
 ) -> list[DetectResponse]:
     started = time.perf_counter()
     answers = await infer(
-        detector, files, settings=settings, make_request=options.request_maker(detector), batch_form=True
+        request, detector, files, settings=settings, make_request=options.request_maker(detector), batch_form=True
     )
     return [_response(detector, answer, started, boxes) for answer in answers]
 
@@ -163,6 +169,7 @@ async def detect_batch(
     "score on a filled background, in a font scaled to the image. `X-Detections` says how many.",
 )
 async def detect_annotated(
+    request: Request,
     detector: DetectorDep,
     settings: SettingsDep,
     file: ImageUpload,
@@ -172,7 +179,7 @@ async def detect_annotated(
     ] = "png",
 ) -> Response:
     (answer,) = await infer(
-        detector, [file], settings=settings, make_request=options.request_maker(detector), batch_form=False,
+        request, detector, [file], settings=settings, make_request=options.request_maker(detector), batch_form=False,
         keep_images=True,
     )  # fmt: skip
     content, media_type = await run_in_threadpool(

@@ -1,4 +1,4 @@
-"""GET / : the web page (service/static/), served by the app itself so it works without internet."""
+"""GET / : the web page (service/static/) and its icon, served by the app itself so it works without internet."""
 
 from pathlib import Path
 
@@ -16,7 +16,13 @@ async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    # At the root, where browsers ask for it whether or not the page names it.
+    return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/vnd.microsoft.icon")
+
+
 def install_page(app: FastAPI) -> None:
-    """The page at / and its script and style sheet under /static/."""
+    """The page at /, its icon at /favicon.ico, and its script and style sheet under /static/."""
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

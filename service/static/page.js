@@ -215,7 +215,8 @@ async function loadModels() {
     const response = await fetch("models");
     if (!response.ok) throw new Error(errorMessage(response.status, await response.json().catch(() => null), null));
     const { models } = await response.json();
-    const detector = models.find((model) => model.role === "detector");
+    // The default detector: the one /detect runs when no ?model= is given, so its classes are the ones accepted.
+    const detector = models.find((model) => model.role === "detector" && model.default);
     page.classifier = models.some((model) => model.role === "classifier");
     $("models").textContent = models.map((model) => `${model.role}: ${model.name}${model.demo ? " (demo)" : ""}`).join(" · ");
     $("models").title = models.map((model) => model.note).join("\n");
