@@ -22,7 +22,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from detection.data.batching import DEFAULT_WORKERS
 from detection.data.voc import read_class_names
 from detection.evaluation import to_coco_results, write_json
 from detection.predictor import PRECISIONS, Cut, Predictor, Prepared
+from detection.test_time import add_test_time_flags, options_from_args
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -394,7 +395,7 @@ def load_model(args: argparse.Namespace) -> tuple[Predictor, dict[str, Any]]:
     device = resolve_device(args.device, setting="--device ", error=PredictError)
     class_names = read_class_names(args.class_names) if args.class_names else None
     model, manifest = load_detector(args.checkpoint, class_names=class_names)
-    return Predictor(model, device=device, precision=args.precision), manifest
+    return Predictor(model, device=device, precision=args.precision, test_time=options_from_args(args)), manifest
 
 
 def predict(args: argparse.Namespace) -> str:
@@ -418,6 +419,7 @@ def predict_files(
     check_settings(output, {
         "checkpoint": str(args.checkpoint), "class_names": manifest["class_names"], "precision": predictor.precision,
         "score_threshold": args.score_threshold, "max_detections": args.max_detections,
+        "test_time": asdict(predictor.test_time),
     })  # fmt: skip
     predictions_path = output / PREDICTIONS_FILE
     done = read_done(predictions_path)
@@ -502,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help=f"Decoding threads (default: {DEFAULT_WORKERS})."
     )
+    add_test_time_flags(parser)  # the test-time ladder (detection/test_time.py), off by default
     return parser
 
 

@@ -9,8 +9,9 @@ at the model's IoU threshold and box voting (detection/box_voting.py). `TestTime
 rung of the test-time ladder; its defaults are the baseline.
 """
 
+import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -92,6 +93,29 @@ class TestTimeOptions:
     def vote(self) -> float | None:
         """The voting IoU, None when off."""
         return self.vote_threshold or None
+
+
+def add_test_time_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TestTimeOptions field (`--refine-boxes`, `--tile-size 512`, ...), its help the field's own;
+    `options_from_args` reads them back. For commands with a plain argparse parser (the predict CLI)."""
+    for each in fields(TestTimeOptions):
+        flag = "--" + each.name.replace("_", "-")
+        text = each.metadata["help"]  # the defaults are all "off" and the texts say what off is
+        if isinstance(each.default, bool):
+            parser.add_argument(flag, action="store_true", help=text)
+        elif isinstance(each.default, tuple):
+            parser.add_argument(flag, type=int, nargs="+", default=each.default, help=text)
+        else:
+            parser.add_argument(flag, type=type(each.default), default=each.default, help=text)
+
+
+def options_from_args(args: argparse.Namespace) -> TestTimeOptions:
+    """The TestTimeOptions of parsed `add_test_time_flags` flags (ValueError naming a bad value)."""
+    return TestTimeOptions(**{each.name: _plain(getattr(args, each.name)) for each in fields(TestTimeOptions)})
+
+
+def _plain(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def detect_with_options(

@@ -1,6 +1,9 @@
 """The test-time ladder through the one inference path (detection.predictor.Predictor): the same answer as
 the ladder's own call, cut the same way, for the head-level rungs and for those that need the source image."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from test_detector import TINY, synthetic_batch
@@ -8,6 +11,8 @@ from test_detector import TINY, synthetic_batch
 from detection import build_detector
 from detection.predictor import Cut, Predictor, cut_detections
 from detection.test_time import TestTimeOptions, detect_with_options
+
+DEMO = Path(__file__).resolve().parents[1] / "service" / "models" / "demo_detector.safetensors"
 
 
 def _model(head: str):
@@ -52,3 +57,30 @@ def test_the_default_predictor_runs_no_rung():
     images, _ = synthetic_batch()
     predictor.detect([predictor.prepare(images[0])], [Cut()])
     assert len(calls) == 1 and not predictor.test_time.from_source  # one pooling: no refinement, no variants
+
+
+def test_the_predict_command_runs_the_ladder_and_refuses_to_mix_settings(tmp_path):
+    from detection.data import generate_synthetic
+    from detection.predict import main
+
+    generate_synthetic(tmp_path / "shapes", num_train=1, num_val=2, image_size=128, seed=0)
+    folder = tmp_path / "shapes" / "coco" / "val"
+    flags = ["--refine-boxes", "--tile-size", "96", "--tile-full-image", "--test-flip"]
+    output = tmp_path / "out"
+    main([str(folder), "--checkpoint", str(DEMO), "--output", str(output), "--device", "cpu", "--precision", "fp32",
+          "--score-threshold", "0.3", *flags])  # fmt: skip
+    records = [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
+    settings = json.loads((output / "predict_settings.json").read_text())
+    assert settings["test_time"]["tile_size"] == 96 and settings["test_time"]["refine_boxes"] is True
+    options = TestTimeOptions(refine_boxes=True, tile_size=96, tile_full_image=True, test_flip=True)
+    predictor = Predictor.from_checkpoint(DEMO, device="cpu", precision="fp32", test_time=options)
+    for record in records:
+        (expected,) = predictor.predict([folder / Path(record["file"]).name], score_threshold=0.3)
+        assert [d["box"] for d in record["detections"]] == [d["box"] for d in expected["detections"]]
+    assert sum(len(record["detections"]) for record in records) > 0
+    with pytest.raises(SystemExit, match="other settings"):
+        main([str(folder), "--checkpoint", str(DEMO), "--output", str(output), "--device", "cpu", "--precision",
+              "fp32", "--score-threshold", "0.3"])  # fmt: skip
+    with pytest.raises(SystemExit, match="tile_overlap"):
+        main([str(folder), "--checkpoint", str(DEMO), "--output", str(tmp_path / "bad"), "--tile-size", "96",
+              "--tile-overlap", "1.5"])  # fmt: skip
