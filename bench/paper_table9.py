@@ -22,13 +22,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torchvision.transforms.v2.functional import to_dtype
 
 from detection import load_detector
 from detection.data import CocoDetection
 from detection.evaluation import evaluate_coco
 from detection.evaluation.report import format_table
-from detection.test_time import TestTimeOptions, detect_with_options
+from detection.predictor import Cut, Predictor
+from detection.test_time import TestTimeOptions
 
 # Table 9 (COCO val, ResNet-101): mAP@.5, mAP@[.5, .95]
 PAPER = {
@@ -66,19 +66,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def evaluate_rung(model, dataset, options: TestTimeOptions, *, device: torch.device, limit: int):
-    """(mAP@.5, mAP@[.5, .95], seconds per image) of `model` under `options` on the first `limit` images."""
+    """(mAP@.5, mAP@[.5, .95], seconds per image) of `model` under `options` on the first `limit` images, through
+    the one inference path (the Predictor, fp32, not optimized: the model's own numerics) from decoded pixels."""
     count = len(dataset) if limit == 0 else min(limit, len(dataset))
+    predictor = Predictor(model, device=device, precision="fp32", optimize=False, test_time=options)
+    heads = model.roi_heads
+    cut = Cut(score_threshold=heads.score_thresh, max_detections=heads.detections_per_img)  # the model's own
     predictions, seconds = {}, 0.0
-    with torch.inference_mode():
-        for index in range(count):
-            pixels, target = dataset[index]
-            image = to_dtype(pixels.as_subclass(torch.Tensor), torch.float32, scale=True).to(device)
-            start = time.perf_counter()
-            (detection,) = detect_with_options(model, [image], options)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds += time.perf_counter() - start
-            predictions[int(target["image_id"])] = {key: value.cpu() for key, value in detection.items()}
+    for index in range(count):
+        pixels, target = dataset[index]
+        start = time.perf_counter()
+        (detection,) = predictor.detect([predictor.prepare(pixels.as_subclass(torch.Tensor))], [cut])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+        predictions[int(target["image_id"])] = {key: value.cpu() for key, value in detection.items()}
     image_ids = [annotation.image_id for annotation in dataset.annotations[:count]]
     metrics = evaluate_coco(dataset, predictions, image_ids=image_ids, verbose=False)
     return 100 * metrics.stats["AP50"], 100 * metrics.stats["AP"], seconds / count
