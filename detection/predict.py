@@ -22,7 +22,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -419,7 +419,7 @@ def predict_files(
     check_settings(output, {
         "checkpoint": str(args.checkpoint), "class_names": manifest["class_names"], "precision": predictor.precision,
         "score_threshold": args.score_threshold, "max_detections": args.max_detections,
-        "test_time": asdict(predictor.test_time),
+        "test_time": predictor.test_time.to_dict(),
     })  # fmt: skip
     predictions_path = output / PREDICTIONS_FILE
     done = read_done(predictions_path)

@@ -11,7 +11,7 @@ rung of the test-time ladder; its defaults are the baseline.
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -73,6 +73,10 @@ class TestTimeOptions:
             raise ValueError("tile_full_image needs a tile_size")
         if self.tile_size:
             tile_windows(self.tile_size, self.tile_size, tile_size=self.tile_size, overlap=self.overlap)  # checks
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as it reads back from JSON (sizes as lists): settings files compare equal across runs."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
     @property
     def overlap(self) -> int:

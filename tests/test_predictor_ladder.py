@@ -65,19 +65,24 @@ def test_the_predict_command_runs_the_ladder_and_refuses_to_mix_settings(tmp_pat
 
     generate_synthetic(tmp_path / "shapes", num_train=1, num_val=2, image_size=128, seed=0)
     folder = tmp_path / "shapes" / "coco" / "val"
-    flags = ["--refine-boxes", "--tile-size", "96", "--tile-full-image", "--test-flip"]
+    flags = ["--refine-boxes", "--tile-size", "96", "--tile-full-image", "--test-flip", "--test-sizes", "96", "128"]
     output = tmp_path / "out"
     main([str(folder), "--checkpoint", str(DEMO), "--output", str(output), "--device", "cpu", "--precision", "fp32",
           "--score-threshold", "0.3", *flags])  # fmt: skip
     records = [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
     settings = json.loads((output / "predict_settings.json").read_text())
     assert settings["test_time"]["tile_size"] == 96 and settings["test_time"]["refine_boxes"] is True
-    options = TestTimeOptions(refine_boxes=True, tile_size=96, tile_full_image=True, test_flip=True)
+    options = TestTimeOptions(
+        refine_boxes=True, tile_size=96, tile_full_image=True, test_flip=True, test_sizes=(96, 128)
+    )
     predictor = Predictor.from_checkpoint(DEMO, device="cpu", precision="fp32", test_time=options)
     for record in records:
         (expected,) = predictor.predict([folder / Path(record["file"]).name], score_threshold=0.3)
         assert [d["box"] for d in record["detections"]] == [d["box"] for d in expected["detections"]]
     assert sum(len(record["detections"]) for record in records) > 0
+    # the same command again continues (its settings read back equal, sizes as lists and all)
+    main([str(folder), "--checkpoint", str(DEMO), "--output", str(output), "--device", "cpu", "--precision", "fp32",
+          "--score-threshold", "0.3", *flags])  # fmt: skip
     with pytest.raises(SystemExit, match="other settings"):
         main([str(folder), "--checkpoint", str(DEMO), "--output", str(output), "--device", "cpu", "--precision",
               "fp32", "--score-threshold", "0.3"])  # fmt: skip
