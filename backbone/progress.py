@@ -43,6 +43,12 @@ class PlainProgress:
         finally:
             self.close()
 
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def update(self, n: int = 1) -> None:
         self.n += n
         if self.clock() - self.last_line >= self.every_s:

@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from detection import load_detector
 from detection.onnx_predictor import OnnxRuntimePredictor
-from detection.predict import PREDICTIONS_FILE
 from detection.predict import main as predict_main
+from detection.prediction_pipeline import PREDICTIONS_FILE
 from detection.predictor import Predictor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -144,11 +145,7 @@ def answers(
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else float(a == b)
+    return float(box_iou(torch.tensor([a]), torch.tensor([b]))[0, 0])
 
 
 def matched(ours: Records, theirs: Records) -> list[tuple[dict, dict]]:

@@ -6,6 +6,9 @@
     python -m bench.detector --weights fasterrcnn_resnet50_fpn_coco-258fb6c6.pth   # real COCO weights
     python -m bench.detector --keep-freed-memory   # glibc keeps freed memory: fewer page faults, both models
 
+Last, the end-to-end path: `Predictor.predict` from the image file to the records (decode, prepare,
+forward, cut, records) against the model call alone on the same images decoded beforehand.
+
 The anchor is torchvision's `fasterrcnn_resnet50_fpn` exactly as it is built for its COCO weights
 (FrozenBatchNorm2d backbone), called the usual way (eval, torch.no_grad). Without --weights both
 models share randomly initialised weights made to behave like trained ones where it matters (BN
@@ -34,6 +37,7 @@ from backbone import convert_to_frozen_batchnorm
 from backbone.weights import load_checked, read_state_dict
 from detection import COCO_CATEGORY_IDS, Detector, build_detector
 from detection.images import to_float_image
+from detection.predictor import Predictor
 from detection.torchvision_compat import (
     TORCHVISION_UNUSED_COCO_IDS,
     describe_torchvision_detector,
@@ -42,23 +46,33 @@ from detection.torchvision_compat import (
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ANCHOR = "torchvision fasterrcnn_resnet50_fpn (anchor)"
+OPTIMIZED = "+ fused convs = optimize_for_inference()"
 Run = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
 
 
-def load_images(count: int, *, landscape_only: bool = False) -> list[torch.Tensor]:
+def image_paths(count: int, *, landscape_only: bool = False) -> list[Path]:
     """Demo images then coco-mini val; landscape_only: coco-mini val images wider than tall (a batch that
     pads little, as a server that groups requests by padded shape would form)."""
     coco = sorted((SHARED / "coco-mini" / "val2017").glob("*.jpg"))
     paths = coco if landscape_only else sorted((SHARED / "demo-images").glob("*.jpg")) + coco
     if not paths:
         raise SystemExit(f"no images under {SHARED} (demo-images, coco-mini/val2017): the benchmark needs them")
-    images = []
+    chosen = []
     for path in paths:
         with Image.open(path) as image:
             if not landscape_only or image.width > image.height:
-                images.append(to_float_image(image))
-        if len(images) == count:
+                chosen.append(path)
+        if len(chosen) == count:
             break
+    return chosen
+
+
+def load_images(count: int, *, landscape_only: bool = False) -> list[torch.Tensor]:
+    """`image_paths`' images as float tensors."""
+    images = []
+    for path in image_paths(count, landscape_only=landscape_only):
+        with Image.open(path) as image:
+            images.append(to_float_image(image))
     return images
 
 
@@ -89,7 +103,7 @@ def torchvision_anchor(weights: Path | None) -> nn.Module:
     return model.eval()
 
 
-def build_variants(anchor: nn.Module, *, compile_features: bool) -> dict[str, Run]:
+def build_variants(anchor: nn.Module, *, compile_features: bool) -> tuple[dict[str, Run], Detector]:
     state_dict = anchor.state_dict()
     ours = build_detector(**describe_torchvision_detector(state_dict)).eval()
     load_checked(ours, rename_torchvision_detector(state_dict), source="torchvision anchor")
@@ -123,14 +137,14 @@ def build_variants(anchor: nn.Module, *, compile_features: bool) -> dict[str, Ru
         "+ inference_mode": ours_run(ours),
         "+ channels_last": ours_run(copy.deepcopy(ours).optimize_for_inference(fold_bn=False, fuse=False)),
         "+ BN folded": ours_run(copy.deepcopy(ours).optimize_for_inference(fuse=False)),
-        "+ fused convs = optimize_for_inference()": ours_run(optimized),
+        OPTIMIZED: ours_run(optimized),
         "optimize_for_inference() + bf16 autocast": bf16_run(optimized),
     }
     if compile_features:  # inductor, one compilation per padded input shape (paid in the warm-up)
         compiled = copy.deepcopy(ours).optimize_for_inference(fuse=False)
         compiled.features = torch.compile(compiled.features)
         variants["BN folded + channels_last + torch.compile(features)"] = ours_run(compiled)
-    return variants
+    return variants, optimized
 
 
 def same_detections(reference: dict, other: dict, *, our_labels: bool) -> tuple[bool, float, float]:
@@ -182,7 +196,7 @@ def main() -> None:
 
     images = load_images(args.images)
     anchor = torchvision_anchor(args.weights)
-    variants = build_variants(anchor, compile_features=args.compile)
+    variants, optimized = build_variants(anchor, compile_features=args.compile)
     sizes = ", ".join(f"{image.shape[2]}x{image.shape[1]}" for image in images)
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {torch.get_num_threads()} threads, "
           f"{len(images)} images ({sizes}), shorter side 800")  # fmt: skip
@@ -201,6 +215,18 @@ def main() -> None:
         run(batch)
     throughput = time_round_robin(variants, [batch], args.rounds)
 
+    # End to end: the Predictor from the file to the records (decode, prepare, forward, cut, records), against
+    # the model call alone on the same images decoded beforehand, the same optimized model, paired.
+    paths = image_paths(args.images)
+    predictor = Predictor(optimized, device="cpu", precision="fp32")
+    end_to_end = {
+        "model call alone (decoded float tensors)": lambda _: [variants[OPTIMIZED]([image]) for image in images],
+        "Predictor.predict, decode to records": lambda _: [
+            predictor.predict([path], score_threshold=0.05) for path in paths
+        ],
+    }
+    path_times = time_round_robin(end_to_end, [[None]], args.rounds + 1)
+
     def paired_speedup(times: dict[str, list[float]], name: str) -> float:
         return statistics.median(a / b for a, b in zip(times[ANCHOR], times[name]))
 
@@ -215,6 +241,11 @@ def main() -> None:
         verdict = f"{'yes' if same else 'NO '} ({box:.1e} px, {score:.1e})"
         print(f"{name:<52} {seconds:>8.3f} {paired_speedup(latency, name):>7.2f}x {rate:>7.3f} "
               f"{paired_speedup(throughput, name):>7.2f}x  {verdict}")  # fmt: skip
+    print(f"\nend to end over the {len(paths)} image files, batch 1, fp32 (median s/image):")
+    alone, whole = (statistics.median(times) / len(paths) for times in path_times.values())
+    for name, seconds in zip(end_to_end, (alone, whole)):
+        print(f"{name:<52} {seconds:>8.3f}")
+    print(f"decode + prepare + cut + records add {100 * (whole / alone - 1):.1f}% to the model call")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from PIL import Image
 
 from detection import build_detector, save_detector
 from detection.data import generate_synthetic
-from detection.predict import build_parser, expand_sources, load_model, predict_files
+from detection.predict import build_parser, load_model
+from detection.prediction_pipeline import expand_sources, predict_files
 
 DEMO = Path(__file__).resolve().parents[1] / "service" / "models" / "demo_detector.safetensors"
 

@@ -10,10 +10,14 @@ detection/torchvision_compat.py for the id mapping). Nothing is downloaded.
 """
 
 import argparse
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from backbone.command_logging import add_logging_flags, setup_logging
 from backbone.flags import FlagParser
+
+log = logging.getLogger("detection.convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--class-names", type=Path, help="A text file with one foreground class name per line, in label order."
     )
+    add_logging_flags(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
     # torch and the detector's code only once the command runs, so that --help answers at once
     from backbone.weights import CheckpointError
     from detection.checkpoint import convert_torchvision_detector
@@ -44,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         path = convert_torchvision_detector(args.src, args.dst, class_names=class_names)
     except (AnnotationError, CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
-    print(f"wrote {path}")
+    log.info("wrote %s", path)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ process pool.
 
 import io
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -86,10 +87,14 @@ def open_image(
         stream = io.BytesIO(source)
     else:
         try:
-            if os.path.getsize(source) == 0:
-                raise ImageDecodeError("empty", f"{label} is empty")
+            # stat before opening: a FIFO would block the open until a writer came, a device read without end
+            status = os.stat(source)
         except OSError as error:
             raise ImageDecodeError("corrupt", f"{label} cannot be read ({type(error).__name__}: {error})") from error
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageDecodeError("unsupported", f"{label} is not a regular file (a FIFO, a device, a folder, ...)")
+        if status.st_size == 0:
+            raise ImageDecodeError("empty", f"{label} is empty")
         stream = source
     try:
         image = Image.open(stream, formats=formats)

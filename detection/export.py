@@ -15,7 +15,10 @@ import logging
 import warnings
 from pathlib import Path
 
+from backbone.command_logging import add_logging_flags, setup_logging
 from backbone.flags import FlagParser
+
+log = logging.getLogger("detection.export")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,12 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--triton-repo", type=Path, help="Write a Triton model repository here instead.")
     parser.add_argument("--name", help="The model's name in the Triton repository (default: the checkpoint's stem).")
     parser.add_argument("--max-batch-size", type=int, default=8, help="Triton's max_batch_size (default: 8).")
+    add_logging_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
     if (args.output is None) == (args.triton_repo is None):
         parser.error("give exactly one of --output FILE.onnx and --triton-repo DIR")
     if args.max_batch_size < 1:
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
             written = export_checkpoint(args.checkpoint, args.output).path
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
-    print(f"wrote {written}")
+    log.info("wrote %s", written)
 
 
 if __name__ == "__main__":

@@ -130,12 +130,15 @@ class Predictor:
         the image in error messages."""
         pixels = as_pixels(image, index=index)
         source_size = (int(pixels.shape[-2]), int(pixels.shape[-1]))
-        if pixels.dtype == torch.uint8:
-            pixels = to_dtype(pixels, torch.float32, scale=True)  # training's conversion (batch_to_device)
+        fresh = pixels.dtype == torch.uint8
+        if fresh:
+            pixels = to_dtype(pixels.contiguous(), torch.float32, scale=True)  # training's conversion (batch_to_device)
         if self.test_time.from_source:  # these rungs resize the image themselves; each image runs alone
             return Prepared(pixels=pixels.contiguous(), source_size=source_size, padded_shape=source_size)
         with torch.no_grad():
-            resized, _ = self.transform.resize(self.transform.normalize(pixels.contiguous()), None)
+            # in place only in our own float copy, never in the caller's float image
+            normalized = self.transform.normalize(pixels.contiguous(), in_place=fresh)
+            resized, _ = self.transform.resize(normalized, None)
         return Prepared(
             pixels=resized, source_size=source_size, padded_shape=self.transform.padded_shape(*resized.shape[-2:])
         )

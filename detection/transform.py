@@ -42,6 +42,15 @@ class DetectorTransform(GeneralizedRCNNTransform):
         step = self.size_divisible
         return math.ceil(height / step) * step, math.ceil(width / step) * step
 
+    def normalize(self, image: torch.Tensor, *, in_place: bool = False) -> torch.Tensor:
+        """torchvision's (image - mean) / std; `in_place` does the same arithmetic in the image's own memory (a
+        large upload then costs one float copy, not three)."""
+        if not in_place:
+            return super().normalize(image)
+        mean = torch.as_tensor(self.image_mean, dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(self.image_std, dtype=image.dtype, device=image.device)
+        return image.sub_(mean[:, None, None]).div_(std[:, None, None])
+
     def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
         if self.training and getattr(self, "_skip_resize", False):
             return image, target

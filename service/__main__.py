@@ -5,13 +5,13 @@ and how to get it instead of printing a startup traceback.
 """
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 import uvicorn
 from pydantic import ValidationError
 
+from backbone.command_logging import setup_logging
 from service.settings import DEMO_MODEL_DIR, Settings, get_settings
 from service.settings_doc import default_text
 
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(path and path.parent == DEMO_MODEL_DIR for path in configured.values()):
             print(DEMO_HINT, file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     from service.app import create_app  # torch and the models' code: only when serving, not for --help
 
     # server_header=False: naming the server software and version only helps whoever looks for its bugs

@@ -3,6 +3,7 @@ heavy modules (bench/help_time.py measures the seconds); every flag's help is a 
 flag takes both spellings (`--class-names`, `--class_names`)."""
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -37,13 +38,14 @@ COMMANDS = {
 }
 # What --help must not import: each costs seconds (torch alone 3-8 s on a loaded 2-core machine).
 HEAVY_MODULES = ("torch", "torchvision", "pycocotools", "onnx", "onnxruntime", "onnxscript")
-# The commands whose --help answers without them; the training scripts, detection.predict, training.analysis
+# The commands whose --help answers without them; the training scripts, training.analysis
 # and training.device_data still import torch at the top (issue 25, not yet done).
 LIGHT_HELP = [
     "service",
     "backbone.summary",
     "detection.convert",
     "detection.export",
+    "detection.predict",
     "detection.data.synthetic",
     "training.plots",
 ]
@@ -56,6 +58,11 @@ PARSERS = {
     "training.analysis": analysis_parser,
     "training.device_data": device_data_parser,
 }
+if importlib.util.find_spec("ray") is not None:  # the ray extra: service.ray_serve imports Ray Serve
+    from service.ray_serve import build_parser as ray_serve_parser
+
+    COMMANDS["service.ray_serve"] = ["-m", "service.ray_serve"]
+    PARSERS["service.ray_serve"] = ray_serve_parser
 
 
 def all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:

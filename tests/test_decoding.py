@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from detection.decoding import DecodedImage, ImageDecodeError, decode_image
-from detection.predict import decode_image as decode_for_cli
+from detection.prediction_pipeline import decode_image as decode_for_cli
 
 
 def encode(image: Image.Image, image_format: str, **options) -> bytes:

@@ -91,5 +91,9 @@ def test_command_line(tmp_path):
     command = [sys.executable, "-m", "detection.data.synthetic", "--out", str(tmp_path / "cli")]
     command += ["--num-train", "3", "--num-val", "2", "--image-size", "64", "--seed", "0"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
-    assert "3 train + 2 val" in result.stdout and "RuntimeWarning" not in result.stderr
+    assert "INFO detection.data.synthetic: wrote 3 train + 2 val" in result.stderr and not result.stdout
+    assert "RuntimeWarning" not in result.stderr
     assert _digests(tmp_path / "cli") == _digests(tmp_path / "in_process")
+    # --quiet: warnings and errors only (the shared logging setup of backbone/command_logging.py)
+    quiet = subprocess.run([*command, "--quiet"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert quiet.stdout == quiet.stderr == ""

@@ -42,3 +42,22 @@ def test_the_demo_detector_answers_alike_through_every_entry_point(tmp_path):
 @pytest.mark.slow
 def test_a_converted_torchvision_r50_fpn_answers_alike_through_every_entry_point(tmp_path, one_thread):
     assert_all_agree("r50_fpn", tmp_path)
+
+
+@pytest.mark.parametrize("size", [(61, 97), (128, 128), (1000, 90)])
+def test_prepare_is_the_training_transform_bit_for_bit(size):
+    """The Predictor's resize and normalisation (in place, to spare a large upload two float copies) are
+    the transform's own: training's batch of the same uint8 image holds the same floats."""
+    import torch
+    from torchvision.transforms.v2.functional import to_dtype
+
+    from detection.predictor import Predictor
+
+    model, _ = load_detector(CHECKPOINTS["demo"]())
+    image = torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    prepared = Predictor(model, device="cpu", precision="fp32", optimize=False).prepare(image)
+    with torch.no_grad():
+        batch, _ = model.eval().transform([to_dtype(image, torch.float32, scale=True)])
+    height, width = batch.image_sizes[0]
+    assert prepared.padded_shape == tuple(batch.tensors.shape[-2:]) and prepared.source_size == size
+    assert torch.equal(prepared.pixels, batch.tensors[0, :, :height, :width])

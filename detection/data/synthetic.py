@@ -4,9 +4,13 @@ python -m detection.data.synthetic --out runs/shapes --num-train 1000 --num-val 
 """
 
 import argparse
+import logging
 
+from backbone.command_logging import add_logging_flags, setup_logging
 from backbone.flags import FlagParser
 from detection.data.synthetic_shapes import SHAPE_CLASSES, generate_synthetic
+
+log = logging.getLogger("detection.data.synthetic")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,11 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=int, default=192, help="Square image side in pixels (default: 192).")
     parser.add_argument("--seed", type=int, default=0, help="The same seed gives the same bytes (default: 0).")
     parser.add_argument("--max-objects", type=int, default=4, help="Objects per image, at most (default: 4).")
+    add_logging_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
     layout = generate_synthetic(
         args.out,
         num_train=args.num_train,
@@ -31,9 +37,11 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         max_objects=args.max_objects,
     )
-    print(f"wrote {args.num_train} train + {args.num_val} val images of {args.image_size}px, classes {SHAPE_CLASSES}")
-    print(f"  COCO: {layout.coco_annotation_file('train')} with images in {layout.coco_image_dir('train')} (and val)")
-    print(f"  VOC:  {layout.voc_root} (ImageSets/Main/train.txt, val.txt; class names in classes.txt)")
+    log.info("wrote %d train + %d val images of %dpx, classes %s", args.num_train, args.num_val, args.image_size,
+             SHAPE_CLASSES)  # fmt: skip
+    train_images = layout.coco_image_dir("train")
+    log.info("COCO: %s with images in %s (and val)", layout.coco_annotation_file("train"), train_images)
+    log.info("VOC: %s (ImageSets/Main/train.txt, val.txt; class names in classes.txt)", layout.voc_root)
 
 
 if __name__ == "__main__":
