@@ -40,6 +40,11 @@ def _init_predictor(predictor: FastRCNNPredictor) -> FastRCNNPredictor:
     return predictor
 
 
+def _predictor_inputs(head_width: int, options: DetectorOptions) -> int:
+    # global context concatenates the whole image's box-head feature with each region's
+    return head_width * 2 if options.global_context else head_width
+
+
 def _build_fpn(backbone: str, num_columns: int, options: DetectorOptions) -> dict[str, nn.Module]:
     resnet = create_model(backbone, **_backbone_kwargs(options), out_features=("res2", "res3", "res4", "res5"))
     features = FPNFeatures(
@@ -62,7 +67,7 @@ def _build_fpn(backbone: str, num_columns: int, options: DetectorOptions) -> dic
             (features.out_channels, 7, 7), [features.out_channels] * 4, [options.representation_size],
             norm_layer=nn.BatchNorm2d,
         )  # fmt: skip
-    predictor = _init_predictor(FastRCNNPredictor(options.representation_size, num_columns))
+    predictor = _init_predictor(FastRCNNPredictor(_predictor_inputs(options.representation_size, options), num_columns))
     return dict(features=features, rpn=rpn, pooler=pooler, box_head=box_head, predictor=predictor)
 
 
@@ -78,7 +83,7 @@ def _build_c4(backbone: str, num_columns: int, options: DetectorOptions) -> dict
         res4=resnet.feature_info["res4"], backbone_config=resnet.config, num_blocks=layers[3],
         frozen_bn=options.frozen_bn,
     )  # fmt: skip
-    predictor = _init_predictor(FastRCNNPredictor(box_head.out_channels, num_columns))
+    predictor = _init_predictor(FastRCNNPredictor(_predictor_inputs(box_head.out_channels, options), num_columns))
     return dict(features=features, rpn=rpn, pooler=pooler, box_head=box_head, predictor=predictor)
 
 

@@ -17,6 +17,8 @@ from torchvision.models.detection.image_list import ImageList
 
 from backbone.weights import load_checked
 from detection.inference import optimize_detector
+from detection.multiscale import MaxoutPyramidPooler
+from detection.poolers import SingleLevelRoIAlign
 from detection.postprocess import to_original_coordinates
 from detection.roi_heads import RoIHeads
 from detection.transform import DetectorTransform, check_images, prepare_targets
@@ -53,6 +55,13 @@ class Detector(nn.Module):
     def num_classes(self) -> int:
         return self.roi_heads.num_classes
 
+    def scaled_max_size(self, test_size: int) -> int:
+        """The longer side's cap at another test size: the model's max_size scaled by the same factor (the
+        paper's pyramid gives only shorter sides; detectron2's TTA keeps one cap of 4000 instead)."""
+        if not isinstance(test_size, int) or test_size < 1:
+            raise ValueError(f"test_size must be a positive number of pixels, got {test_size!r}")
+        return max(1, round(self.transform.max_size * test_size / self.transform.min_size[-1]))
+
     def forward(
         self,
         images: list[torch.Tensor],
@@ -61,6 +70,10 @@ class Detector(nn.Module):
         score_threshold: float | None = None,
         max_detections: int | None = None,
         iou_threshold: float | None = None,
+        vote_threshold: float | None = None,
+        refine_boxes: bool = False,
+        test_size: int | None = None,
+        maxout_sizes: Sequence[int] = (),
         targets_prepared: bool = False,
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """Return (losses, detections) for a list of RGB float images [3, H, W] in [0, 1].
@@ -69,6 +82,11 @@ class Detector(nn.Module):
         (boxes x1, y1, x2, y2 in original pixels, scores, labels 1..K), plus the same losses when
         targets are given (a validation loss). score_threshold, max_detections and iou_threshold override
         the built-in box_score_thresh, box_detections_per_img and box_nms_thresh (per class) for this call.
+        vote_threshold: box voting after NMS (detection/box_voting.py); refine_boxes: the appendix's box
+        refinement (RoIHeads.forward); both off by default. test_size: the shorter side to test at in this
+        call (eval only; the longer side's cap scales with it; None: the model's own test size).
+        maxout_sizes: multi-scale testing with maxout on this pyramid of shorter sides (C4 only; e.g.
+        detection.multiscale.PYRAMID_SIZES); the RPN stays at the test size.
         targets_prepared: the targets come from `detection.transform.batch_to_device`, checked on the CPU
         (checks here would sync a GPU).
         """
@@ -81,10 +99,21 @@ class Detector(nn.Module):
         if self.training and self.optimized:
             raise RuntimeError("this detector was optimized for inference (BN folded); it cannot be trained")
         original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]
-        batch, targets = self.transform(images, targets)
+        if test_size is None:
+            batch, targets = self.transform(images, targets)
+        else:
+            if targets is not None:
+                raise ValueError("test_size is for detection without targets (losses are at the training sizes)")
+            batch = self.transform.batch_at_size(images, min_size=test_size, max_size=self.scaled_max_size(test_size))
+        region_pooler = None
+        if maxout_sizes:
+            if targets is not None:
+                raise ValueError("maxout_sizes is for detection without targets")
+            region_pooler = self.maxout_pooler(images, batch.image_sizes, sizes=maxout_sizes)
         return self.detect(
             batch, original_sizes, targets,
             score_threshold=score_threshold, max_detections=max_detections, iou_threshold=iou_threshold,
+            vote_threshold=vote_threshold, refine_boxes=refine_boxes, region_pooler=region_pooler,
         )  # fmt: skip
 
     def detect(
@@ -96,9 +125,13 @@ class Detector(nn.Module):
         score_threshold: float | None = None,
         max_detections: int | None = None,
         iou_threshold: float | None = None,
+        vote_threshold: float | None = None,
+        refine_boxes: bool = False,
+        region_pooler: MaxoutPyramidPooler | None = None,
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
         """`forward` after the transform: the normalised, padded batch (and each image's resized size in it) ->
-        (losses, detections in pixels of `original_sizes`). `detection.predictor.Predictor` calls this."""
+        (losses, detections in pixels of `original_sizes`). `detection.predictor.Predictor` calls this.
+        vote_threshold and refine_boxes as in `forward`; region_pooler: `maxout_pooler`'s, for multi-scale testing."""
         features = self.features(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, targets)
         detections, head_losses = self.roi_heads(
@@ -109,9 +142,33 @@ class Detector(nn.Module):
             score_thresh=score_threshold,
             detections_per_img=max_detections,
             nms_thresh=iou_threshold,
+            vote_thresh=vote_threshold,
+            refine=refine_boxes,
+            region_pooler=region_pooler,
         )
         detections = to_original_coordinates(detections, batch.image_sizes, original_sizes)
         return {**rpn_losses, **head_losses}, detections
+
+    def maxout_pooler(
+        self, images: list[torch.Tensor], image_sizes: list[tuple[int, int]], *, sizes: Sequence[int]
+    ) -> MaxoutPyramidPooler:
+        """The pooler of multi-scale testing: the head's feature map of `images` at each shorter side in sizes."""
+        pooler = self.roi_heads.box_roi_pool
+        if not isinstance(pooler, SingleLevelRoIAlign):
+            raise ValueError(
+                "multi-scale testing with maxout is the C4 head's (one pooled map); for FPN test at several "
+                "sizes merged by NMS + voting (detection.test_time.TestTimeOptions(test_sizes=...))"
+            )
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"maxout_sizes repeats a size: {tuple(sizes)}")
+        maps, level_sizes = [], []
+        for size in sorted(sizes):
+            level = self.transform.batch_at_size(images, min_size=size, max_size=self.scaled_max_size(size))
+            maps.append(self.features(level.tensors)[pooler.feature_name])
+            level_sizes.append(level.image_sizes)
+        return MaxoutPyramidPooler(
+            pooler=pooler, feature_maps=maps, level_image_sizes=level_sizes, image_sizes=image_sizes
+        )
 
     def predict(
         self,

@@ -77,6 +77,10 @@ class ExportableDetector(nn.Module):
 
     def __init__(self, detector: Detector) -> None:
         super().__init__()
+        if detector.roi_heads.global_context:
+            raise ValueError(
+                "exporting a detector with global context is not supported yet (its graph has no global RoI)"
+            )
         self.features = detector.features
         self.rpn = detector.rpn
         self.roi_heads = detector.roi_heads

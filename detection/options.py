@@ -105,6 +105,10 @@ class DetectorOptions:
     box_score_thresh: float = option(0.05, "Detections scoring below this are dropped.")
     box_nms_thresh: float = option(0.5, "IoU above which per-class NMS drops the lower-scoring detection (paper: 0.3).")
     box_detections_per_img: int = option(100, "Detections kept per image at most.")
+    global_context: bool = option(
+        False, "Global context (paper, appendix): the whole image pooled as one more RoI through the box head, its "
+        "feature concatenated with every region's before the classifier and box regressor.",
+    )  # fmt: skip
 
     # Classifier outputs that no class uses: torchvision's COCO models score COCO's sparse category
     # ids 1..90 directly (91 outputs, 10 ids unused); they stay in the softmax but are never reported.

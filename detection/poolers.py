@@ -94,8 +94,10 @@ class SingleLevelRoIAlign(nn.Module):
     def forward(
         self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
     ) -> torch.Tensor:
-        feature = features[self.feature_name]
-        rois = to_rois(proposals)
+        return self.pool_rois(features[self.feature_name], to_rois(proposals))
+
+    def pool_rois(self, feature: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """Pool rois [K, 5] (image index, x1, y1, x2, y2 in input pixels) from this one map."""
         return pooled_rois(
             feature, rois, output_size=self.output_size, spatial_scale=self.spatial_scale, sampling_ratio=0,
             aligned=True,

@@ -22,6 +22,7 @@ from typing import Any
 from backbone.command_logging import add_logging_flags, setup_logging
 from backbone.flags import FlagParser
 from detection.data.batching import DEFAULT_WORKERS
+from detection.test_time_options import add_test_time_flags, options_from_args
 
 # torch and the model's code are imported when the command runs, so that `--help` answers at once
 log = logging.getLogger("detection.predict")
@@ -38,7 +39,8 @@ def load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     device = resolve_device(args.device, setting="--device ", error=PredictError)
     class_names = read_class_names(args.class_names) if args.class_names else None
     model, manifest = load_detector(args.checkpoint, class_names=class_names)
-    return Predictor(model, device=device, precision=args.precision), manifest
+    test_time = options_from_args(args)
+    return Predictor(model, device=device, precision=args.precision, test_time=test_time), manifest
 
 
 def predict(args: argparse.Namespace) -> str:
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all).")
     parser.add_argument("--parquet", action="store_true", help="Also write predictions.parquet.")
     add_logging_flags(parser)
+    add_test_time_flags(parser)  # the test-time ladder (detection/test_time_options.py), off by default
     return parser
 
 

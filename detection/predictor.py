@@ -29,12 +29,16 @@ from detection.checkpoint import load_detector
 from detection.decoding import DecodedImage, decode_image
 from detection.detector import Detector
 from detection.images import to_float_image
+from detection.test_time import TestTimeOptions, detect_with_options
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS = ("auto", "fp32", "bf16")
 # "No cap" for the network's max_detections: every box above the score threshold, for a cut by class.
 UNCAPPED = 1 << 30
-BOX_DECIMALS = 2  # records give boxes to 0.01 px, the one rounding on the way out
+BOX_DECIMALS = 2
+PLAIN = (
+    TestTimeOptions()
+)  # the test-time ladder off: the plain detector  # records give boxes to 0.01 px, the one rounding on the way out
 
 
 def resolve_precision(precision: str, device: torch.device) -> Precision:
@@ -52,7 +56,9 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
 class Prepared:
     """One image as the network takes it, before padding: what a queued request holds."""
 
-    pixels: torch.Tensor  # float32 [3, h, w], normalised, at the model's input size
+    # float32 [3, h, w], normalised, at the model's input size; for test-time rungs that resize the image
+    # themselves (TestTimeOptions.from_source), the source pixels in [0, 1]
+    pixels: torch.Tensor
     source_size: tuple[int, int]  # (height, width) of the image as given: boxes are answered in its pixels
     padded_shape: tuple[int, int]  # the batch's (H, W) once padded; the grouping key
 
@@ -77,10 +83,17 @@ ImageInput = DecodedImage | Image.Image | torch.Tensor | str | os.PathLike | byt
 
 class Predictor:
     """A detector's inference end to end; see the module docstring. `precision`: "auto", "fp32" or "bf16";
-    `optimize` folds BN and fuses convs (irreversible: the model can no longer be trained)."""
+    `optimize` folds BN and fuses convs (irreversible: the model can no longer be trained); `test_time`: the
+    test-time ladder (detection/test_time.py; the default is the plain detector)."""
 
     def __init__(
-        self, model: Detector, *, device: str | torch.device = "auto", precision: str = "auto", optimize: bool = True
+        self,
+        model: Detector,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        optimize: bool = True,
+        test_time: TestTimeOptions = PLAIN,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device), setting="device ")
         self.precision: Precision = resolve_precision(precision, self.device)
@@ -88,6 +101,7 @@ class Predictor:
         if optimize and not model.optimized:
             model.optimize_for_inference()  # the fp32 detections stay the unoptimized model's (docs/BENCHMARKS.md)
         self.transform = model.transform
+        self.test_time = test_time
 
     @classmethod
     def from_checkpoint(
@@ -98,10 +112,11 @@ class Predictor:
         device: str | torch.device = "auto",
         precision: str = "auto",
         optimize: bool = True,
+        test_time: TestTimeOptions = PLAIN,
     ) -> "Predictor":
         """Our .safetensors or a torchvision Faster R-CNN .pth (its class names given)."""
         model, _ = load_detector(path, class_names=class_names)
-        return cls(model, device=device, precision=precision, optimize=optimize)
+        return cls(model, device=device, precision=precision, optimize=optimize, test_time=test_time)
 
     @property
     def class_names(self) -> list[str]:
@@ -118,6 +133,8 @@ class Predictor:
         fresh = pixels.dtype == torch.uint8
         if fresh:
             pixels = to_dtype(pixels.contiguous(), torch.float32, scale=True)  # training's conversion (batch_to_device)
+        if self.test_time.from_source:  # these rungs resize the image themselves; each image runs alone
+            return Prepared(pixels=pixels.contiguous(), source_size=source_size, padded_shape=source_size)
         with torch.no_grad():
             # in place only in our own float copy, never in the caller's float image
             normalized = self.transform.normalize(pixels.contiguous(), in_place=fresh)
@@ -148,16 +165,32 @@ class Predictor:
     ) -> list[dict[str, torch.Tensor]]:
         """The one network call: a padded normalised batch -> per image boxes (source pixels), scores, labels,
         highest score first. A runtime other than eager PyTorch replaces this method alone."""
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self.autocast():
             _, detections = self.model.detect(
                 ImageList(images.to(self.device, non_blocking=True), [tuple(size) for size in image_sizes.tolist()]),
                 [tuple(size) for size in original_sizes.tolist()],
                 score_threshold=score_threshold,
                 max_detections=max_detections,
                 iou_threshold=iou_threshold,
+                vote_threshold=self.test_time.vote,
+                refine_boxes=self.test_time.refine_boxes,
             )
         return [{key: value.float() if key != "labels" else value for key, value in d.items()} for d in detections]
+
+    def forward_from_source(self, pixels: torch.Tensor, cut: Cut) -> dict[str, torch.Tensor]:
+        """One source image [3, H, W] in [0, 1] through the test-time rungs that resize it themselves (other
+        sizes, mirroring, a pyramid, tiles): its boxes (source pixels), scores, labels, highest score first."""
+        with torch.inference_mode(), self.autocast():
+            (detections,) = detect_with_options(
+                self.model, [pixels.to(self.device)], self.test_time, score_threshold=cut.score_threshold,
+                max_detections=UNCAPPED if cut.labels is not None else cut.max_detections,
+                iou_threshold=cut.iou_threshold,
+            )  # fmt: skip
+        return {key: value.float() if key != "labels" else value for key, value in detections.items()}
+
+    def autocast(self):
+        """The precision policy's context for a network call."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16" else nullcontext()
 
     # --- batches of prepared images -------------------------------------------------------------------------
 
@@ -174,6 +207,10 @@ class Predictor:
         """
         if len(prepared) != len(cuts):
             raise ValueError(f"{len(prepared)} images but {len(cuts)} cuts")
+        if self.test_time.from_source:
+            return [
+                cut_detections(self.forward_from_source(item.pixels, cut), cut) for item, cut in zip(prepared, cuts)
+            ]
         groups: dict[tuple[tuple[int, int], float | None], list[int]] = {}
         for index, (item, cut) in enumerate(zip(prepared, cuts)):
             groups.setdefault((item.padded_shape, cut.iou_threshold), []).append(index)

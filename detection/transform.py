@@ -12,6 +12,7 @@ import math
 
 import torch
 from torch.nn import functional
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.transforms.v2.functional import to_dtype
 
@@ -26,10 +27,13 @@ class DetectorTransform(GeneralizedRCNNTransform):
     bilinear interpolation, are torchvision's exactly.
     """
 
-    def resized_size(self, height: int, width: int, *, min_size: int | None = None) -> tuple[int, int]:
-        """(height, width) the network sees, before padding; `min_size` defaults to the eval size."""
+    def resized_size(
+        self, height: int, width: int, *, min_size: int | None = None, max_size: int | None = None
+    ) -> tuple[int, int]:
+        """(height, width) the network sees, before padding; `min_size` and `max_size` default to the eval size."""
         shorter = self.min_size[-1] if min_size is None else min_size
-        scale = min(shorter / min(height, width), self.max_size / max(height, width))  # torchvision's arithmetic
+        longer = self.max_size if max_size is None else max_size
+        scale = min(shorter / min(height, width), longer / max(height, width))  # torchvision's arithmetic
         return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
 
     def padded_shape(self, height: int, width: int) -> tuple[int, int]:
@@ -56,11 +60,28 @@ class DetectorTransform(GeneralizedRCNNTransform):
         size = self.resized_size(*original, min_size=shorter)
         if size == original:  # bilinear at scale 1 is the identity: skip it (about 8 ms at 800x1333)
             return image, target
-        # An explicit size gives the same interpolation as torchvision's scale_factor + recompute_scale_factor.
-        image = functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        image = _interpolate(image, size)
         if target is not None:
             target["boxes"] = resize_boxes(target["boxes"], original, size)
         return image, target
+
+    def batch_at_size(self, images: list[torch.Tensor], *, min_size: int, max_size: int) -> ImageList:
+        """Eval-time batch at another test size than the model's (multi-scale testing, test-time scales):
+        the same normalisation, resize arithmetic and padding as `forward`, with these two sizes."""
+        if self.training:
+            raise RuntimeError("a test size other than the model's is for inference (call model.eval())")
+        resized, sizes = [], []
+        for image in images:
+            size = self.resized_size(*image.shape[-2:], min_size=min_size, max_size=max_size)
+            image = self.normalize(image)
+            resized.append(image if size == tuple(image.shape[-2:]) else _interpolate(image, size))
+            sizes.append(size)
+        return ImageList(self.batch_images(resized, size_divisible=self.size_divisible), sizes)
+
+
+def _interpolate(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    # An explicit size gives the same interpolation as torchvision's scale_factor + recompute_scale_factor.
+    return functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 def build_transform(options: DetectorOptions) -> DetectorTransform:

@@ -75,6 +75,19 @@ def test_coco_layout_trains_evaluates_and_writes_every_output(shapes, tmp_path):
     # evaluation only, on the serving checkpoint: the same numbers
     again = main(tiny_config(shapes, tmp_path / "eval", eval_only=str(run / "model.safetensors")))
     assert {k: again[k] for k in ("AP", "AP50")} == {k: results[k] for k in ("AP", "AP50")}
+    # and the report users read: AP per class and size, the confusion matrix, the worst images
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert set(report["per_class_ap"]) == set(manifest["class_names"])
+    assert len(report["confusion"]["counts"]) == len(manifest["class_names"]) + 1
+    for name in ("confusion.png", "confusion.json", "worst_images.jpg"):
+        assert (tmp_path / "eval" / name).is_file(), name
+
+    # the test-time ladder from the same command: other detections, scored the same way, no validation loss
+    ladder = main(tiny_config(shapes, tmp_path / "ladder", eval_only=str(run / "model.safetensors"),
+                              refine_boxes=True, test_flip=True, vote_threshold=0.8))  # fmt: skip
+    assert {"AP", "AP50"} <= set(ladder) and "val_loss" not in ladder
+    with pytest.raises(ValueError, match="eval_only"):
+        main(tiny_config(shapes, tmp_path / "no", refine_boxes=True))
 
 
 def test_voc_layout_reports_both_voc_metrics_and_coco(shapes, tmp_path):

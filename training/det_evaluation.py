@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from backbone.progress import progress
 from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions
+from detection.test_time import TestTimeOptions, detect_with_options
 from detection.transform import batch_to_device
 from training.distributed import DistributedContext, all_gather_objects, all_reduce_sum
 from training.engine import unwrap_model
@@ -30,8 +31,13 @@ def detect_shard(
     *,
     ctx: DistributedContext,
     autocast: Callable[[], AbstractContextManager],
+    test_time: TestTimeOptions | None = None,
 ) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, float]]:
-    """Detections of every image in the dataset (gathered from all ranks) and the mean validation losses."""
+    """Detections of every image in the dataset (gathered from all ranks) and the mean validation losses.
+
+    test_time: the test-time ladder's options; other than the defaults, the detections come from
+    `detect_with_options` and there are no validation losses (its rungs have none)."""
+    plain = test_time is None or test_time == TestTimeOptions()
     was_training = model.training
     model.eval()
     predictions: dict[int, dict[str, np.ndarray]] = {}
@@ -47,7 +53,10 @@ def detect_shard(
                 images, targets, device=ctx.device, num_classes=unwrap_model(model).num_classes
             )
             with autocast():
-                losses, detections = model(images, device_targets, targets_prepared=True)
+                if plain:
+                    losses, detections = model(images, device_targets, targets_prepared=True)
+                else:
+                    losses, detections = {}, detect_with_options(unwrap_model(model), images, test_time)
             for name, value in losses.items():
                 loss_sums[name] = loss_sums.get(name, 0) + value.detach().float() * len(images)
             count += len(images)

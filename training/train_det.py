@@ -49,7 +49,9 @@ from detection.data import (
 )
 from detection.data import collate_fn as detection_collate
 from detection.evaluation import to_coco_results, write_json
+from detection.evaluation.report import dataset_image_loader, write_evaluation_report
 from detection.pretrained import detector_architecture, initialise_detector
+from detection.test_time import TestTimeOptions
 from detection.transform import batch_to_device
 from training.checkpoint import RunCheckpoints
 from training.config import config_to_dict, format_config, make_config, parse_config
@@ -116,6 +118,10 @@ class DetTrainConfig(RunOptions):
     detector: DetectorOptions = option(
         DetectorOptions(min_size=TRAIN_MIN_SIZES), "The detector's options (each is a flag of its own)."
     )
+    test_time: TestTimeOptions = option(
+        TestTimeOptions(), "How evaluation runs the detector: the test-time ladder (each is a flag of its own; the "
+        "defaults run the plain detector).",
+    )  # fmt: skip
     init: str = option(
         "", '"" trains from scratch; a classifier (.safetensors of pretrain.py, torchvision ResNet .pth) initialises '
         "the backbone; a detector (our .safetensors, torchvision Faster R-CNN .pth) initialises the whole model "
@@ -280,10 +286,18 @@ def detection_loss(net: torch.nn.Module, batch, *, device: torch.device, num_cla
 
 
 def evaluate_detector(
-    model: torch.nn.Module, *, loader, dataset, metric_sets: tuple[str, ...], ctx, precision: Precision, verbose: bool
+    model: torch.nn.Module,
+    *,
+    loader,
+    dataset,
+    metric_sets: tuple[str, ...],
+    ctx,
+    precision: Precision,
+    verbose: bool,
+    test_time: TestTimeOptions,
 ) -> tuple[dict[str, float], dict, dict]:
     """(headline metrics and validation losses, full metric objects, merged predictions) on the whole val set."""
-    predictions, val_losses = detect_shard(model, loader, ctx=ctx, autocast=precision.autocast)
+    predictions, val_losses = detect_shard(model, loader, ctx=ctx, autocast=precision.autocast, test_time=test_time)
     flat, full = score(dataset, predictions, metric_sets=metric_sets, verbose=verbose and ctx.is_main)
     return {**flat, **val_losses}, full, predictions
 
@@ -305,6 +319,12 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     precision = Precision(amp=cfg.amp, device=ctx.device)
     metric_sets = cfg.metrics or (("coco",) if cfg.dataset == "coco" else ("coco", "voc"))
 
+    if cfg.test_time != TestTimeOptions() and not cfg.eval_only:
+        raise ValueError(
+            "the test-time options (--refine_boxes, --test_flip, --tile_size, ...) apply to --eval_only: train "
+            "without them, then evaluate the checkpoint with them"
+        )
+
     # --- data
     train_data, val_data = build_datasets(cfg, eval_only=bool(cfg.eval_only))
     check_frozen_layers(cfg)
@@ -313,7 +333,10 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         val_data, sampler=list(range(ctx.rank, len(val_data), ctx.world_size)), batch_size=cfg.eval_batch_size,
         workers=cfg.workers, device=ctx.device, collate_fn=detection_collate,
     )  # fmt: skip
-    evaluation = dict(loader=eval_loader, dataset=val_data, metric_sets=metric_sets, ctx=ctx, precision=precision)
+    evaluation = dict(
+        loader=eval_loader, dataset=val_data, metric_sets=metric_sets, ctx=ctx, precision=precision,
+        test_time=cfg.test_time,
+    )  # fmt: skip
 
     # --- evaluation only
     if cfg.eval_only:
@@ -326,6 +349,13 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
             write_reports(output_dir, flat=flat, full=full, predictions=predictions,
                           category_ids=val_data.category_ids)  # fmt: skip
             print(f"wrote {output_dir / 'eval.json'}", flush=True)
+            if "coco" in full:
+                tables = write_evaluation_report(
+                    output_dir, dataset=val_data, predictions=predictions, coco=full["coco"],
+                    load_image=dataset_image_loader(val_data),
+                )  # fmt: skip
+                print(tables, flush=True)
+                print(f"wrote {output_dir / 'report.json'}, confusion.png/.json, worst_images.jpg", flush=True)
         return flat
 
     train_base = train_data.dataset

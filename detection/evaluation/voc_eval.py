@@ -119,7 +119,7 @@ def _class_curve(annotations, detections, *, label: int, iou_threshold: float):
     outcomes = []  # True: true positive, False: false positive; detections on difficult objects are left out
     for image_id, box in zip(detections["image_ids"][selected].tolist(), detections["boxes"][selected]):
         boxes, ignore, taken = ground_truth[image_id]
-        overlaps = _iou(box, boxes)
+        overlaps = box_iou(box[None], boxes)[0]
         best = int(overlaps.argmax()) if len(overlaps) else -1
         if best < 0 or overlaps[best] <= iou_threshold:
             outcomes.append(False)
@@ -135,14 +135,15 @@ def _class_curve(annotations, detections, *, label: int, iou_threshold: float):
     return true_positives / num_positives, true_positives / counted
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    # continuous coordinates: VOC's 1-based inclusive boxes were converted on load, so no devkit "+1"
-    width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    intersection = width * height
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return intersection / (area + areas - intersection)
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, M] IoU of XYXY boxes a [N, 4] and b [M, 4]; continuous coordinates: VOC's 1-based inclusive boxes
+    were converted on load, so no devkit "+1"."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    intersection = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
+    return intersection / (area_a[:, None] + area_b[None, :] - intersection)
 
 
 def _nanmean(values: list[float]) -> float:
