@@ -8,7 +8,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from test_detector_torchvision import TEST_SETTINGS, randomised_torchvision
+from helpers import TEST_SETTINGS, randomised_torchvision
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.ops import FrozenBatchNorm2d
 

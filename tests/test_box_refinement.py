@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_detector import TINY, assert_detections_valid, synthetic_batch
+from helpers import TINY, assert_detections_valid, synthetic_batch
 from torch import nn
 
 from detection import build_detector

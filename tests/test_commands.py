@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_config import assert_sentences
+from helpers import assert_sentences
 
 from detection.convert import build_parser as convert_parser
 from detection.data.synthetic import build_parser as synthetic_parser

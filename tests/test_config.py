@@ -2,9 +2,9 @@
 the detector's options as one nested DetectorOptions, and checkpoints written before the nesting."""
 
 import dataclasses
-import re
 
 import pytest
+from helpers import assert_sentences
 
 from backbone.checkpoint import read_manifest
 from detection import DetectorOptions, build_detector
@@ -25,22 +25,6 @@ from training.train_det import DetTrainConfig
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 CONFIGS = [(DetTrainConfig, DET_RECIPES), (PretrainConfig, PRETRAIN_RECIPES)]
-
-
-def is_sentence(text: str) -> bool:
-    """Non-empty, opens with a capital, a quote or a flag, closes with a period, brackets balanced."""
-    return (
-        bool(re.match(r'^([A-Z0-9"\'(]|--)', text))
-        and text.endswith(".")
-        and not re.search(r"\b(for|the|a|an|of|to|and|or|with|in)\.$", text)
-        and text.count("(") == text.count(")")
-        and text.count('"') % 2 == 0
-    )
-
-
-def assert_sentences(helps: dict[str, str]) -> None:
-    broken = {name: text for name, text in helps.items() if not is_sentence(text)}
-    assert not broken, f"help texts that are not a whole sentence: {broken}"
 
 
 @pytest.mark.parametrize("config_class", [DetTrainConfig, PretrainConfig])

@@ -90,7 +90,7 @@ def test_decoding_runs_in_a_worker_process():
 
 def test_the_cli_reads_a_psd_as_the_service_does(tmp_path):
     """The CLI's own decoder called seek(0), which every PSD refuses (its layers are numbered from 1)."""
-    from test_service_images import psd
+    from helpers import psd
 
     path = tmp_path / "layered.psd"
     path.write_bytes(psd(7, 5, (200, 100, 50)))

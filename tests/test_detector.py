@@ -4,6 +4,7 @@ determinism, predict() on every image mode, inference optimisation."""
 import numpy as np
 import pytest
 import torch
+from helpers import TINY, assert_detections_valid, synthetic_batch
 from PIL import Image
 
 from backbone import create_model
@@ -11,46 +12,6 @@ from detection import DETECTOR_BACKBONES, build_detector
 from detection.fusion import FusedBlock
 
 # Tiny inputs and narrow networks keep every test a CPU fraction of a second to a few seconds.
-TINY = dict(
-    base_width=8, min_size=64, max_size=96, fpn_channels=32, representation_size=64,
-    rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50,
-    rpn_batch_size_per_image=64, box_batch_size_per_image=64,
-)  # fmt: skip
-
-
-def synthetic_batch(seed: int = 0) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
-    """Two noisy images with bright rectangles (class 1) and dark ones (class 2), and their boxes."""
-    generator = torch.Generator().manual_seed(seed)
-    images, targets = [], []
-    for height, width in ((96, 128), (112, 80)):
-        image = 0.5 + 0.05 * torch.randn(3, height, width, generator=generator)
-        boxes, labels = [], []
-        for label, value, (x1, y1, x2, y2) in ((1, 1.0, (8, 10, 40, 50)), (2, 0.0, (45, 52, 75, 90))):
-            image[:, y1:y2, x1:x2] = value
-            boxes.append([x1, y1, x2, y2])
-            labels.append(label)
-        images.append(image.clamp(0, 1))
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels)})
-    return images, targets
-
-
-def assert_detections_valid(
-    detections: list[dict], images: list[torch.Tensor], num_classes: int, *, require_detections: bool = True
-) -> None:
-    """One result per image, each well formed and, unless told otherwise, not empty: the callers keep every
-    scored box (threshold 0) or use an untrained FPN detector, whose near-uniform class scores lie far above
-    the 0.05 threshold, so zero detections there is a bug, not an outcome."""
-    assert len(detections) == len(images)
-    for detection, image in zip(detections, images):
-        boxes, scores, labels = detection["boxes"], detection["scores"], detection["labels"]
-        assert len(scores) > 0 or not require_detections
-        assert boxes.shape == (len(scores), 4) and labels.shape == scores.shape and boxes.dtype == torch.float32
-        assert torch.isfinite(boxes).all() and torch.isfinite(scores).all()
-        height, width = image.shape[-2:]
-        assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= width).all()
-        assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= height).all()
-        assert ((labels >= 1) & (labels <= num_classes)).all()
-        assert (scores[:-1] >= scores[1:]).all()  # highest score first
 
 
 @pytest.mark.parametrize("head", ["fpn", "c4"])

@@ -3,11 +3,10 @@ detections, via the Python API and the `python -m detection.convert` command; CO
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from helpers import REPO, TEST_SETTINGS, randomised_torchvision, sample_images
 from torch import nn
 from torchvision.models._meta import _COCO_CATEGORIES
 from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
@@ -16,13 +15,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from backbone.weights import CheckpointError
 from detection import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, convert_torchvision_detector, load_detector
-from detection.images import to_float_image
 from detection.torchvision_compat import TORCHVISION_UNUSED_COCO_IDS
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_IMAGES = REPO.parent / "shared" / "data" / "demo-images"
 # Small inputs and 100 proposals per image: the code paths of 800 px and 1000 proposals, a fraction of the time.
-TEST_SETTINGS = dict(min_size=320, max_size=480, rpn_post_nms_top_n_test=100, box_score_thresh=0.02)
 
 
 def use_test_settings(model: nn.Module) -> None:
@@ -31,30 +26,6 @@ def use_test_settings(model: nn.Module) -> None:
     model.transform.max_size = TEST_SETTINGS["max_size"]
     model.rpn._post_nms_top_n["testing"] = TEST_SETTINGS["rpn_post_nms_top_n_test"]
     model.roi_heads.score_thresh = TEST_SETTINGS["box_score_thresh"]
-
-
-def randomised_torchvision(builder) -> nn.Module:
-    """A randomly initialised torchvision detector that behaves like a trained COCO one where it matters:
-    non-trivial BN statistics, spread-out class scores, and never the 10 unused COCO ids."""
-    torch.manual_seed(0)
-    model = builder(weights=None, weights_backbone=None, **TEST_SETTINGS)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.0)
-                module.bias.uniform_(-0.1, 0.1)
-        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.3)
-        model.roi_heads.box_predictor.cls_score.bias[list(TORCHVISION_UNUSED_COCO_IDS)] = -30.0
-    return model.eval()
-
-
-def sample_images() -> list[torch.Tensor]:
-    if DEMO_IMAGES.is_dir():
-        return [to_float_image(Image.open(DEMO_IMAGES / name)) for name in ("bus.jpg", "zidane.jpg")]
-    generator = torch.Generator().manual_seed(0)  # shapes like the demo images, when shared/ is absent
-    return [torch.rand(3, 1080, 810, generator=generator), torch.rand(3, 720, 1280, generator=generator)]
 
 
 def assert_same_detections(theirs: dict, ours: dict) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_detector import TINY, synthetic_batch
+from helpers import TINY, synthetic_batch
 
 from detection import build_detector
 from detection.ensemble import detect_ensemble

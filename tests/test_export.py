@@ -8,13 +8,14 @@ import onnxruntime
 import pytest
 import torch
 from exported_models import CHECKPOINTS, exported
+from helpers import DEMO_IMAGES, sample_images
 from PIL import Image
-from test_detector_torchvision import DEMO_IMAGES, sample_images, to_float_image
 
 from backbone.checkpoint import load_classifier
 from detection import load_detector
 from detection.data.synthetic_shapes import render_image
 from detection.export import main
+from detection.images import to_float_image
 from detection.onnx_export import DETECTOR_INPUTS, DETECTOR_OUTPUTS, MANIFEST_KEY, classifier_input_size
 from detection.predictor import Predictor
 

@@ -3,7 +3,7 @@ concatenated with each region's; saved in the manifest; checkpoints written befo
 
 import pytest
 import torch
-from test_detector import TINY, assert_detections_valid, synthetic_batch
+from helpers import TINY, assert_detections_valid, synthetic_batch
 
 from backbone.checkpoint import load_checkpoint, save_checkpoint
 from detection import build_detector, load_detector, save_detector

@@ -3,7 +3,7 @@ pre-training size are chosen per RoI, and their pooled features merged by the el
 
 import pytest
 import torch
-from test_detector import TINY, assert_detections_valid, synthetic_batch
+from helpers import TINY, assert_detections_valid, synthetic_batch
 from torchvision.ops import roi_align
 
 from detection import build_detector

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from helpers import SERVED_TINY, rename_in_manifest
 from playwright.sync_api import expect
 
 from detection import build_detector, save_detector
@@ -24,8 +25,6 @@ from detection.data.synthetic_shapes import render_image
 from service import Settings, create_app
 from service.settings import DEMO_MODEL_DIR
 from tests.conftest import REPO_ROOT, SHARED_DATA
-from tests.test_service_detect import TINY
-from tests.test_service_models import rename_in_manifest
 
 BUS = SHARED_DATA / "demo-images" / "bus.jpg"
 SCREENSHOT = REPO_ROOT / "docs" / "page.png"
@@ -266,7 +265,7 @@ def test_page_offers_the_classes_of_the_default_detector_not_the_first_listed(li
     for file_name, name, classes in [("a.safetensors", "zz_shapes", ["circle", "square", "triangle"]),
                                      ("b.safetensors", "aa_pets", ["cat", "dog"])]:  # fmt: skip
         torch.manual_seed(0)
-        model = build_detector(class_names=classes, **{**TINY, "num_classes": len(classes)})
+        model = build_detector(class_names=classes, **{**SERVED_TINY, "num_classes": len(classes)})
         rename_in_manifest(save_detector(tmp_path / file_name, model=model), name)
     settings = demo_settings(detector_checkpoint=None, classifier_checkpoint=None, models_dir=tmp_path)
     url = live_server(create_app(settings))

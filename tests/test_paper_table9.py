@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_detector import TINY
+from helpers import TINY
 
 from bench import paper_table9
 from detection import build_detector, save_detector

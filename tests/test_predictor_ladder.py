@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_detector import TINY, synthetic_batch
+from helpers import TINY, synthetic_batch
 
 from detection import build_detector
 from detection.predictor import Cut, Predictor, cut_detections

@@ -8,55 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from helpers import CLASSIFIER_CLASSES, PREPROCESSING, image_bytes, save_tiny_classifier, serving, wait_ready
 from PIL import Image
 from pydantic import ValidationError
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 import service.loading
-from backbone import create_model
-from backbone.checkpoint import save_classifier
 from service import Settings, create_app, get_settings
 from service.__main__ import main as service_main
 from service.loading import ModelLoadError
 from service.predictors import ClassifierPredictor
 from service.settings import DEMO_MODEL_DIR
 
-CLASS_NAMES = [f"class{i}" for i in range(10)]
 DEMO_DETECTOR = DEMO_MODEL_DIR / "demo_detector.safetensors"
-PREPROCESSING = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3], "size": 32}
-
-
-def save_tiny_classifier(path: Path, *, seed: int = 0, provenance: dict | None = None) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = create_model("cifar_resnet20", base_width=4).eval()
-    for module in model.modules():  # random BN statistics, so BN folding is actually exercised
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-    save_classifier(
-        path, model=model, architecture="cifar_resnet20", class_names=CLASS_NAMES, preprocessing=PREPROCESSING,
-        provenance=provenance or {"description": "random weights for tests"}, metrics={"top1_error": 0.9},
-    )  # fmt: skip
-    return model
-
-
-def image_bytes(size=(32, 32), colour=(200, 30, 60), image_format="PNG", seed: int | None = None) -> bytes:
-    if seed is None:
-        image = Image.new("RGB", size, colour)
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        pixels = torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8, generator=generator)
-        image = Image.fromarray(pixels.numpy())
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format)
-    return buffer.getvalue()
-
-
-def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/readyz").json()
-        time.sleep(0.02)
 
 
 def upload(data: bytes, name: str = "image.png", content_type: str = "image/png") -> dict:
@@ -78,9 +42,7 @@ def settings_for(classifier_path: Path, **overrides) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(classifier_path):
-    app = create_app(settings_for(classifier_path, max_batch=4, max_batch_wait_ms=2))
-    with TestClient(app) as test_client:
-        wait_ready(test_client)
+    with serving(settings_for(classifier_path, max_batch=4, max_batch_wait_ms=2)) as test_client:
         yield test_client
 
 
@@ -112,7 +74,7 @@ def test_classify_matches_the_model_run_directly(client, classifier_path):
         expected = model((pixels / 255 - mean) / std).softmax(dim=1)[0]
     top = expected.topk(3)
     assert [p["label"] for p in body["predictions"]] == top.indices.tolist()
-    assert [p["name"] for p in body["predictions"]] == [CLASS_NAMES[i] for i in top.indices.tolist()]
+    assert [p["name"] for p in body["predictions"]] == [CLASSIFIER_CLASSES[i] for i in top.indices.tolist()]
     for prediction, probability in zip(body["predictions"], top.values.tolist()):
         assert prediction["probability"] == pytest.approx(probability, abs=1e-5)
 
@@ -167,7 +129,7 @@ def test_top_k_bounds(client, params, status):
     response = client.post("/classify", files=upload(image_bytes()), params=params)
     assert response.status_code == status, response.text
     if status == 200:
-        assert len(response.json()["predictions"]) == min(params["top_k"], len(CLASS_NAMES))
+        assert len(response.json()["predictions"]) == min(params["top_k"], len(CLASSIFIER_CLASSES))
     else:
         assert "top_k" in response.json()["detail"]
 
@@ -181,7 +143,7 @@ def test_missing_file_field_is_422(client):
 
 
 def hostile_uploads() -> dict[str, tuple[dict, int]]:
-    from test_service_images import hostile_files  # the same generated files the decoder tests use
+    from helpers import hostile_files  # the same generated files the decoder tests use
 
     cases = {name: (upload(data, name="hostile.png"), status) for name, (data, status) in hostile_files().items()}
     cases["declared text/plain"] = (upload(image_bytes(), name="notes.txt", content_type="text/plain"), 415)
@@ -354,7 +316,7 @@ def test_models_lists_manifests_and_flags_demo_models(tmp_path):
     assert (
         info["note"].startswith("DEMO MODEL") and "top1_error=0.9" in info["note"] and "CIFAR-10 demo." in info["note"]
     )
-    assert info["class_names"] == CLASS_NAMES and info["metrics"] == {"top1_error": 0.9}
+    assert info["class_names"] == CLASSIFIER_CLASSES and info["metrics"] == {"top1_error": 0.9}
     assert info["architecture"] == "cifar_resnet20" and info["architecture_kwargs"]["base_width"] == 4
     assert info["provenance"]["command"] == "make demo"
     assert body["serving"]["device"] == "cpu"

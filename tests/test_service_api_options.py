@@ -3,12 +3,12 @@ parameters, raw image bodies, the annotated picture, CORS and the OpenAPI docume
 
 import asyncio
 import io
-import time
 
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from helpers import serving, wait_ready
 from PIL import Image, ImageColor
 from torchvision.ops import box_iou
 
@@ -39,16 +39,16 @@ def shapes_jpeg() -> bytes:
 def started(settings: Settings) -> TestClient:
     client = TestClient(create_app(settings))
     client.__enter__()
-    while client.get("/readyz").status_code != 200:  # warm-up is a background task
-        time.sleep(0.02)
+    wait_ready(client)
     return client
 
 
 @pytest.fixture(scope="module")
 def client():
-    client = started(Settings(detector_checkpoint=DEMO_DETECTOR, classifier_checkpoint=DEMO_CLASSIFIER, optimize=False))
-    yield client
-    client.__exit__(None, None, None)
+    with serving(
+        Settings(detector_checkpoint=DEMO_DETECTOR, classifier_checkpoint=DEMO_CLASSIFIER, optimize=False)
+    ) as client:
+        yield client
 
 
 def detect(client, data: bytes, path: str = "/detect", **params):

@@ -2,12 +2,12 @@
 
 import io
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from helpers import CLASS_NAMES, SERVED_TINY, noise_image_bytes, serving, wait_ready
 from PIL import Image
 
 from detection import build_detector, load_detector, save_detector
@@ -16,36 +16,15 @@ from detection.images import to_float_image
 from detection.predictor import Predictor
 from service import Settings, create_app
 
-CLASS_NAMES = ["circle", "square", "triangle"]
-TINY = dict(
-    backbone="resnet18", head="fpn", num_classes=3, base_width=8, fpn_channels=16, representation_size=32,
-    min_size=(96,), max_size=128, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30,
-)  # fmt: skip
-
-
-def image_bytes(size=(80, 60), seed=0, image_format="PNG", **options) -> bytes:
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8, generator=generator)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.numpy()).save(buffer, format=image_format, **options)
-    return buffer.getvalue()
-
 
 def upload(data: bytes, name="scene.png", content_type="image/png") -> dict:
     return {"file": (name, data, content_type)}
 
 
-def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/readyz").json()
-        time.sleep(0.02)
-
-
 @pytest.fixture(scope="module")
 def detector_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = build_detector(class_names=CLASS_NAMES, **TINY)
+    model = build_detector(class_names=CLASS_NAMES, **SERVED_TINY)
     path = tmp_path_factory.mktemp("models") / "tiny_detector.safetensors"
     save_detector(path, model=model, metrics={"mAP@0.5": 0.0123}, provenance={"description": "random weights"})
     return path
@@ -65,8 +44,7 @@ def settings_for(detector_path: Path, **overrides) -> Settings:
 
 @pytest.fixture(scope="module")
 def client(detector_path):
-    with TestClient(create_app(settings_for(detector_path))) as test_client:
-        wait_ready(test_client)
+    with serving(settings_for(detector_path)) as test_client:
         yield test_client
 
 
@@ -89,7 +67,7 @@ def assert_same_detections(answer: dict, expected: dict) -> None:
 
 
 def test_detect_answers_what_the_detector_computes(client, reference):
-    data = image_bytes(seed=1)
+    data = noise_image_bytes(seed=1)
     response = client.post("/detect", files=upload(data), params={"score_threshold": 0.0, "max_detections": 20})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -103,7 +81,7 @@ def test_detect_answers_what_the_detector_computes(client, reference):
 
 
 def test_threshold_and_cap_cut_the_answer(client):
-    data = image_bytes(seed=2)
+    data = noise_image_bytes(seed=2)
     everything = client.post("/detect", files=upload(data), params={"score_threshold": 0.0, "max_detections": 50})
     scores = [d["score"] for d in everything.json()["detections"]]
     assert scores == sorted(scores, reverse=True) and len(scores) > 3
@@ -120,7 +98,7 @@ def test_threshold_and_cap_cut_the_answer(client):
      ({"max_detections": 0}, 422), ({"max_detections": 1001}, 422), ({"score_threshold": "high"}, 422)],
 )  # fmt: skip
 def test_parameter_bounds(client, params, status):
-    response = client.post("/detect", files=upload(image_bytes()), params=params)
+    response = client.post("/detect", files=upload(noise_image_bytes()), params=params)
     assert response.status_code == status, response.text
     if status == 422:
         assert next(iter(params)) in response.json()["detail"]
@@ -132,9 +110,9 @@ def test_requests_sharing_a_batch_each_get_their_own_thresholds(detector_path, r
         wait_ready(client)
         # Two images of one input shape (they share a forward pass) and one of another shape.
         asks = [
-            (0.0, 7, image_bytes(seed=3)),
-            (0.26, 2, image_bytes(seed=4, size=(50, 90))),
-            (0.2, 100, image_bytes(seed=5, size=(81, 61))),
+            (0.0, 7, noise_image_bytes(seed=3)),
+            (0.26, 2, noise_image_bytes(seed=4, size=(50, 90))),
+            (0.2, 100, noise_image_bytes(seed=5, size=(81, 61))),
         ]
         answers = [None] * len(asks)
 
@@ -145,7 +123,7 @@ def test_requests_sharing_a_batch_each_get_their_own_thresholds(detector_path, r
 
         # A first request holds the model while the three asks queue; released, they run as one batch.
         gate = batch_gate(app.state.service.registry.default("detector").engine)
-        blocker = threading.Thread(target=client.post, args=("/detect",), kwargs={"files": upload(image_bytes())})
+        blocker = threading.Thread(target=client.post, args=("/detect",), kwargs={"files": upload(noise_image_bytes())})
         blocker.start()
         gate.wait_entered()
         threads = [threading.Thread(target=send, args=(i,)) for i in range(len(asks))]
@@ -177,7 +155,7 @@ def test_an_image_at_the_detectors_input_size_runs_as_it_is(reference, size):
 
 
 def test_detect_batch_answers_in_order(client, reference):
-    images = [image_bytes(seed=10 + i, size=(60 + 10 * i, 70)) for i in range(3)]
+    images = [noise_image_bytes(seed=10 + i, size=(60 + 10 * i, 70)) for i in range(3)]
     files = [("files", (f"im{i}.png", data, "image/png")) for i, data in enumerate(images)]
     response = client.post("/detect/batch", files=files, params={"score_threshold": 0.1, "max_detections": 5})
     assert response.status_code == 200, response.text
@@ -189,7 +167,7 @@ def test_detect_batch_answers_in_order(client, reference):
 def test_boxes_are_in_the_displayed_orientation(client, reference):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 80x60, displayed rotated to 60x80
-    data = image_bytes(seed=6, image_format="JPEG", exif=exif, quality=95)
+    data = noise_image_bytes(seed=6, image_format="JPEG", exif=exif, quality=95)
     response = client.post("/detect", files=upload(data, name="phone.jpg", content_type="image/jpeg"),
                            params={"score_threshold": 0.0, "max_detections": 10})  # fmt: skip
     body = response.json()
@@ -200,7 +178,7 @@ def test_boxes_are_in_the_displayed_orientation(client, reference):
 
 @pytest.mark.parametrize(("image_format", "signature"), [("png", b"\x89PNG"), ("jpeg", b"\xff\xd8")])
 def test_annotated_image(client, image_format, signature):
-    data = image_bytes(seed=7, size=(90, 70))
+    data = noise_image_bytes(seed=7, size=(90, 70))
     response = client.post(
         "/detect/annotated",
         files=upload(data),
@@ -218,12 +196,13 @@ def test_annotated_image(client, image_format, signature):
 
 
 def test_hostile_upload_to_detect_and_the_server_keeps_serving(client):
-    for data, status in ((b"", 400), (b"<html>", 400), (image_bytes()[:100], 400)):
+    for data, status in ((b"", 400), (b"<html>", 400), (noise_image_bytes()[:100], 400)):
         assert client.post("/detect", files=upload(data)).status_code == status
     assert (
-        client.post("/detect", files=upload(image_bytes(), name="a.txt", content_type="text/plain")).status_code == 415
+        client.post("/detect", files=upload(noise_image_bytes(), name="a.txt", content_type="text/plain")).status_code
+        == 415
     )
-    assert client.post("/detect", files=upload(image_bytes())).status_code == 200
+    assert client.post("/detect", files=upload(noise_image_bytes())).status_code == 200
 
 
 def test_models_describes_the_detector(client):
@@ -235,7 +214,7 @@ def test_models_describes_the_detector(client):
 
 
 def test_optimized_detector_gives_the_same_answer(detector_path, reference):
-    data = image_bytes(seed=8)
+    data = noise_image_bytes(seed=8)
     with TestClient(create_app(settings_for(detector_path, optimize=True))) as client:
         wait_ready(client)
         body = client.post("/detect", files=upload(data), params={"score_threshold": 0.0, "max_detections": 5}).json()

@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import save_tiny_classifier, serving, wait_ready
 from PIL import Image
-from test_service import save_tiny_classifier, wait_ready
 
 from service import Settings, create_app
 
@@ -75,9 +75,9 @@ def started(classifier_path, **overrides) -> TestClient:
 
 @pytest.fixture(scope="module")
 def client(classifier_path):
-    client = started(classifier_path, decode_cpu_s=0.2)
-    yield client
-    client.__exit__(None, None, None)
+    options = {"classifier_checkpoint": classifier_path, "detector_checkpoint": None, "optimize": False}
+    with serving(Settings(**options, decode_cpu_s=0.2)) as client:
+        yield client
 
 
 def classify(client: TestClient, data: bytes, name: str = "upload.bin"):

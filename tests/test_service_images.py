@@ -4,45 +4,19 @@ and hostile files refused early with the right HTTP status."""
 import functools
 import io
 import struct
-import zlib
 
 import pytest
+from helpers import (
+    encode,
+    hostile_files,
+    psd,
+)
 from PIL import Image, ImageFile
 
 from detection.decoding import ImageDecodeError, decode_image
 from service.images import DECODE_STATUS, ImageRejected, check_content_type
 
 MAX_PIXELS = 40_000_000
-
-
-def encode(image: Image.Image, image_format: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format, **options)
-    return buffer.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def grey_png_bomb(width: int, height: int, *, rows: int | None = None) -> bytes:
-    """A valid 8-bit grey PNG of zeros: kilobytes on disk, width*height bytes once decoded.
-
-    `rows` writes only that many rows of data (a header promising more than the file holds).
-    """
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)  # filter byte + samples
-    data = b"".join(compressor.compress(row) for _ in range(height if rows is None else rows)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
-
-
-def jpeg_with_size(width: int, height: int) -> bytes:
-    """A real 8x8 JPEG whose SOF header is rewritten to claim width x height."""
-    data = bytearray(encode(Image.new("RGB", (8, 8), (10, 20, 30)), "JPEG"))
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 # ---------------------------------------------------------------------------------------- modes
@@ -101,54 +75,6 @@ def test_exif_orientation_is_applied():
 
 
 # ---------------------------------------------------------------------------------- hostile files
-
-
-def dds_with_zeroed_pixel_format() -> bytes:
-    """A DDS header whose pixel-format flags are 0: Pillow raises NotImplementedError while opening it."""
-    header = struct.pack("<4s7I", b"DDS ", 124, 0x1007, 8, 8, 0, 0, 0) + b"\0" * 44
-    pixel_format = struct.pack("<2I", 32, 0) + b"\0" * 24
-    return header + pixel_format + b"\0" * 20 + b"\0" * 256
-
-
-def jpeg_with_ascii_xresolution() -> bytes:
-    """A rotated JPEG (Orientation 6) whose EXIF XResolution is ASCII, not RATIONAL: TypeError in exif_transpose."""
-    entries = struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack(">HHI", 0x011A, 2, 4) + b"72\0\0"
-    tiff = b"MM\0*" + struct.pack(">I", 8) + struct.pack(">H", 2) + entries + struct.pack(">I", 0)
-    return encode(Image.new("RGB", (16, 8), (1, 2, 3)), "JPEG", exif=b"Exif\0\0" + tiff)
-
-
-def psd(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A minimal valid RGB Photoshop file (no layers, raw planar composite): Pillow reads but cannot write PSD."""
-    header = b"8BPS" + struct.pack(">H", 1) + b"\0" * 6 + struct.pack(">HIIHH", 3, height, width, 8, 3)
-    sections = struct.pack(">III", 0, 0, 0) + struct.pack(">H", 0)  # colour mode, resources, layers; raw data
-    return header + sections + b"".join(bytes([channel]) * (width * height) for channel in rgb)
-
-
-@functools.cache
-def hostile_files() -> dict[str, tuple[bytes, int]]:
-    """name -> (file, expected status); generated here, nothing is read from disk."""
-    jpeg = encode(Image.new("RGB", (64, 48), (30, 60, 90)), "JPEG")
-    png = encode(Image.new("RGB", (64, 48), (30, 60, 90)), "PNG")
-    gif = encode(Image.new("RGB", (64, 48), (30, 60, 90)).quantize(16), "GIF")
-    tiff = encode(Image.new("RGB", (64, 48), (30, 60, 90)), "TIFF")
-    webp = encode(Image.new("RGB", (64, 48), (30, 60, 90)), "WEBP", lossless=True)
-    return {
-        "dds with zeroed pixel-format flags": (dds_with_zeroed_pixel_format(), 415),
-        "jpeg whose exif xresolution is ascii": (jpeg_with_ascii_xresolution(), 400),
-        "truncated gif": (gif[: len(gif) // 2], 400),
-        "truncated tiff": (tiff[: len(tiff) // 2], 400),
-        "truncated webp": (webp[: len(webp) // 2], 400),
-        "empty": (b"", 400),
-        "truncated jpeg": (jpeg[: len(jpeg) // 2], 400),
-        "truncated png": (png[: len(png) - 40], 400),
-        "text": (b"just some text, not an image\n" * 10, 400),
-        "html": (b"<!doctype html><html><body><script>alert(1)</script></body></html>", 400),
-        "html with a png signature inside": (b"<html>" + png + b"</html>", 400),
-        "png header only": (png[:33], 400),
-        "bomb: 12000x12000 grey png of zeros": (grey_png_bomb(12000, 12000), 413),
-        "huge dimensions: png header 100000x100000": (grey_png_bomb(100_000, 100_000, rows=1), 413),
-        "huge dimensions: jpeg header 60000x60000": (jpeg_with_size(60000, 60000), 413),
-    }
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns above its own 89M

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from helpers import CLASS_NAMES, SERVED_TINY, noise_image_bytes, save_tiny_classifier, serving, wait_ready
 from PIL import Image
-from test_service import save_tiny_classifier
-from test_service_detect import CLASS_NAMES, TINY, image_bytes, wait_ready
 
 from detection import build_detector, save_detector
 from detection.decoding import DecodedImage
@@ -24,7 +23,7 @@ def model_paths(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     detector = folder / "tiny_detector.safetensors"
-    save_detector(detector, model=build_detector(class_names=CLASS_NAMES, **TINY))
+    save_detector(detector, model=build_detector(class_names=CLASS_NAMES, **SERVED_TINY))
     classifier = folder / "tiny_classifier.safetensors"
     save_tiny_classifier(classifier)
     return detector, classifier
@@ -38,8 +37,7 @@ def make_app(model_paths, **overrides):
 
 @pytest.fixture(scope="module")
 def client(model_paths):
-    with TestClient(make_app(model_paths), raise_server_exceptions=False) as test_client:
-        wait_ready(test_client)
+    with serving(make_app(model_paths), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
@@ -133,7 +131,7 @@ def test_a_request_that_fails_in_a_shared_batch_fails_alone(model_paths):
         answers = [None] * len(thresholds)
 
         def send(index):
-            files = {"file": (f"{index}.png", image_bytes(seed=index), "image/png")}
+            files = {"file": (f"{index}.png", noise_image_bytes(seed=index), "image/png")}
             answers[index] = client.post("/detect", files=files, params={"score_threshold": thresholds[index]})
 
         threads = [threading.Thread(target=send, args=(index,)) for index in range(len(thresholds))]
@@ -233,7 +231,10 @@ def test_queued_detect_requests_hold_model_sized_images(model_paths):
     # prepared at admission: the model's input size, in the float the network takes, not the upload's 6 M pixels
     assert request.image.pixels.dtype == torch.float32
     assert tuple(request.image.pixels.shape) == (3, *served.predictor.model.transform.resized_size(2000, 3000))
-    assert max(request.image.pixels.shape) <= TINY["max_size"] and request.image.nbytes <= 4 * 3 * TINY["max_size"] ** 2
+    assert (
+        max(request.image.pixels.shape) <= SERVED_TINY["max_size"]
+        and request.image.nbytes <= 4 * 3 * SERVED_TINY["max_size"] ** 2
+    )
 
 
 # ---------------------------------------------------------------------------------- error contract

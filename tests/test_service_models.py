@@ -11,11 +11,9 @@ import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from test_service import image_bytes as classifier_image
-from test_service import save_tiny_classifier
-from test_service_detect import CLASS_NAMES, TINY, image_bytes, wait_ready
+from helpers import CLASS_NAMES, SERVED_TINY, noise_image_bytes, rename_in_manifest, save_tiny_classifier, wait_ready
+from helpers import image_bytes as classifier_image
 
-from backbone.checkpoint import load_checkpoint, save_checkpoint
 from detection import build_detector, save_detector
 from service import Settings, create_app
 from service.loading import ModelLoadError, file_version, load_model
@@ -30,13 +28,8 @@ def upload(data: bytes) -> dict:
 def save_tiny_detector(path: Path, *, note: str) -> Path:
     """The same tiny detector each time; `note` changes the manifest, so each note is its own file version."""
     torch.manual_seed(0)
-    save_detector(path, model=build_detector(class_names=CLASS_NAMES, **TINY), provenance={"description": note})
+    save_detector(path, model=build_detector(class_names=CLASS_NAMES, **SERVED_TINY), provenance={"description": note})
     return path
-
-
-def rename_in_manifest(path: Path, name: str) -> Path:
-    state_dict, manifest = load_checkpoint(path)
-    return save_checkpoint(path, state_dict=state_dict, manifest={**manifest, "name": name})
 
 
 def replace_file(source: Path, target: Path) -> None:
@@ -110,7 +103,7 @@ def test_models_dir_serves_each_checkpoint_by_name_and_the_single_settings_stay_
         assert client.post("/classify", files=upload(classifier_image())).json()["model"]["name"] == "bee"
         answer = client.post("/classify", params={"model": "cls_a"}, files=upload(classifier_image())).json()
         assert answer["model"] == {"name": "cls_a", "version": listed["cls_a"]["version"]}
-        assert client.post("/detect", files=upload(image_bytes())).json()["model"]["name"] == "det"
+        assert client.post("/detect", files=upload(noise_image_bytes())).json()["model"]["name"] == "det"
         files = [("files", ("a.png", classifier_image(), "image/png"))]
         batch = client.post("/classify/batch", params={"model": "cls_a"}, files=files)
         assert [item["model"]["name"] for item in batch.json()] == ["cls_a"]
@@ -119,7 +112,7 @@ def test_models_dir_serves_each_checkpoint_by_name_and_the_single_settings_stay_
         assert unknown.status_code == 404 and unknown.json()["detail"] == (
             "no classifier named 'nope'; classifiers served: bee, cls_a"
         )
-        wrong_kind = client.post("/detect", params={"model": "bee"}, files=upload(image_bytes()))
+        wrong_kind = client.post("/detect", params={"model": "bee"}, files=upload(noise_image_bytes()))
         assert wrong_kind.status_code == 404 and "'bee' is a classifier, not a detector" in wrong_kind.json()["detail"]
         missing = client.get("/models/nope")
         assert missing.status_code == 404 and "served: bee, cls_a, det" in missing.json()["detail"]
@@ -193,7 +186,7 @@ def test_reload_under_concurrent_load_fails_no_request_and_serves_the_new_versio
     def post_until_stopped(worker: int) -> None:
         with httpx.Client(base_url=url, timeout=GUARD_S) as http:
             while not stop.is_set():
-                response = http.post("/detect", files=upload(image_bytes(seed=worker)))
+                response = http.post("/detect", files=upload(noise_image_bytes(seed=worker)))
                 with progress:
                     if response.status_code != 200:
                         failures.append((response.status_code, response.text))
@@ -233,14 +226,16 @@ def test_a_request_in_flight_finishes_on_the_old_version(models_dir, versions, b
         gate = batch_gate(old.engine)
         held = {}
         in_flight = threading.Thread(
-            target=lambda: held.update(answer=client.post("/detect", files=upload(image_bytes())))
+            target=lambda: held.update(answer=client.post("/detect", files=upload(noise_image_bytes())))
         )
         in_flight.start()
         gate.wait_entered()  # its batch is inside the old model
         replace_file(versions["new"], models_dir / "det.safetensors")
         reloaded = client.post("/models/det/reload").json()
         # swapped while the old version still computes: new requests get the new one at once
-        assert client.post("/detect", files=upload(image_bytes())).json()["model"]["version"] == reloaded["version"]
+        assert (
+            client.post("/detect", files=upload(noise_image_bytes())).json()["model"]["version"] == reloaded["version"]
+        )
         assert old.engine.running  # still draining
         gate.release()
         in_flight.join(GUARD_S)
@@ -262,7 +257,7 @@ def test_a_broken_file_keeps_the_old_version_serving_and_reports_why(models_dir,
         info = client.get("/models/det").json()
         assert info["version"] == before and "corrupt or truncated" in info["last_reload_error"]
         assert "reload of det failed" in caplog.text
-        answer = client.post("/detect", files=upload(image_bytes()))
+        answer = client.post("/detect", files=upload(noise_image_bytes()))
         assert answer.status_code == 200 and answer.json()["model"]["version"] == before
 
         replace_file(versions["cls_a"], models_dir / "det.safetensors")  # loads, but is another kind of model
@@ -291,7 +286,7 @@ def test_a_new_version_that_fails_its_warm_up_is_not_swapped_in(models_dir, vers
         refused = client.post("/models/det/reload")
         assert refused.status_code == 422 and "kernel missing on this device" in refused.json()["detail"]
         assert client.app.state.service.registry.slots["det"].served is old and old.engine.running
-        answer = client.post("/detect", files=upload(image_bytes()))
+        answer = client.post("/detect", files=upload(noise_image_bytes()))
         assert answer.status_code == 200 and answer.json()["model"]["version"] == old.version
 
 
@@ -302,12 +297,12 @@ def test_replacing_the_file_reloads_it_when_watching(models_dir, versions):
         replace_file(versions["broken"], models_dir / "det.safetensors")
         wait_until(lambda: client.get("/models/det").json()["last_reload_error"], "the broken file to be reported")
         assert version_of(client, "det") == before
-        assert client.post("/detect", files=upload(image_bytes())).json()["model"]["version"] == before
+        assert client.post("/detect", files=upload(noise_image_bytes())).json()["model"]["version"] == before
 
         replace_file(versions["new"], models_dir / "det.safetensors")
         wait_until(lambda: version_of(client, "det") != before, "the new file to be swapped in")
         assert client.get("/models/det").json()["last_reload_error"] is None
-        answer = client.post("/detect", files=upload(image_bytes())).json()
+        answer = client.post("/detect", files=upload(noise_image_bytes())).json()
         assert answer["model"]["version"] == version_of(client, "det")
 
 
@@ -419,7 +414,7 @@ def test_the_watcher_skips_a_served_file_turned_bad_once_and_keeps_polling(model
         poll_guarded(client, registry)
         poll_guarded(client, registry)
         assert registry.slots["det"].served is serving  # still serving the old version
-        assert client.post("/detect", files=upload(image_bytes())).status_code == 200
+        assert client.post("/detect", files=upload(noise_image_bytes())).status_code == 200
         assert skipped_count(client, BAD_ENTRIES[kind]) == 1  # once, not every poll
         reload = client.post("/models/det/reload")  # the route answers why, never a 500
         assert reload.status_code == 422 and "det.safetensors" in reload.json()["detail"]

@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers import serving
 from hypothesis import HealthCheck, example, given, reject, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -111,11 +112,8 @@ def uploads(draw, *, damaged: bool = True) -> tuple[str, bytes, bool]:
 
 @pytest.fixture(scope="module")
 def client():
-    app = create_app(Settings(max_image_pixels=MAX_PIXELS, max_batch_wait_ms=0))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        from test_service import wait_ready
-
-        wait_ready(test_client, timeout=120)
+    settings = Settings(max_image_pixels=MAX_PIXELS, max_batch_wait_ms=0)
+    with serving(settings, raise_server_exceptions=False, timeout=120) as test_client:
         yield test_client
 
 

@@ -28,7 +28,7 @@ GUARD_S = 60  # only a deadlock guard: every wait below ends on an event
 
 
 def random_png(size: tuple[int, int], seed: int) -> bytes:
-    from test_service import image_bytes  # one generator of test images for the service tests
+    from helpers import image_bytes  # one generator of test images for the service tests
 
     return image_bytes(size=size, seed=seed)
 

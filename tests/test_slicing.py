@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from test_detector import TINY, assert_detections_valid
-from test_test_time import RectangleFinder
+from helpers import TINY, RectangleFinder, assert_detections_valid
 from torchvision.ops import batched_nms
 
 from detection import build_detector

@@ -1,42 +1,11 @@
 """Test-time augmentation (detection/test_time.py): mirrored boxes come back, variants merge by NMS + voting."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-from test_detector import TINY, assert_detections_valid, synthetic_batch
-from torch import nn
+from helpers import TINY, RectangleFinder, assert_detections_valid, synthetic_batch
 
 from detection import build_detector
 from detection.test_time import TestTimeOptions, detect_augmented, detect_with_options, mirror_boxes
-
-
-class RectangleFinder(nn.Module):
-    """A stand-in detector: one box per distinct non-zero value of channel 0, around the pixels holding it.
-    At test size 2 it reports every box 2 px lower, with score 0.6 instead of 0.9."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.roi_heads = SimpleNamespace(nms_thresh=0.5, detections_per_img=100)
-        self.calls: list[dict] = []
-
-    def forward(self, images, *, test_size=None, **kwargs):
-        self.calls.append({"test_size": test_size, **kwargs})
-        detections = []
-        for image in images:
-            boxes = []
-            for value in image[0].unique():
-                if value == 0:
-                    continue
-                ys, xs = torch.where(image[0] == value)
-                boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-            boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-            shifted = test_size == 2
-            if shifted:
-                boxes[:, [1, 3]] += 2
-            scores = torch.full((len(boxes),), 0.6 if shifted else 0.9)
-            detections.append({"boxes": boxes, "scores": scores, "labels": torch.ones(len(boxes), dtype=torch.int64)})
-        return {}, detections
 
 
 def _image() -> torch.Tensor:
