@@ -201,6 +201,13 @@ def write_triton_repository(
     return model_dir
 
 
+def quiet_exporter() -> None:
+    """Silence two harmless notes of the exporter, not for users: an empty ints attribute typed by default,
+    and the batch dimension named once although three inputs share it."""
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's flags, each in both spellings (`--triton-repo`, `--triton_repo`)."""
     parser = FlagParser(prog="python -m detection.export", description=__doc__)
@@ -220,10 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give exactly one of --output FILE.onnx and --triton-repo DIR")
     if args.max_batch_size < 1:
         parser.error(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
-    # Two harmless notes of the exporter, not for users: an empty ints attribute typed by default, and the
-    # batch dimension named once although three inputs share it.
-    logging.getLogger("onnx_ir").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis")
+    quiet_exporter()
     try:
         if args.triton_repo is not None:
             written = write_triton_repository(
