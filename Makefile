@@ -7,8 +7,11 @@ PY := $(VENV)/bin/python
 
 .PHONY: serve test summary bench-backbone bench-service soak demo-models mutants docker-build docker clean-venv
 
+# torch first, as the image gets it (docker/install-torch.sh): from the CPU wheel index when it answers within 5 s,
+# else from pip's own index. A failed install stops here, and .installed is not written.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	sh docker/install-torch.sh $(PY) pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
@@ -62,20 +65,16 @@ bench-service: $(VENV)/.installed
 soak: $(VENV)/.installed
 	$(PY) -m bench.soak
 
-# Containers (kept out of `make test`: several minutes and several GB). CONTAINER=docker COMPOSE="docker compose"
-# for Docker; TORCH_INDEX_URL=https://pypi.org/simple where only PyPI is reachable.
-CONTAINER ?= podman
-COMPOSE ?= podman-compose
-TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
-# podman writes OCI images by default, which drop HEALTHCHECK; the docker format keeps it.
-BUILD_FORMAT := $(if $(filter podman,$(CONTAINER)),--format docker)
+# Containers (kept out of `make test`: several minutes and several GB; docs/DEPLOYMENT.md). podman, or Docker:
+# COMPOSE="docker compose" is podman-compose through ../shared/tools/container-kit.sh --docker-shim, or Docker's.
+# TORCH_INDEX_URL: the index tried first for torch (docker/install-torch.sh); empty for pip's own index only.
+# The image resdet:cpu, labelled with the torch index it got.
 docker-build:
-	$(CONTAINER) build $(BUILD_FORMAT) --network host -f docker/Dockerfile -t resdet:cpu \
-		--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) .
+	bash docker/smoke.sh build
 
-# Build, start the compose `api` service, POST bus.jpg to /detect, stop it.
-docker: docker-build
-	CONTAINER=$(CONTAINER) COMPOSE="$(COMPOSE)" bash docker/smoke.sh
+# The container smoke stage of .ci/run: build, up, POST bus.jpg, compare with detection.predict, down, clean up.
+docker: $(VENV)/.installed
+	PYTHON=$(PY) bash docker/smoke.sh
 
 clean-venv:
 	rm -rf $(VENV)

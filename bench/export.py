@@ -7,7 +7,7 @@
 The R50-FPN is torchvision's fasterrcnn_resnet50_fpn with random weights made to behave like trained
 ones (bench/detector.py's anchor), converted to our checkpoint, then exported with
 `detection.export.export_detector`. Both sides include the resize/normalise/pad step (ONNX Runtime
-gets it from `prepare_detector_inputs`, outside the graph). Calls alternate round-robin and each
+gets it from `Predictor.prepare` and `batch`, outside the graph). Calls alternate round-robin and each
 ratio is the median over calls of PyTorch time / ONNX Runtime time for the same images (paired, so
 load that drifts between rounds cancels). ONNX Runtime gets as many intra-op threads as torch.
 """
@@ -24,7 +24,7 @@ import torch
 from bench.detector import load_images, time_round_robin, torchvision_anchor
 from detection import build_detector, load_detector, save_detector
 from detection.export import DETECTOR_INPUTS, export_detector
-from detection.exportable import build_input_transform, prepare_detector_inputs
+from detection.predictor import Predictor
 from detection.torchvision_compat import describe_torchvision_detector, rename_torchvision_detector
 
 DEMO_DETECTOR = Path(__file__).resolve().parents[1] / "service" / "models" / "demo_detector.safetensors"
@@ -57,7 +57,7 @@ def main() -> None:
         options.intra_op_num_threads = torch.get_num_threads()
         session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         model, _ = load_detector(checkpoint)
-    transform = build_input_transform(model.config)
+    inputs_of = Predictor(model, device="cpu", precision="fp32", optimize=False)  # only prepares ONNX's inputs
     model.optimize_for_inference()
 
     def pytorch(images: list[torch.Tensor]) -> list[int]:
@@ -65,7 +65,7 @@ def main() -> None:
             return [len(detection["boxes"]) for detection in model(images)[1]]
 
     def onnx_runtime(images: list[torch.Tensor]) -> list[int]:
-        inputs = prepare_detector_inputs(images, transform)
+        inputs = inputs_of.batch([inputs_of.prepare(image) for image in images])
         counts = session.run(["num_detections"], {k: v.numpy() for k, v in zip(DETECTOR_INPUTS, inputs)})[0]
         return counts.tolist()
 

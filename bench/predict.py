@@ -1,4 +1,4 @@
-"""Throughput of `python -m detection.predict` against `Detector.predict` on images decoded beforehand.
+"""Throughput of `python -m detection.predict` against `Predictor.predict` on images decoded beforehand.
 
     python -m bench.predict                       # demo detector, 48 generated 320 px JPEGs, 3 rounds
     python -m bench.predict --images 96 --rounds 5 --image-size 480
@@ -6,7 +6,7 @@
     python -m bench.predict --smoke               # seconds on a CPU: what the test suite runs
 
 The anchor is the model alone: every image decoded to a uint8 tensor before the clock starts, then
-one `Detector.predict` call over all of them (batches of --batch-size). The command's pipeline is
+one `Predictor.predict` call over all of them (batches of --batch-size). The command's pipeline is
 timed from the file list to the last JSONL line written (decoding in --workers threads, batching by
 padded shape, records, the output file); its model is loaded and optimized outside the clock, as
 the anchor's is. Both run on the same optimized model, alternating, in the same run; the best
@@ -68,12 +68,13 @@ def main(argv: Sequence[str] | None = None) -> float:
                  "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device]
             )  # fmt: skip
 
-        model, manifest, device = load_model(command_args(root / "unused"))
-        decoded = [pixels.to(device) for pixels in decode_all(files)]
+        predictor, manifest = load_model(command_args(root / "unused"))
+        device = predictor.device
+        decoded = decode_all(files)
 
         def anchor() -> float:
             start = time.perf_counter()
-            model.predict(decoded, score_threshold=0.5, batch_size=args.batch_size)
+            predictor.predict(decoded, score_threshold=0.5, batch_size=args.batch_size)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - start
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> float:
         def pipeline(round_index: int) -> float:
             output = root / f"out{round_index}"  # a fresh output: nothing to skip
             start = time.perf_counter()
-            predict_files(model, manifest, files, args=command_args(output), device=device)
+            predict_files(predictor, manifest, files, args=command_args(output))
             return time.perf_counter() - start
 
         anchor()  # warm-up: oneDNN kernels and caches
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> float:
           f"workers {args.workers}, device {device}, torch threads {torch.get_num_threads()}, "
           f"rounds {args.rounds}")  # fmt: skip
     print(f"{'variant':<44} {'img/s (best)':>12} {'img/s (each round)':>30}")
-    for name, times in (("Detector.predict on decoded tensors (anchor)", anchor_times),
+    for name, times in (("Predictor.predict on decoded tensors (anchor)", anchor_times),
                         ("python -m detection.predict pipeline", pipeline_times)):  # fmt: skip
         rounds = " ".join(f"{len(files) / t:.1f}" for t in times)
         print(f"{name:<44} {len(files) / min(times):>12.1f} {rounds:>30}")

@@ -3,7 +3,8 @@
     from detection import build_detector, load_detector, save_detector
     model = build_detector(backbone="resnet50", head="fpn", num_classes=3, class_names=["a", "b", "c"])
     losses, detections = model(images, targets)          # images: list of [3, H, W] floats in [0, 1]
-    results = model.eval().predict([pil_image], score_threshold=0.5)
+    predictor = Predictor(model, precision="auto")        # the one inference path (CLI, service, ONNX too)
+    results = predictor.predict(["bus.jpg", pil_image], score_threshold=0.5)
 
 Label ids: 0 is background inside the model; class_names[i - 1] names label i (1..K).
 The package imports no command module (convert, predict, data.synthetic): runpy warns when
@@ -14,6 +15,7 @@ from detection.builder import DETECTOR_BACKBONES, build_detector
 from detection.checkpoint import convert_torchvision_detector, load_detector, save_detector
 from detection.detector import Detector
 from detection.options import DetectorOptions
+from detection.predictor import Predictor
 from detection.torchvision_compat import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "DETECTOR_BACKBONES",
     "Detector",
     "DetectorOptions",
+    "Predictor",
     "build_detector",
     "convert_torchvision_detector",
     "load_detector",

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.models.detection.image_list import ImageList
 
 from backbone.weights import load_checked
-from detection.images import to_float_image
 from detection.inference import optimize_detector
 from detection.postprocess import to_original_coordinates
 from detection.roi_heads import RoIHeads
@@ -53,13 +53,6 @@ class Detector(nn.Module):
     def num_classes(self) -> int:
         return self.roi_heads.num_classes
 
-    def input_size(self, height: int, width: int, *, padded: bool = False) -> tuple[int, int]:
-        """The (height, width) to resize an image of this size to before `predict`, so the network takes
-        it without resizing again (within 1 px of what it would make of the original); `padded`: the
-        input shape it then runs at (images share a forward pass only when this matches)."""
-        size = self.transform.stable_size(height, width)
-        return self.transform.padded_size(*size) if padded else size
-
     def forward(
         self,
         images: list[torch.Tensor],
@@ -88,8 +81,24 @@ class Detector(nn.Module):
         if self.training and self.optimized:
             raise RuntimeError("this detector was optimized for inference (BN folded); it cannot be trained")
         original_sizes = [(image.shape[-2], image.shape[-1]) for image in images]
-
         batch, targets = self.transform(images, targets)
+        return self.detect(
+            batch, original_sizes, targets,
+            score_threshold=score_threshold, max_detections=max_detections, iou_threshold=iou_threshold,
+        )  # fmt: skip
+
+    def detect(
+        self,
+        batch: ImageList,
+        original_sizes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]] | None = None,
+        *,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        iou_threshold: float | None = None,
+    ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """`forward` after the transform: the normalised, padded batch (and each image's resized size in it) ->
+        (losses, detections in pixels of `original_sizes`). `detection.predictor.Predictor` calls this."""
         features = self.features(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, targets)
         detections, head_losses = self.roi_heads(
@@ -113,42 +122,32 @@ class Detector(nn.Module):
         batch_size: int = 4,
         iou_threshold: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Detect objects in PIL images or uint8/uint16/float tensors of any size and mode.
-
-        iou_threshold: per-class NMS overlap above which the lower-scoring box is dropped (None: the
-        model's box_nms_thresh).
-
-        Images are batched `batch_size` at a time, grouped by aspect ratio (less padding). Returns per
-        image: boxes FloatTensor[N, 4] (x1, y1, x2, y2, original pixels), scores, labels (1..K),
-        names (list of class names), highest score first.
+        """Detect objects in PIL images or uint8/uint16/float tensors, through `detection.predictor.Predictor`
+        (the one inference path) on this model as it is: its device, not optimized further, fp32 unless
+        `optimize_for_inference(bf16=True)` asked for bf16. Returns per image boxes FloatTensor[N, 4] (x1, y1,
+        x2, y2, original pixels), scores, labels (1..K), names (list of class names), highest score first.
         """
+        from detection.predictor import Cut, Predictor  # the predictor module imports this one
+
         if isinstance(images, (Image.Image, torch.Tensor)):
             raise TypeError("predict takes a list of images; wrap a single image in a list")
-        device = next(self.parameters()).device
-        tensors = [to_float_image(image, index=index).to(device) for index, image in enumerate(images)]
-        order = sorted(range(len(tensors)), key=lambda i: tensors[i].shape[-1] / tensors[i].shape[-2])
-        results: list[dict[str, Any]] = [{} for _ in tensors]
         was_training = self.training
-        self.eval()
+        precision = "bf16" if self.inference_autocast_dtype == torch.bfloat16 else "fp32"
         try:
-            with (
-                torch.inference_mode(),
-                torch.autocast(
-                    device.type, dtype=self.inference_autocast_dtype, enabled=self.inference_autocast_dtype is not None
-                ),
-            ):
-                for start in range(0, len(order), batch_size):
-                    chunk = order[start : start + batch_size]
-                    _, detections = self(
-                        [tensors[i] for i in chunk], score_threshold=score_threshold, max_detections=max_detections,
-                        iou_threshold=iou_threshold,
-                    )  # fmt: skip
-                    for i, detection in zip(chunk, detections):
-                        names = [self.class_names[label - 1] for label in detection["labels"].tolist()]
-                        results[i] = {**detection, "names": names}
+            predictor = Predictor(self, device=next(self.parameters()).device, precision=precision, optimize=False)
+            prepared = []
+            for index, image in enumerate(images):
+                if not isinstance(image, (Image.Image, torch.Tensor)):
+                    raise TypeError(f"image {index}: expected a PIL image or a tensor, got {type(image).__name__}")
+                prepared.append(predictor.prepare(image, index=index))
+            cut = Cut(score_threshold=score_threshold, max_detections=max_detections, iou_threshold=iou_threshold)
+            results = predictor.detect(prepared, [cut] * len(prepared), batch_size=batch_size)
         finally:
             self.train(was_training)
-        return results
+        return [
+            {**result, "names": [self.class_names[label - 1] for label in result["labels"].tolist()]}
+            for result in results
+        ]
 
     def load_backbone_state_dict(self, state_dict: dict[str, torch.Tensor], *, source: str) -> None:
         """Initialise from a classifier's weights in our key names (backbone.torchvision_compat.from_torchvision

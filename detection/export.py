@@ -26,7 +26,8 @@ from backbone.checkpoint import load_classifier, read_manifest
 from backbone.flags import FlagParser
 from backbone.weights import CheckpointError
 from detection.checkpoint import load_detector
-from detection.exportable import ExportableDetector, build_input_transform, prepare_detector_inputs
+from detection.exportable import ExportableDetector
+from detection.predictor import Predictor
 
 OPSET = 18
 MANIFEST_KEY = "resdet_manifest"  # ONNX metadata_props key holding the checkpoint manifest as JSON
@@ -70,7 +71,8 @@ def export_detector(checkpoint: str | os.PathLike, output: str | os.PathLike) ->
     """Detector checkpoint -> ONNX with a dynamic batch and image size, postprocessing in the graph."""
     model, manifest = load_detector(checkpoint)
     example_image = torch.rand(3, 200, 300, generator=torch.Generator().manual_seed(0))
-    example = prepare_detector_inputs([example_image, example_image], build_input_transform(model.config))
+    predictor = Predictor(model, device="cpu", precision="fp32", optimize=False)  # its inputs: the graph's
+    example = predictor.batch([predictor.prepare(example_image)] * 2)
     # BN folded into the convs (numerics within 1e-6); no oneDNN fusion or channels_last: those are eager-only.
     model.optimize_for_inference(fuse=False, channels_last=False)
     divisible = model.config["size_divisible"]

@@ -7,7 +7,7 @@ stages on the same submodules, batched: every per-image, per-level (RPN) and per
 batch dimension. No boxes of different groups are ever offset into one NMS (torchvision's coordinate
 trick), so each group's IoUs are computed from its own coordinates as the PyTorch model computes them.
 
-Inputs (what `prepare_detector_inputs` builds):
+Inputs (what `detection.predictor.Predictor.batch` builds from its prepared images):
     images          float32 [N, 3, H, W]  resized, normalised, zero-padded right/bottom (H, W multiples of 32)
     image_sizes     int64   [N, 2]        (height, width) of each resized image inside the padded batch
     original_sizes  int64   [N, 2]        (height, width) of each original image
@@ -16,20 +16,15 @@ Outputs, D = box_detections_per_img, highest score first, rows past num_detectio
     labels [N, D] int64 (1..K, 0 = padding), num_detections [N] int64
 """
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import concat_box_prediction_layers
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import nms, roi_align
 
 from detection.detector import Detector
-from detection.options import DetectorOptions
 from detection.poolers import MultiLevelRoIAlign, SingleLevelRoIAlign
-from detection.transform import build_transform
 
 # Scores of candidates that may not enter NMS (padding, too small, below the score threshold) are set
 # to this; NMS drops every score <= MASKED_THRESHOLD. Real scores are probabilities (>= 0).
@@ -191,20 +186,3 @@ class ExportableDetector(nn.Module):
         best, index = scores.topk(min(self.detections_per_img, num_classes * num_proposals), dim=1)
         boxes = boxes.reshape(num_images, -1, 4).gather(1, index[..., None].expand(-1, -1, 4))
         return boxes, best, index // num_proposals + 1  # column k of the foreground is label k + 1
-
-
-def build_input_transform(config: dict) -> GeneralizedRCNNTransform:
-    """The detector's own resize/normalise/pad step (torchvision's GeneralizedRCNNTransform), from its config
-    (a checkpoint manifest's architecture_kwargs)."""
-    options = {key: value for key, value in config.items() if key not in ("backbone", "head", "num_classes")}
-    return build_transform(DetectorOptions(**options)).eval()
-
-
-def prepare_detector_inputs(
-    images: Sequence[torch.Tensor], transform: GeneralizedRCNNTransform
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RGB float images [3, H, W] in [0, 1] -> (images, image_sizes, original_sizes) as the graph takes them."""
-    original = torch.tensor([list(image.shape[-2:]) for image in images], dtype=torch.int64)
-    with torch.no_grad():
-        batch, _ = transform(list(images))
-    return batch.tensors, torch.tensor(batch.image_sizes, dtype=torch.int64), original

@@ -12,6 +12,7 @@ applied (boxes refer to the stored pixel grid; rotate with PIL.ImageOps.exif_tra
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.v2.functional import to_dtype
 
 # Modes whose samples are wider than 8 bits; PIL's convert("RGB") would clip them, not scale them.
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -21,7 +22,7 @@ def to_float_image(image: Image.Image | torch.Tensor, *, index: int = 0) -> torc
     """Convert one image; `index` only names the image in error messages."""
     if isinstance(image, Image.Image):
         pixels = _from_pil(image, index=index)
-        return pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
+        return to_dtype(pixels, torch.float32, scale=True) if pixels.dtype == torch.uint8 else pixels
     if isinstance(image, torch.Tensor):
         return _from_tensor(image, index=index)
     raise TypeError(f"image {index}: expected a PIL image or a tensor, got {type(image).__name__}")
@@ -80,10 +81,8 @@ def _from_tensor(image: torch.Tensor, *, index: int) -> torch.Tensor:
         raise ValueError(f"image {index}: expected [H, W] or [C, H, W] with C in 1, 3, 4; got {tuple(image.shape)}")
     if image.shape[1] == 0 or image.shape[2] == 0:
         raise ValueError(f"image {index}: empty image {tuple(image.shape)}")
-    if image.dtype == torch.uint8:
-        image = image.float() / 255.0
-    elif image.dtype == torch.uint16:
-        image = image.float() / 65535.0
+    if image.dtype in (torch.uint8, torch.uint16):
+        image = to_dtype(image, torch.float32, scale=True)  # training's conversion (transform.batch_to_device)
     elif image.is_floating_point():
         image = image.float()
     else:

@@ -20,7 +20,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +40,8 @@ from detection.checkpoint import load_detector
 from detection.data.annotations import AnnotationError
 from detection.data.batching import DEFAULT_WORKERS
 from detection.data.voc import read_class_names
-from detection.detector import Detector
 from detection.evaluation import to_coco_results, write_json
-from detection.transform import padded_input_shape
+from detection.predictor import PRECISIONS, Cut, Predictor, Prepared
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -57,12 +56,13 @@ class PredictError(Exception):
 
 @dataclass
 class Decoded:
-    """One image or video frame, decoded (pixels) or not (error)."""
+    """One image or video frame, decoded and prepared for the model, or not (error)."""
 
     file: str
     frame: int | None
-    pixels: torch.Tensor | None = None  # uint8 (float for 16-bit images) [3, H, W], as displayed
+    pixels: torch.Tensor | None = None  # uint8 (float for 16-bit images) [3, H, W], as displayed; for drawing
     error: str | None = None
+    prepared: Prepared | None = None  # what the Predictor runs
 
     @property
     def key(self) -> tuple[str, int | None]:
@@ -75,7 +75,7 @@ class Decoded:
             record["frame"] = self.frame
         if self.error is not None:
             return {**record, "error": self.error}
-        height, width = self.pixels.shape[-2:]
+        height, width = self.prepared.source_size
         return {**record, "width": int(width), "height": int(height), "detections": detections}
 
 
@@ -169,12 +169,24 @@ def decode_video(file: str) -> Iterator[Decoded]:
 
 
 class DecodingPipeline:
-    """Decodes ahead of the model in threads: images in a pool of `workers`, videos frame by frame in a
-    reader thread; yields in source order. The bounded queue keeps at most `prefetch` items decoded ahead."""
+    """Decodes and prepares ahead of the model in threads: images in a pool of `workers`, videos frame by frame
+    in a reader thread (prepared in the pool); yields in source order. The bounded queue keeps at most
+    `prefetch` items ahead. The decoded pixels are kept only where `keep_pixels` (to draw on them)."""
 
-    def __init__(self, files: Sequence[str], *, done: set, workers: int, prefetch: int) -> None:
+    def __init__(
+        self,
+        files: Sequence[str],
+        *,
+        done: set,
+        workers: int,
+        prefetch: int,
+        prepare: Callable[[torch.Tensor], Prepared],
+        keep_pixels: bool,
+    ) -> None:
         self.files = files
         self.done = done
+        self.prepare = prepare
+        self.keep_pixels = keep_pixels
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
         self.queue: queue.Queue[Future | None] = queue.Queue(maxsize=max(1, prefetch))
         self.stopped = threading.Event()
@@ -192,6 +204,16 @@ class DecodingPipeline:
             self.reader.join()
             self.pool.shutdown(wait=True, cancel_futures=True)
 
+    def _decoded(self, file: str) -> Decoded:
+        return self._prepared(decode_image(file))
+
+    def _prepared(self, item: Decoded) -> Decoded:
+        if item.error is None:
+            item.prepared = self.prepare(item.pixels)
+            if not self.keep_pixels:
+                item.pixels = None
+        return item
+
     def _put(self, item: Future | None) -> bool:
         while not self.stopped.is_set():
             try:
@@ -208,9 +230,9 @@ class DecodingPipeline:
                     if (file, None) in self.done:  # recorded as unreadable as a whole
                         continue
                     for decoded in decode_video(file):
-                        if decoded.key not in self.done and not self._put(_completed(decoded)):
+                        if decoded.key not in self.done and not self._put(self.pool.submit(self._prepared, decoded)):
                             return
-                elif (file, None) not in self.done and not self._put(self.pool.submit(decode_image, file)):
+                elif (file, None) not in self.done and not self._put(self.pool.submit(self._decoded, file)):
                     return
         except BaseException as error:  # handed to the consumer, which raises it
             failed: Future = Future()
@@ -218,12 +240,6 @@ class DecodingPipeline:
             self._put(failed)
             return
         self._put(None)
-
-
-def _completed(value: Decoded) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
 
 
 # --- the output file -------------------------------------------------------------------------------------
@@ -261,15 +277,6 @@ def check_settings(output: Path, settings: dict[str, Any]) -> None:
                 f"or delete {output / PREDICTIONS_FILE} to start over"
             )
     write_json(path, settings)
-
-
-def to_records(output: dict[str, Any]) -> list[dict[str, Any]]:
-    """One detection of `Detector.predict` per dict, as the service's /detect answers it."""
-    boxes, scores, labels = output["boxes"].float().cpu(), output["scores"].float().cpu(), output["labels"].cpu()
-    return [
-        {"box": [round(float(v), 2) for v in box], "score": float(score), "label": int(label), "name": name}
-        for box, score, label, name in zip(boxes, scores, labels, output["names"])
-    ]
 
 
 # --- annotated pictures and videos -----------------------------------------------------------------------
@@ -362,50 +369,32 @@ def write_coco_results(
 
 
 def run_batches(
-    model: Detector,
-    items: Iterator[Decoded],
-    *,
-    device: torch.device,
-    batch_size: int,
-    score_threshold: float,
-    max_detections: int,
+    predictor: Predictor, items: Iterator[Decoded], *, batch_size: int, cut: Cut
 ) -> Iterator[list[tuple[Decoded, list[dict[str, Any]] | None]]]:
-    """Detections per item, a batch at a time. Only images that pad to the same input shape share a forward
-    pass (as in the service), so an answer never depends on its neighbours; a few shapes wait at once."""
-    buckets: dict[tuple[int, int], list[Decoded]] = {}
-    waiting_limit = 4 * batch_size
+    """Records per item, in source order, a few batches at a time: the Predictor groups them by input shape."""
+    waiting: list[Decoded] = []
 
-    def run(shape: tuple[int, int]) -> list[tuple[Decoded, list[dict[str, Any]] | None]]:
-        batch = buckets.pop(shape)
-        outputs = model.predict(
-            [item.pixels.to(device, non_blocking=True) for item in batch],
-            score_threshold=score_threshold,
-            max_detections=max_detections,
-            batch_size=len(batch),
-        )
-        return [(item, to_records(output)) for item, output in zip(batch, outputs)]
+    def run() -> list[tuple[Decoded, list[dict[str, Any]] | None]]:
+        ready = [item for item in waiting if item.error is None]
+        records = iter(predictor.run([item.prepared for item in ready], [cut] * len(ready)))
+        done = [(item, None if item.error is not None else next(records)) for item in waiting]
+        waiting.clear()
+        return done
 
     for item in items:
-        if item.error is not None:
-            yield [(item, None)]
-            continue
-        shape = padded_input_shape(model.transform, height=item.pixels.shape[-2], width=item.pixels.shape[-1])
-        buckets.setdefault(shape, []).append(item)
-        if len(buckets[shape]) == batch_size:
-            yield run(shape)
-        elif sum(len(bucket) for bucket in buckets.values()) >= waiting_limit:
-            yield run(max(buckets, key=lambda key: len(buckets[key])))
-    while buckets:
-        yield run(next(iter(buckets)))
+        waiting.append(item)
+        if len(waiting) == 4 * batch_size:  # several shapes wait at once, so most passes run full batches
+            yield run()
+    if waiting:
+        yield run()
 
 
-def load_model(args: argparse.Namespace) -> tuple[Detector, dict[str, Any], torch.device]:
-    """The checkpoint, on its device, optimized for inference (the fp32 detections stay the same)."""
+def load_model(args: argparse.Namespace) -> tuple[Predictor, dict[str, Any]]:
+    """The checkpoint in a Predictor on its device, optimized for inference (the fp32 detections stay the same)."""
     device = resolve_device(args.device, setting="--device ", error=PredictError)
     class_names = read_class_names(args.class_names) if args.class_names else None
     model, manifest = load_detector(args.checkpoint, class_names=class_names)
-    model.to(device).optimize_for_inference(bf16=args.bf16)  # docs/BENCHMARKS.md: same fp32 detections
-    return model, manifest, device
+    return Predictor(model, device=device, precision=args.precision), manifest
 
 
 def predict(args: argparse.Namespace) -> str:
@@ -415,19 +404,19 @@ def predict(args: argparse.Namespace) -> str:
         import_av()
     if args.coco_results and not args.coco_annotations:
         raise PredictError("--coco-results needs --coco-annotations (the COCO json whose image ids to use)")
-    model, manifest, device = load_model(args)
-    return predict_files(model, manifest, files, args=args, device=device)
+    predictor, manifest = load_model(args)
+    return predict_files(predictor, manifest, files, args=args)
 
 
 def predict_files(
-    model: Detector, manifest: dict[str, Any], files: Sequence[str], *, args: argparse.Namespace, device: torch.device
+    predictor: Predictor, manifest: dict[str, Any], files: Sequence[str], *, args: argparse.Namespace
 ) -> str:
     """Decode, detect and write the records of `files` (the command after loading the model)."""
     videos = [file for file in files if is_video(file)]
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     check_settings(output, {
-        "checkpoint": str(args.checkpoint), "class_names": manifest["class_names"], "bf16": args.bf16,
+        "checkpoint": str(args.checkpoint), "class_names": manifest["class_names"], "precision": predictor.precision,
         "score_threshold": args.score_threshold, "max_detections": args.max_detections,
     })  # fmt: skip
     predictions_path = output / PREDICTIONS_FILE
@@ -436,10 +425,11 @@ def predict_files(
     listed = set(files)
     already = sum(1 for file, _ in done if file in listed)
     pipeline = DecodingPipeline(
-        files, done=set(done), workers=args.workers, prefetch=2 * args.batch_size + args.workers
-    )
-    batches = run_batches(model, iter(pipeline), device=device, batch_size=args.batch_size,
-                          score_threshold=args.score_threshold, max_detections=args.max_detections)  # fmt: skip
+        files, done=set(done), workers=args.workers, prefetch=2 * args.batch_size + args.workers,
+        prepare=predictor.prepare, keep_pixels=args.save_annotated,
+    )  # fmt: skip
+    cut = Cut(score_threshold=args.score_threshold, max_detections=args.max_detections)
+    batches = run_batches(predictor, iter(pipeline), batch_size=args.batch_size, cut=cut)
     errors = 0
     with (
         predictions_path.open("a", encoding="utf-8") as handle,
@@ -495,9 +485,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="auto", help='"auto" (CUDA when present), "cpu", "cuda", "cuda:1" and so on.'
     )
-    parser.add_argument("--bf16", action="store_true", help="Run in bfloat16 autocast (changes numerics slightly).")
     parser.add_argument(
-        "--score-threshold", type=float, default=0.5, help="Keep detections scoring at least this (default: 0.5)."
+        "--precision", choices=PRECISIONS, default="auto",
+        help="auto (bf16 where the device computes it natively, else fp32; the service's default), fp32 or bf16.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bf16", dest="precision", action="store_const", const="bf16", help="The same as --precision bf16."
+    )
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.5, help="Keep detections scoring above this (default: 0.5)."
     )
     parser.add_argument(
         "--max-detections", type=int, default=100, help="At most this many detections per image (default: 100)."

@@ -4,8 +4,8 @@ Resizing and padding are torchvision's `GeneralizedRCNNTransform` (bilinear resi
 side, padding to a multiple of 32), so the resized pixels, and hence detections, match its models
 exactly. Before it, targets are checked here: a clear error for malformed or inverted boxes, and
 zero-area boxes are dropped (they have no extent to regress to: log(0) in the box coding gives NaN).
-`DetectorTransform.resized_size` is the one statement of the resize rule; callers ask it instead of
-re-deriving it from min_size / max_size.
+`DetectorTransform.resized_size` is the one statement of the resize rule and `padded_shape` of the padding;
+`detection.predictor.Predictor` applies this transform at inference, so nothing re-derives them.
 """
 
 import math
@@ -32,18 +32,11 @@ class DetectorTransform(GeneralizedRCNNTransform):
         scale = min(shorter / min(height, width), self.max_size / max(height, width))  # torchvision's arithmetic
         return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
 
-    def stable_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size to resize an image to beforehand so that this transform takes it as it is.
-
-        Float rounding can make the floor land 1 px short (e.g. 1332 for 1333), which a second pass
-        would then resize again; the rule applied twice is a fixed point (checked over 0.9 M sizes).
-        """
-        return self.resized_size(*self.resized_size(height, width))
-
-    def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        """The input shape of an image of this size once resized and padded to a multiple of size_divisible."""
+    def padded_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The batch shape an image resized to (height, width) pads to (multiples of size_divisible); images
+        share a forward pass only when this matches, so that none changes another's answer."""
         step = self.size_divisible
-        return tuple(math.ceil(side / step) * step for side in self.resized_size(height, width))
+        return math.ceil(height / step) * step, math.ceil(width / step) * step
 
     def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
         if self.training and getattr(self, "_skip_resize", False):
@@ -52,6 +45,8 @@ class DetectorTransform(GeneralizedRCNNTransform):
         shorter = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
         original = tuple(image.shape[-2:])
         size = self.resized_size(*original, min_size=shorter)
+        if size == original:  # bilinear at scale 1 is the identity: skip it (about 8 ms at 800x1333)
+            return image, target
         # An explicit size gives the same interpolation as torchvision's scale_factor + recompute_scale_factor.
         image = functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         if target is not None:
@@ -67,14 +62,6 @@ def build_transform(options: DetectorOptions) -> DetectorTransform:
         image_std=list(options.image_std),
         size_divisible=options.size_divisible,
     )
-
-
-def padded_input_shape(transform: GeneralizedRCNNTransform, *, height: int, width: int) -> tuple[int, int]:
-    """The network input shape of an image at test time: the transform's resize rule (the last min_size),
-    then padding to size_divisible. Images that share it can share a batch without changing any answer."""
-    min_size, max_size, step = transform.min_size[-1], transform.max_size, transform.size_divisible
-    scale = min(min_size / min(height, width), max_size / max(height, width))
-    return tuple(math.ceil(math.floor(side * scale) / step) * step for side in (height, width))
 
 
 def check_images(images: list[torch.Tensor]) -> None:

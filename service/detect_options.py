@@ -5,6 +5,8 @@ from typing import Literal
 
 from fastapi import HTTPException
 
+from detection.predictor import labels_of
+
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 BOX_FORMATS: dict[str, str] = {
     "xyxy": "[x1, y1, x2, y2]: left, top, right, bottom (the default; Pascal VOC, torchvision)",
@@ -20,27 +22,11 @@ def parse_classes(values: Sequence[str] | None, *, class_names: Sequence[str]) -
     """
     if not values:
         return None
-    labels: set[int] = set()
-    unknown: list[str] = []
-    label_of = {name: label for label, name in enumerate(class_names, start=1)}
-    for token in (part.strip() for value in values for part in value.split(",")):
-        if not token:
-            continue
-        if token in label_of:  # a name first: a class may be called "1"
-            labels.add(label_of[token])
-        elif token.isdigit() and 1 <= int(token) <= len(class_names):
-            labels.add(int(token))
-        else:
-            unknown.append(token)
-    if unknown:
-        listed = ", ".join(f"{label}={name!r}" for label, name in enumerate(class_names, start=1))
-        raise HTTPException(
-            422,
-            f"classes: unknown class {', '.join(map(repr, unknown))}; this model's classes (label=name) are: {listed}",
-        )
-    if not labels:
-        raise HTTPException(422, "classes: no class given (omit the parameter to keep every class)")
-    return frozenset(labels)
+    tokens = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    try:
+        return labels_of(tokens, class_names=class_names)
+    except ValueError as error:
+        raise HTTPException(422, f"classes: {error}") from None
 
 
 def convert_box(

@@ -248,12 +248,12 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
         model, manifest = load_detector(path, class_names=class_names)
     except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as error:
         raise ModelLoadError(f"{setting}: cannot load {path}: {error}") from error
-    model = model.to(device)
+    from detection.predictor import Predictor
+
     bf16 = use_bf16(settings, device)
-    if settings.optimize or bf16:
-        model.optimize_for_inference(fold_bn=settings.optimize, channels_last=settings.optimize, bf16=bf16)
+    predictor = Predictor(model, device=device, precision="bf16" if bf16 else "fp32", optimize=settings.optimize)
     name = served_name(path, manifest, setting=source.name)
     log.info("detector %s (%s, %s) loaded from %s on %s", name, manifest["architecture"],
              manifest["architecture_kwargs"].get("backbone"), path, device)  # fmt: skip
     return ServedModel(role="detector", name=name, version=file_version(path), path=path, manifest=manifest,
-                       predictor=DetectorPredictor(model, device=device), precision=_precision(bf16))  # fmt: skip
+                       predictor=DetectorPredictor(predictor), precision=_precision(bf16))  # fmt: skip

@@ -15,7 +15,7 @@ from backbone.checkpoint import load_classifier
 from detection import load_detector
 from detection.data.synthetic_shapes import render_image
 from detection.export import DETECTOR_INPUTS, DETECTOR_OUTPUTS, MANIFEST_KEY, classifier_input_size, main
-from detection.exportable import build_input_transform, prepare_detector_inputs
+from detection.predictor import Predictor
 
 
 def session(name: str) -> onnxruntime.InferenceSession:
@@ -38,8 +38,10 @@ def three_sizes(*, shapes: bool = False) -> list[torch.Tensor]:
     return [portrait, landscape, landscape[:, 100:600, 200:900]]
 
 
-def onnx_detections(name: str, images: list[torch.Tensor], config: dict) -> list[dict[str, np.ndarray]]:
-    inputs = prepare_detector_inputs(images, build_input_transform(config))
+def onnx_detections(name: str, images: list[torch.Tensor], model) -> list[dict[str, np.ndarray]]:
+    predictor = Predictor(model, device="cpu", precision="fp32", optimize=False)
+    inputs = predictor.batch([predictor.prepare(image) for image in images])
+    config = model.config
     boxes, scores, labels, counts = session(name).run(
         list(DETECTOR_OUTPUTS), {key: value.numpy() for key, value in zip(DETECTOR_INPUTS, inputs)}
     )
@@ -71,7 +73,7 @@ def test_onnx_runtime_gives_the_pytorch_detections(name, one_thread):
     for batch in ([images[0]], images):  # batch 1; batch 3 of three different sizes
         with torch.no_grad():
             _, ours = model(batch)
-        for pytorch, onnx in zip(ours, onnx_detections(name, batch, model.config)):
+        for pytorch, onnx in zip(ours, onnx_detections(name, batch, model)):
             assert_same_detections(pytorch, onnx)
 
 

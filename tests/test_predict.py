@@ -64,7 +64,7 @@ def test_folder_glob_and_list_sources_with_an_unreadable_image(shapes, tmp_path)
     output = tmp_path / "out"
     main([str(folder), str(listed), str(folder / "*.jpg"), "--checkpoint", str(DEMO), "--output", str(output),
           "--score-threshold", "0.3", "--batch-size", "2", "--workers", "2", "--save-annotated",
-          "--device", "cpu"])  # fmt: skip
+          "--device", "cpu", "--precision", "fp32"])  # fmt: skip
 
     records = read_records(output)
     files = [record["file"] for record in records]
@@ -241,3 +241,15 @@ def test_torchvision_pth_with_class_names_from_a_file(tmp_path):
         (tmp_path / "classes.txt").write_text("a\nb\nc\n")
         main([str(image), "--checkpoint", str(tmp_path / "custom.pth"), "--class-names",
               str(tmp_path / "classes.txt"), "--output", str(tmp_path / "other")])  # fmt: skip
+
+
+@pytest.mark.parametrize(("flags", "expected"), [([], None), (["--precision", "fp32"], "fp32"), (["--bf16"], "bf16")])
+def test_the_precision_is_the_services_default_and_is_recorded(tmp_path, flags, expected):
+    from backbone.devices import native_bf16
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(image)
+    main([str(image), "--checkpoint", str(DEMO), "--output", str(tmp_path / "out"), "--device", "cpu", *flags])
+    settings = json.loads((tmp_path / "out" / "predict_settings.json").read_text())
+    auto = "bf16" if native_bf16(torch.device("cpu")) else "fp32"  # the service's BF16=auto
+    assert settings["precision"] == (expected or auto)

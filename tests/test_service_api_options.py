@@ -15,6 +15,7 @@ from torchvision.ops import box_iou
 from detection.annotate import class_colour, label_font_size
 from detection.data.synthetic_shapes import render_image
 from detection.decoding import decode_image
+from detection.predictor import Predictor
 from service import Settings, create_app
 from service.form_declared_image import SNIFFED_BYTES, FormDeclaredImageMiddleware, starts_like_an_image
 from service.predictors import DetectorPredictor, DetectRequest
@@ -111,9 +112,8 @@ def test_iou_threshold_sets_the_per_class_nms_overlap(client, shapes_jpeg):
 
 
 def test_requests_with_different_iou_thresholds_in_one_batch_get_their_own_answers(shapes_jpeg):
-    from detection import load_detector
 
-    predictor = DetectorPredictor(load_detector(DEMO_DETECTOR)[0], device=torch.device("cpu"))
+    predictor = DetectorPredictor(Predictor.from_checkpoint(DEMO_DETECTOR, device="cpu", precision="fp32"))
     image = predictor.prepare(decode_image(shapes_jpeg))
     requests = [
         DetectRequest(image=image, score_threshold=0.05, max_detections=100, iou_threshold=iou)

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image, ImageOps
+from PIL import Image
 
 from detection import build_detector, load_detector, save_detector
+from detection.decoding import decode_image
+from detection.images import to_float_image
+from detection.predictor import Predictor
 from service import Settings, create_app
 
 CLASS_NAMES = ["circle", "square", "triangle"]
@@ -68,13 +71,13 @@ def client(detector_path):
 
 
 def direct(reference, data: bytes, *, score_threshold: float, max_detections: int) -> dict:
-    """What the service promises: the image resized in 8-bit to the detector's input size, boxes scaled back."""
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
-    height, width = reference.input_size(image.height, image.width)
-    resized = image.resize((width, height), resample=Image.Resampling.BILINEAR)
-    output = reference.predict([resized], score_threshold=score_threshold, max_detections=max_detections)[0]
-    scale = torch.tensor([image.width / width, image.height / height] * 2)
-    return {**output, "boxes": output["boxes"] * scale}
+    """What the service promises: the detector's own forward pass on the decoded image."""
+    pixels = torch.from_numpy(decode_image(data).pixels).permute(2, 0, 1)
+    with torch.no_grad():
+        _, (output,) = reference.eval()(
+            [to_float_image(pixels)], score_threshold=score_threshold, max_detections=max_detections
+        )
+    return {**output, "names": [CLASS_NAMES[label - 1] for label in output["labels"].tolist()]}
 
 
 def assert_same_detections(answer: dict, expected: dict) -> None:
@@ -162,12 +165,15 @@ def test_requests_sharing_a_batch_each_get_their_own_thresholds(detector_path, r
 )
 def test_an_image_at_the_detectors_input_size_runs_as_it_is(reference, size):
     width, height = size
-    input_size = reference.input_size(height, width)
+    input_size = reference.transform.resized_size(height, width)
     assert min(input_size) >= 1 and max(input_size) <= 128
+    image = torch.rand(3, *input_size)
     with torch.no_grad():
-        batch, _ = reference.transform([torch.rand(3, *input_size)])
+        batch, _ = reference.eval().transform([image])
     assert batch.image_sizes == [input_size]  # not resized a second time
-    assert reference.input_size(height, width, padded=True) == tuple(batch.tensors.shape[-2:])
+    prepared = Predictor(reference, device="cpu", precision="fp32", optimize=False).prepare(image)
+    assert prepared.padded_shape == tuple(batch.tensors.shape[-2:])
+    assert torch.equal(prepared.pixels, batch.tensors[0, :, : input_size[0], : input_size[1]])
 
 
 def test_detect_batch_answers_in_order(client, reference):

@@ -230,9 +230,10 @@ def test_queued_detect_requests_hold_model_sized_images(model_paths):
         served.engine.submit = real_submit
     assert response.status_code == 200 and response.json()["image"] == {"width": 3000, "height": 2000}
     (request,) = queued
-    assert request.image.pixels.dtype == torch.uint8  # 8-bit until the model converts it
-    assert tuple(request.image.pixels.shape) == (3, *served.predictor.model.input_size(2000, 3000))
-    assert max(request.image.pixels.shape) <= TINY["max_size"]
+    # prepared at admission: the model's input size, in the float the network takes, not the upload's 6 M pixels
+    assert request.image.pixels.dtype == torch.float32
+    assert tuple(request.image.pixels.shape) == (3, *served.predictor.model.transform.resized_size(2000, 3000))
+    assert max(request.image.pixels.shape) <= TINY["max_size"] and request.image.nbytes <= 4 * 3 * TINY["max_size"] ** 2
 
 
 # ---------------------------------------------------------------------------------- error contract

@@ -45,7 +45,7 @@ class DetectOptions:
 
 def detect_options(
     score_threshold: Annotated[
-        float, Query(ge=0, le=1, description="Drop detections scoring below this.", examples=[0.5])
+        float, Query(ge=0, le=1, description="Keep detections scoring above this.", examples=[0.5])
     ] = 0.5,
     max_detections: Annotated[
         int, Query(ge=1, le=1000, description="Keep at most this many, highest scores first.", examples=[100])
