@@ -25,10 +25,11 @@ import torch
 from PIL import Image
 
 from detection import load_detector
-from detection.onnx_predictor import OnnxRuntimePredictor
 from detection.predict import PREDICTIONS_FILE
 from detection.predict import main as predict_main
 from detection.predictor import Predictor
+from detection.runtime_predictor import RuntimePredictor
+from detection.runtimes import load_network
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -136,7 +137,7 @@ def answers(
 
     if onnx_path is not None:
         model, _ = load_detector(checkpoint)
-        onnx = OnnxRuntimePredictor(model, onnx_path)
+        onnx = RuntimePredictor(model, load_network(onnx_path, runtime="onnxruntime"))
         results["onnx"] = [
             answer["detections"] for answer in onnx.predict(list(files), score_threshold=score_threshold)
         ]

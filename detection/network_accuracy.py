@@ -15,8 +15,7 @@ from backbone.preprocessing import ClassifierPreprocessing
 from detection.data.coco import CocoDetection
 from detection.decoding import decode_image
 from detection.evaluation.coco_eval import evaluate_coco
-from detection.exportable import build_input_transform, prepare_detector_inputs
-from detection.images import to_float_image
+from detection.predictor import UNCAPPED, Cut, Predictor
 from detection.runtimes import Network
 
 DATASET_CACHE_ENV = "RESDET_CACHE"
@@ -40,34 +39,19 @@ def image_files(sources: Sequence[str | os.PathLike], *, limit: int | None = Non
     return files
 
 
-def float_image(path: str | os.PathLike) -> torch.Tensor:
-    """The one decoder's pixels as the detector takes them: RGB float [3, H, W] in [0, 1]."""
-    pixels = decode_image(path, label=f"file {Path(path).name!r}").pixels
-    return to_float_image(torch.from_numpy(pixels).permute(2, 0, 1))
+def detector_inputs(predictor: Predictor, path: str | os.PathLike) -> tuple[torch.Tensor, ...]:
+    """One image as the detector's graph takes it, through the Predictor's own prepare and batch."""
+    return predictor.batch([predictor.prepare(path)])
 
 
-def network_inputs(network: Network, path: str | os.PathLike) -> tuple[torch.Tensor, ...]:
-    """One image as the network takes it: the detector's resize and padding, or the classifier's crop."""
-    if network.kind == "detector":
-        return prepare_detector_inputs(
-            [float_image(path)], build_input_transform(network.manifest["architecture_kwargs"])
-        )
-    preprocessing = classifier_preprocessing(network)
-    return (preprocessing.prepare(decode_image(path).to_pil())[None],)
+def classifier_inputs(network: Network, path: str | os.PathLike) -> tuple[torch.Tensor, ...]:
+    """One image as the classifier takes it: its manifest's crop, normalised, as a batch of one."""
+    return (classifier_preprocessing(network).prepare(decode_image(path).to_pil())[None],)
 
 
 def classifier_preprocessing(network: Network) -> ClassifierPreprocessing:
     stem = network.manifest["architecture_kwargs"].get("stem", "imagenet")
     return ClassifierPreprocessing.from_manifest(network.manifest.get("preprocessing", {}), stem=stem)
-
-
-def detections(network: Network, inputs: Sequence[torch.Tensor]) -> list[dict[str, np.ndarray]]:
-    """The graph's fixed-size outputs cut to each image's detections."""
-    boxes, scores, labels, counts = network(*inputs)
-    return [
-        {"boxes": box[:n].numpy(), "scores": score[:n].numpy(), "labels": label[:n].numpy()}
-        for box, score, label, n in zip(boxes, scores, labels, counts)
-    ]
 
 
 @dataclass
@@ -76,13 +60,14 @@ class DetectorScore:
     predictions: dict[int, dict[str, np.ndarray]]
 
 
-def coco_ap(network: Network, annotations: str | os.PathLike, images: str | os.PathLike) -> DetectorScore:
-    """COCO AP of the network on a COCO-format set, one image at a time (no padding shared between images)."""
+def coco_ap(predictor: Predictor, annotations: str | os.PathLike, images: str | os.PathLike) -> DetectorScore:
+    """COCO AP of the predictor's every detection (no cut) on a COCO-format set, one image per forward pass."""
     dataset = CocoDetection(annotations, images)
-    predictions = {
-        annotation.image_id: detections(network, network_inputs(network, dataset.image_dir / annotation.file_name))[0]
-        for annotation in dataset.annotations
-    }
+    everything = Cut(score_threshold=0.0, max_detections=UNCAPPED)
+    predictions = {}
+    for annotation in dataset.annotations:
+        (found,) = predictor.detect([predictor.prepare(dataset.image_dir / annotation.file_name)], [everything])
+        predictions[annotation.image_id] = {key: value.numpy() for key, value in found.items()}
     metrics = evaluate_coco(dataset, predictions, verbose=False)
     return DetectorScore(ap=100.0 * metrics.stats["AP"], predictions=predictions)
 

@@ -28,7 +28,10 @@ import torch
 from backbone.checkpoint import read_manifest
 from backbone.flags import FlagParser
 from backbone.weights import CheckpointError
-from detection.network_accuracy import coco_ap, image_files, labelled_images, network_inputs, top1
+from detection.checkpoint import load_detector
+from detection.detector import Detector
+from detection.network_accuracy import classifier_inputs, coco_ap, detector_inputs, image_files, labelled_images, top1
+from detection.runtime_predictor import RuntimePredictor
 from detection.runtimes import MANIFEST_KEY, Network, RuntimeChoiceError, exported_onnx, load_network, openvino_core
 
 FORMATS = {"openvino": ".xml", "onnxruntime": ".onnx"}
@@ -97,10 +100,10 @@ def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
     onnx.save(model, str(path))
 
 
-def score(network: Network, args: argparse.Namespace) -> tuple[str, float]:
-    """(metric name, points) on the held-out set."""
-    if network.kind == "detector":
-        return "AP", coco_ap(network, args.eval_coco, args.eval_images).ap
+def score(network: Network, args: argparse.Namespace, detector: Detector | None) -> tuple[str, float]:
+    """(metric name, points) on the held-out set; a detector's network runs inside the one Predictor."""
+    if detector is not None:
+        return "AP", coco_ap(RuntimePredictor(detector, network), args.eval_coco, args.eval_images).ap
     samples = labelled_images(
         args.eval_folder, class_names=network.manifest["class_names"], split=args.eval_split, limit=args.eval_limit
     )
@@ -116,8 +119,13 @@ def quantize(args: argparse.Namespace) -> tuple[Path | None, dict[str, Any]]:
         )
     fp32 = load_network(args.checkpoint, runtime=args.runtime, precision="fp32", threads=args.threads)
     calibration = image_files(args.calibration, limit=args.calibration_size)
-    items = [network_inputs(fp32, path) for path in calibration]
-    metric, fp32_score = score(fp32, args)
+    detector = load_detector(args.checkpoint)[0] if fp32.kind == "detector" else None
+    if detector is not None:
+        predictor = RuntimePredictor(detector, fp32)
+        items = [detector_inputs(predictor, path) for path in calibration]
+    else:
+        items = [classifier_inputs(fp32, path) for path in calibration]
+    metric, fp32_score = score(fp32, args, detector)
     with tempfile.TemporaryDirectory(dir=args.output.parent) as scratch:
         partial = Path(scratch) / args.output.name
         report = {
@@ -132,7 +140,7 @@ def quantize(args: argparse.Namespace) -> tuple[Path | None, dict[str, Any]]:
         calibrate(exported_onnx(args.checkpoint), items, runtime=args.runtime, output=partial)
         write_manifest(partial, {**fp32.manifest, "quantization": report})
         int8 = load_network(partial, runtime=args.runtime, precision="int8", threads=args.threads)
-        _, int8_score = score(int8, args)
+        _, int8_score = score(int8, args, detector)
         report.update(int8=round(int8_score, 2), drop=round(fp32_score - int8_score, 2), forced=False)
         too_far = fp32_score - int8_score > args.max_drop
         if too_far and not args.force:

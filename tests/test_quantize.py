@@ -11,6 +11,7 @@ from exported_models import DEMO_CLASSIFIER, DEMO_DETECTOR
 from detection import network_accuracy, quantize
 from detection.data.synthetic_shapes import generate_synthetic
 from detection.network_accuracy import coco_ap, image_files, labelled_images, matched_fraction, top1
+from detection.runtime_predictor import RuntimePredictor
 from detection.runtimes import installed, load_network, read_graph_manifest
 
 FORMATS = {"openvino": ".xml", "onnxruntime": ".onnx"}
@@ -105,8 +106,8 @@ def test_class_folders_the_model_does_not_know_are_refused(cifar_like):
 
 def test_the_demo_detector_scores_on_held_out_shapes_and_matches_itself(tmp_path, one_thread):
     layout = generate_synthetic(tmp_path, num_train=1, num_val=6, image_size=128, seed=3)
-    network = load_network(DEMO_DETECTOR, runtime="torch")
-    score = coco_ap(network, layout.coco_annotation_file("val"), layout.coco_image_dir("val"))
+    predictor = RuntimePredictor.from_source(DEMO_DETECTOR, runtime="torch")
+    score = coco_ap(predictor, layout.coco_annotation_file("val"), layout.coco_image_dir("val"))
     assert score.ap > 50.0  # a trained model on its own kind of images (its manifest: AP ~80 on synthetic val)
     assert len(score.predictions) == 6
     assert matched_fraction(score.predictions, score.predictions) == 1.0

@@ -14,8 +14,9 @@ from backbone.checkpoint import load_classifier
 from detection import load_detector, runtimes
 from detection.data.synthetic_shapes import render_image
 from detection.export import classifier_input_size
-from detection.exportable import build_input_transform, prepare_detector_inputs
 from detection.images import to_float_image
+from detection.predictor import Predictor
+from detection.runtime_predictor import RuntimePredictor
 from detection.runtimes import RuntimeChoiceError, load_network, pick_runtime, require_eager
 
 GRAPH_RUNTIMES = ("onnxruntime", "openvino")
@@ -32,8 +33,10 @@ def network_source(name: str, runtime: str):
     return exported(name) if runtime in GRAPH_RUNTIMES else CHECKPOINTS[name]()
 
 
-def network_detections(network, images: list[torch.Tensor], config: dict) -> list[dict[str, np.ndarray]]:
-    boxes, scores, labels, counts = network(*prepare_detector_inputs(images, build_input_transform(config)))
+def network_detections(network, images: list[torch.Tensor], model) -> list[dict[str, np.ndarray]]:
+    """The network's answer to the Predictor's own inputs (prepare, then pad to one batch)."""
+    predictor = Predictor(model, device="cpu", precision="fp32", optimize=False)
+    boxes, scores, labels, counts = network(*predictor.batch([predictor.prepare(image) for image in images]))
     return [
         {"boxes": box[:n].numpy(), "scores": score[:n].numpy(), "labels": label[:n].numpy()}
         for box, score, label, n in zip(boxes, scores, labels, counts)
@@ -53,8 +56,31 @@ def test_every_runtime_gives_the_eager_detections(name, runtime, one_thread):
     for batch in ([images[0]], images):  # batch 1; batch 3 of three different sizes
         with torch.no_grad():
             _, ours = model(batch)
-        for eager, theirs in zip(ours, network_detections(network, batch, model.config)):
+        for eager, theirs in zip(ours, network_detections(network, batch, model)):
             assert_same_detections(eager, theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["torch", *GRAPH_RUNTIMES])
+def test_the_predictor_answers_alike_under_every_runtime(runtime, one_thread):
+    """RuntimePredictor: the Predictor's records with the network call swapped, from a checkpoint or an export
+    (whose transform is rebuilt from its manifest)."""
+    needs(runtime)
+    eager = Predictor.from_checkpoint(DEMO_DETECTOR, device="cpu", precision="fp32", optimize=False)
+    swapped = RuntimePredictor.from_source(network_source("demo", runtime), runtime=runtime, precision="fp32")
+    images = three_sizes(shapes=True)
+    expected = eager.predict(images, score_threshold=0.3)
+    answered = swapped.predict(images, score_threshold=0.3)
+    assert {answer["precision"] for answer in answered} == {"fp32"}
+    for ours, theirs in zip(expected, answered):
+        assert len(ours["detections"]) == len(theirs["detections"]) > 0
+        for mine, other in zip(ours["detections"], theirs["detections"]):
+            assert (mine["label"], mine["name"]) == (other["label"], other["name"])
+            assert np.abs(np.subtract(mine["box"], other["box"])).max() <= 0.02
+            assert abs(mine["score"] - other["score"]) < 1e-4
+    if runtime != "torch":
+        with pytest.raises(ValueError, match="another overlap needs runtime 'torch'"):
+            swapped.predict(images[:1], iou_threshold=0.3)
 
 
 @pytest.mark.slow
@@ -68,7 +94,7 @@ def test_bf16_detections_keep_the_confident_fp32_ones(runtime, one_thread):
     images = [to_float_image(render_image(rng, image_size=size, max_objects=3)[0]) for size in (128, 192)]
     with torch.no_grad():
         _, fp32 = model(images)
-    for ours, theirs in zip(fp32, network_detections(network, images, model.config)):
+    for ours, theirs in zip(fp32, network_detections(network, images, model)):
         confident = ours["scores"] > 0.5
         assert confident.any()
         for box, label in zip(ours["boxes"][confident].numpy(), ours["labels"][confident].numpy()):
