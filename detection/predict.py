@@ -41,7 +41,8 @@ from detection.data.annotations import AnnotationError
 from detection.data.batching import DEFAULT_WORKERS
 from detection.data.voc import read_class_names
 from detection.evaluation import to_coco_results, write_json
-from detection.predictor import PRECISIONS, Cut, Predictor, Prepared
+from detection.predictor import PRECISIONS, Cut, Predictor, Prepared, resolve_precision
+from detection.runtimes import GRAPH_SUFFIXES, RUNTIMES, RuntimeChoiceError, read_graph_manifest
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -393,6 +394,19 @@ def load_model(args: argparse.Namespace) -> tuple[Predictor, dict[str, Any]]:
     """The checkpoint in a Predictor on its device, optimized for inference (the fp32 detections stay the same)."""
     device = resolve_device(args.device, setting="--device ", error=PredictError)
     class_names = read_class_names(args.class_names) if args.class_names else None
+    if args.runtime != "torch" or Path(args.checkpoint).suffix in GRAPH_SUFFIXES:
+        from detection.runtime_predictor import RuntimePredictor
+
+        try:  # a quantized model runs at int8, what its manifest's accuracy check was measured at
+            quantized = Path(args.checkpoint).suffix in GRAPH_SUFFIXES and "quantization" in read_graph_manifest(
+                Path(args.checkpoint)
+            )
+            precision = "int8" if quantized else resolve_precision(args.precision, torch.device("cpu"))
+            runtime = "auto" if args.runtime == "torch" else args.runtime
+            predictor = RuntimePredictor.from_source(args.checkpoint, runtime=runtime, precision=precision)
+        except (RuntimeChoiceError, FileNotFoundError) as error:
+            raise PredictError(f"--runtime {args.runtime}: {error}") from error
+        return predictor, predictor.network.manifest
     model, manifest = load_detector(args.checkpoint, class_names=class_names)
     return Predictor(model, device=device, precision=args.precision), manifest
 
@@ -417,6 +431,7 @@ def predict_files(
     output.mkdir(parents=True, exist_ok=True)
     check_settings(output, {
         "checkpoint": str(args.checkpoint), "class_names": manifest["class_names"], "precision": predictor.precision,
+        "runtime": getattr(predictor, "runtime", "torch"),
         "score_threshold": args.score_threshold, "max_detections": args.max_detections,
     })  # fmt: skip
     predictions_path = output / PREDICTIONS_FILE
@@ -492,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--bf16", dest="precision", action="store_const", const="bf16", help="The same as --precision bf16."
     )
+    parser.add_argument(
+        "--runtime", choices=["torch", *RUNTIMES[1:], "auto"], default="torch",
+        help="What runs the network: torch (eager, default), torch-compile, onnxruntime, openvino, or auto "
+        "(openvino where installed, else onnxruntime, else torch). A model from detection.quantize runs at int8.",
+    )  # fmt: skip
     parser.add_argument(
         "--score-threshold", type=float, default=0.5, help="Keep detections scoring above this (default: 0.5)."
     )

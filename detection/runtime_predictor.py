@@ -26,6 +26,7 @@ class RuntimePredictor(Predictor):
             raise ValueError(f"a {network.kind} network cannot run a detector's Predictor")
         super().__init__(model, device="cpu", precision="fp32", optimize=False)
         self.network = network
+        self.runtime = network.runtime  # what runs the network, for the predict settings
         self.precision = network.precision  # what runs: fp32, bf16 or int8 (reported in every answer)
         self.nms_threshold = float(model.roi_heads.nms_thresh)
 

@@ -2,7 +2,9 @@
 same inputs; `auto` follows its fixed rule and says what it picked; combinations that cannot run are refused
 with a message that says what to do instead."""
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +223,30 @@ def test_a_checkpoint_is_exported_once_and_reused(tmp_path, one_thread):
     assert written.stat().st_mtime_ns == modified
     crops = classifier_crops(2)
     assert torch.equal(first(crops)[0], second(crops)[0])
+
+
+@pytest.mark.slow
+def test_the_predict_command_runs_an_export_under_openvino_and_records_it(tmp_path, one_thread):
+    needs("openvino")
+    from detection.predict import PREDICTIONS_FILE, SETTINGS_FILE
+    from detection.predict import main as predict_main
+
+    rng = np.random.default_rng(9)
+    for index in range(2):
+        render_image(rng, image_size=160, max_objects=3)[0].save(tmp_path / f"shapes{index}.png")
+    records = {}
+    for runtime, checkpoint in (("torch", DEMO_DETECTOR), ("openvino", exported("demo"))):
+        output = tmp_path / runtime
+        predict_main(
+            [str(tmp_path / "*.png"), "--checkpoint", str(checkpoint), "--output", str(output), "--runtime", runtime,
+             "--precision", "fp32", "--score-threshold", "0.3"]
+        )  # fmt: skip
+        settings = json.loads((output / SETTINGS_FILE).read_text())
+        assert (settings["runtime"], settings["precision"]) == (runtime, "fp32")
+        lines = [json.loads(line) for line in (output / PREDICTIONS_FILE).read_text().splitlines()]
+        records[runtime] = {Path(line["file"]).name: line["detections"] for line in lines}
+    assert records["torch"].keys() == records["openvino"].keys() and any(records["torch"].values())
+    for name, ours in records["torch"].items():
+        theirs = records["openvino"][name]
+        assert [d["label"] for d in ours] == [d["label"] for d in theirs]
+        assert all(np.abs(np.subtract(a["box"], b["box"])).max() <= 0.02 for a, b in zip(ours, theirs))

@@ -9,6 +9,7 @@ from exported_models import DEMO_DETECTOR
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
+from test_service_detect import wait_ready
 
 from detection import runtimes
 from detection.data.synthetic_shapes import render_image
@@ -30,6 +31,7 @@ def served(runtime: str) -> tuple[dict, list[list[dict]]]:
         bf16=False, optimize=False, max_batch=4, max_batch_wait_ms=2,
     )  # fmt: skip
     with TestClient(create_app(settings)) as client:
+        wait_ready(client, timeout=600.0)  # generous: a loaded 2-core machine warms a graph up slowly
         (model,) = [entry for entry in client.get("/models").json()["models"] if entry["role"] == "detector"]
         answers = []
         for seed in (1, 2):
