@@ -111,7 +111,7 @@ def load_network(
 ) -> Network:
     """A checkpoint (.safetensors) or its export (.onnx) at fp32 or bf16, or a model from detection.quantize
     (.onnx, OpenVINO .xml) at int8, under `runtime` ('auto': `pick_runtime`). Errors say what to use instead."""
-    source = Path(source)
+    source, requested = Path(source), runtime
     threads = threads or torch.get_num_threads()
     graph = source.suffix in GRAPH_SUFFIXES
     manifest = read_graph_manifest(source) if graph else read_manifest(source)
@@ -123,6 +123,11 @@ def load_network(
             else f"{source.name}: int8 runs only from a model written by `python -m detection.quantize` (which "
             "checks its accuracy); quantize the checkpoint and use the file it writes"
         )
+    if quantized:  # its accuracy check holds for the runtime it was measured under, and no other
+        measured = manifest["quantization"].get("runtime")
+        if runtime not in (AUTO, measured):
+            raise RuntimeChoiceError(f"{source.name} was quantized and checked for {measured}, not {runtime!r}")
+        runtime = measured
     chosen = pick_runtime(runtime, precision=precision)
     if graph and runtime == AUTO and chosen not in GRAPH_SUFFIXES[source.suffix]:
         chosen = pick_runtime(GRAPH_SUFFIXES[source.suffix][0], precision=precision)
@@ -138,7 +143,7 @@ def load_network(
     else:
         path = source if graph else exported_onnx(source, cache_dir=cache_dir)
         run = _graph_runner(path, runtime=chosen, bf16=precision == "bf16", threads=threads)
-    return Network(manifest["kind"], chosen, precision, manifest, run, requested=runtime)
+    return Network(manifest["kind"], chosen, precision, manifest, run, requested=requested)
 
 
 def _torch_runner(checkpoint: Path, kind: str, *, compiled: bool, bf16: bool) -> Callable[..., tuple]:

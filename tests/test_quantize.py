@@ -12,7 +12,7 @@ from detection import network_accuracy, quantize
 from detection.data.synthetic_shapes import generate_synthetic
 from detection.network_accuracy import coco_ap, image_files, labelled_images, matched_fraction, top1
 from detection.runtime_predictor import RuntimePredictor
-from detection.runtimes import installed, load_network, read_graph_manifest
+from detection.runtimes import RuntimeChoiceError, installed, load_network, read_graph_manifest
 
 FORMATS = {"openvino": ".xml", "onnxruntime": ".onnx"}
 
@@ -46,6 +46,10 @@ def test_int8_model_carries_its_measured_accuracy(runtime, cifar_like, tmp_path,
     fp32 = load_network(DEMO_CLASSIFIER, runtime="torch")
     int8 = load_network(output, runtime=runtime, precision="int8")
     assert int8.describe()["quantization"] == report
+    assert load_network(output, precision="int8").runtime == runtime  # auto: the runtime it was checked under
+    if runtime == "onnxruntime" and installed("openvino"):
+        with pytest.raises(RuntimeChoiceError, match="was quantized and checked for onnxruntime, not 'openvino'"):
+            load_network(output, runtime="openvino", precision="int8")
     assert report["fp32"] == round(top1(fp32, samples), 2)
     assert report["int8"] == round(top1(int8, samples), 2)
     assert report["drop"] == round(report["fp32"] - report["int8"], 2)
