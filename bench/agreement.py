@@ -26,10 +26,11 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from detection import load_detector
-from detection.onnx_predictor import OnnxRuntimePredictor
 from detection.predict import main as predict_main
 from detection.prediction_pipeline import PREDICTIONS_FILE
 from detection.predictor import Predictor
+from detection.runtime_predictor import RuntimePredictor
+from detection.runtimes import load_network
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -137,7 +138,7 @@ def answers(
 
     if onnx_path is not None:
         model, _ = load_detector(checkpoint)
-        onnx = OnnxRuntimePredictor(model, onnx_path)
+        onnx = RuntimePredictor(model, load_network(onnx_path, runtime="onnxruntime"))
         results["onnx"] = [
             answer["detections"] for answer in onnx.predict(list(files), score_threshold=score_threshold)
         ]

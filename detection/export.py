@@ -12,7 +12,6 @@ outputs: see detection/exportable.py and docs/INFERENCE.md ("Export (ONNX, Trito
 
 import argparse
 import logging
-import warnings
 from pathlib import Path
 
 from backbone.command_logging import add_logging_flags, setup_logging
@@ -42,13 +41,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give exactly one of --output FILE.onnx and --triton-repo DIR")
     if args.max_batch_size < 1:
         parser.error(f"--max-batch-size must be at least 1, got {args.max_batch_size}")
-    # Two harmless notes of the exporter, not for users: an empty ints attribute typed by default, and the
-    # batch dimension named once although three inputs share it.
-    logging.getLogger("onnx_ir").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis")
     # torch, onnx and onnxscript only once the command runs, so that --help answers at once
     from backbone.weights import CheckpointError
-    from detection.onnx_export import export_checkpoint, write_triton_repository
+    from detection.onnx_export import export_checkpoint, quiet_exporter, write_triton_repository
+
+    quiet_exporter()
 
     try:
         if args.triton_repo is not None:

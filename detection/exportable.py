@@ -186,7 +186,7 @@ class ExportableDetector(nn.Module):
         boxes = boxes.permute(0, 2, 1, 3).reshape(num_images * num_classes, num_proposals, 4)
         scores = scores.permute(0, 2, 1).reshape(num_images * num_classes, num_proposals)
         kept = grouped_nms(boxes, scores, float(heads.nms_thresh), MASKED_THRESHOLD)
-        scores = torch.where(kept_mask(scores, kept), scores, MASKED_SCORE).view(num_images, -1)
+        scores = torch.where(kept_mask(scores, kept), scores, MASKED_SCORE).reshape(num_images, -1)
         best, index = scores.topk(min(self.detections_per_img, num_classes * num_proposals), dim=1)
-        boxes = boxes.view(num_images, -1, 4).gather(1, index[..., None].expand(-1, -1, 4))
+        boxes = boxes.reshape(num_images, -1, 4).gather(1, index[..., None].expand(-1, -1, 4))
         return boxes, best, index // num_proposals + 1  # column k of the foreground is label k + 1

@@ -2,7 +2,9 @@
 model repositories; `python -m detection.export` (detection/export.py) is the command."""
 
 import json
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,3 +189,10 @@ def write_triton_repository(
             )  # fmt: skip
         )
     return model_dir
+
+
+def quiet_exporter() -> None:
+    """Silence two harmless notes of the exporter, not for users: an empty ints attribute typed by default,
+    and the batch dimension named once although three inputs share it."""
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis")

@@ -17,6 +17,7 @@ Running the same command again continues where it stopped: what is in the file i
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from backbone.command_logging import add_logging_flags, setup_logging
@@ -36,11 +37,36 @@ def load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from detection.prediction_pipeline import PredictError
     from detection.predictor import Predictor
 
+    if args.runtime != "torch" or Path(args.checkpoint).suffix in (".onnx", ".xml"):
+        return load_runtime_model(args)
     device = resolve_device(args.device, setting="--device ", error=PredictError)
     class_names = read_class_names(args.class_names) if args.class_names else None
     model, manifest = load_detector(args.checkpoint, class_names=class_names)
     test_time = options_from_args(args)
     return Predictor(model, device=device, precision=args.precision, test_time=test_time), manifest
+
+
+def load_runtime_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """A RuntimePredictor: the Predictor with only its network call run by another runtime (detection/runtimes.py).
+    A model from detection.quantize runs at int8, the precision its manifest's accuracy check was measured at."""
+    import torch
+
+    from detection.prediction_pipeline import PredictError
+    from detection.predictor import resolve_precision
+    from detection.runtime_predictor import RuntimePredictor
+    from detection.runtimes import GRAPH_SUFFIXES, RUNTIMES, RuntimeChoiceError, read_graph_manifest
+
+    if args.runtime not in (*RUNTIMES, "auto"):
+        raise PredictError(f"--runtime {args.runtime!r}: expected one of {', '.join((*RUNTIMES, 'auto'))}")
+    checkpoint = Path(args.checkpoint)
+    try:
+        quantized = checkpoint.suffix in GRAPH_SUFFIXES and "quantization" in read_graph_manifest(checkpoint)
+        precision = "int8" if quantized else resolve_precision(args.precision, torch.device("cpu"))
+        runtime = "auto" if args.runtime == "torch" else args.runtime
+        predictor = RuntimePredictor.from_source(args.checkpoint, runtime=runtime, precision=precision)
+    except (RuntimeChoiceError, FileNotFoundError) as error:
+        raise PredictError(f"--runtime {args.runtime}: {error}") from error
+    return predictor, predictor.network.manifest
 
 
 def predict(args: argparse.Namespace) -> str:
@@ -87,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", default="auto", metavar="{auto,fp32,bf16}",
         help="Inference precision: auto (bf16 where the device computes it natively, else fp32; the "
         "service's default), fp32 or bf16 (checked by detection.predictor.resolve_precision).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runtime", default="torch", metavar="{torch,torch-compile,onnxruntime,openvino,auto}",
+        help="What runs the network: torch (eager, default), torch-compile, onnxruntime, openvino, or auto "
+        "(openvino where installed, else onnxruntime, else torch). A model from detection.quantize runs at int8.",
     )  # fmt: skip
     parser.add_argument(
         "--bf16", dest="precision", action="store_const", const="bf16", help="The same as --precision bf16."

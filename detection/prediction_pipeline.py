@@ -410,7 +410,7 @@ def predict_files(
     check_settings(output, {
         "checkpoint": str(args.checkpoint), "class_names": manifest["class_names"], "precision": predictor.precision,
         "score_threshold": args.score_threshold, "max_detections": args.max_detections,
-        "test_time": predictor.test_time.to_dict(),
+        "test_time": predictor.test_time.to_dict(), "runtime": predictor.runtime,
     })  # fmt: skip
     predictions_path = output / PREDICTIONS_FILE
     done = read_done(predictions_path)

@@ -86,6 +86,8 @@ class Predictor:
     `optimize` folds BN and fuses convs (irreversible: the model can no longer be trained); `test_time`: the
     test-time ladder (detection/test_time.py; the default is the plain detector)."""
 
+    runtime = "torch"  # what runs the network: eager PyTorch here; RuntimePredictor names its own
+
     def __init__(
         self,
         model: Detector,

@@ -48,6 +48,7 @@ class ServedModel:
     manifest: dict[str, Any]
     predictor: ClassifierPredictor | DetectorPredictor
     precision: str = "float32"  # "bfloat16" under bf16 autocast (BF16=true, or auto on native bf16)
+    runtime: dict[str, Any] | None = None  # the detector's: what runs its network (detection.runtimes)
     engine: BatchingEngine | None = field(default=None)
     # Requests holding this version: a reload retires it (stops its engine) only once none is left.
     _in_flight: int = field(default=0, init=False, repr=False)
@@ -81,6 +82,7 @@ class ServedModel:
             "name": self.name,
             "version": self.version,
             "precision": self.precision,
+            **({"runtime": self.runtime} if self.runtime is not None else {}),
             "file": self.path.name,
             "demo": self.is_demo,
             "note": self._note(),
@@ -290,9 +292,21 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
     from detection.predictor import Predictor
 
     bf16 = use_bf16(settings, device)
-    predictor = Predictor(model, device=device, precision="bf16" if bf16 else "fp32", optimize=settings.optimize)
+    runtime = {"runtime": "torch", "precision": "bf16" if bf16 else "fp32", "requested_runtime": "torch"}
+    if settings.runtime == "torch":
+        predictor = Predictor(model, device=device, precision=runtime["precision"], optimize=settings.optimize)
+    else:
+        from detection.runtime_predictor import RuntimePredictor
+        from detection.runtimes import RuntimeChoiceError, load_network
+
+        try:
+            network = load_network(path, runtime=settings.runtime, precision=runtime["precision"])
+        except (RuntimeChoiceError, CheckpointError, OSError) as error:
+            raise ModelLoadError(f"{setting}: RUNTIME={settings.runtime}: {error}") from error
+        predictor, runtime = RuntimePredictor(model, network), network.describe()
     name = served_name(path, manifest, setting=source.name)
     log.info("detector %s (%s, %s) loaded from %s on %s", name, manifest["architecture"],
              manifest["architecture_kwargs"].get("backbone"), path, device)  # fmt: skip
     return ServedModel(role="detector", name=name, version=file_version(path), path=path, manifest=manifest,
-                       predictor=DetectorPredictor(predictor), precision=_precision(bf16))  # fmt: skip
+                       predictor=DetectorPredictor(predictor), precision=_precision(bf16),
+                       runtime=runtime)  # fmt: skip

@@ -132,6 +132,11 @@ class ModelInfo(BaseModel):
     version: str = Field(description="'sha256:' and the first 12 hex digits of the checkpoint file.")
     default: bool = Field(description="True for the model of its role that requests without ?model= get.")
     precision: Literal["float32", "bfloat16"] = Field(description="Inference precision (BF16 autocast or not).")
+    runtime: dict[str, Any] | None = Field(
+        None,
+        description="A detector's runtime setting: what runs its network ('runtime', 'precision'), what RUNTIME "
+        "asked for ('requested_runtime': auto picks by a fixed rule), and an int8 model's accuracy check.",
+    )
     last_reload_error: str | None = Field(
         description="Why the last reload of this model failed (the version above still serves), else null."
     )

@@ -1,0 +1,200 @@
+"""Post-training int8 of a detector or classifier checkpoint, written only if it keeps its accuracy.
+
+    python -m detection.data.synthetic --out runs/shapes_check --num-train 100 --num-val 200 --image-size 128 --seed 1
+    python -m detection.quantize service/models/demo_detector.safetensors --runtime openvino \\
+        --calibration runs/shapes_check/coco/train --eval-coco runs/shapes_check/coco/annotations/instances_val.json \\
+        --eval-images runs/shapes_check/coco/val --output demo_detector.int8.xml
+    python -m detection.quantize service/models/demo_classifier.safetensors --runtime onnxruntime \\
+        --calibration cifar10/train --eval-folder ../shared/data/cifar10-jpeg.tar.gz --output demo_classifier.int8.onnx
+
+Calibration: NNCF's post-training quantization for OpenVINO (an .xml + .bin), ONNX Runtime's static QDQ
+quantization of convolutions and matrix products (an .onnx), on the images named by --calibration. The
+fp32 and int8 models are then scored on the held-out set (COCO AP for a detector, top-1 for a
+classifier), both figures go into the written model's manifest ("quantization"), and a model whose score
+drops by more than --max-drop points is not written unless --force. Serve the file it writes at int8.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backbone.checkpoint import read_manifest
+from backbone.flags import FlagParser
+from backbone.weights import CheckpointError
+from detection.checkpoint import load_detector
+from detection.detector import Detector
+from detection.network_accuracy import classifier_inputs, coco_ap, detector_inputs, image_files, labelled_images, top1
+from detection.runtime_predictor import RuntimePredictor
+from detection.runtimes import MANIFEST_KEY, Network, RuntimeChoiceError, exported_onnx, load_network, openvino_core
+
+FORMATS = {"openvino": ".xml", "onnxruntime": ".onnx"}
+DEFAULT_MAX_DROP = 1.0  # points of AP or top-1
+
+
+class AccuracyDropError(RuntimeError):
+    """The int8 model scored more than the allowed drop below fp32; nothing was written."""
+
+
+def calibrate(onnx_path: Path, items: list[tuple[torch.Tensor, ...]], *, runtime: str, output: Path) -> Path:
+    """Write the int8 model of `onnx_path` to `output`, its activation ranges taken from `items` (network inputs)."""
+    if runtime == "openvino":
+        import openvino
+
+        core = openvino_core()  # sets NNCF_CI first: NNCF's telemetry stays off
+        import nncf
+
+        model = core.read_model(str(onnx_path))
+        dataset = nncf.Dataset([[value.numpy() for value in inputs] for inputs in items])
+        openvino.save_model(nncf.quantize(model, dataset, subset_size=len(items)), str(output), compress_to_fp16=False)
+        return output
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    names = [value.name for value in onnx.load(str(onnx_path), load_external_data=False).graph.input]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(items)
+
+        def get_next(self) -> dict | None:
+            inputs = next(self.items, None)
+            return None if inputs is None else {name: value.numpy() for name, value in zip(names, inputs)}
+
+    # Only the convolutions and matrix products: the detector's box decoding, NMS and top-k stay in float.
+    quantize_static(
+        str(onnx_path), str(output), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+    )  # fmt: skip
+    return output
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Put the manifest where detection.runtimes reads it: ONNX metadata, or the OpenVINO model's rt_info."""
+    text = json.dumps(manifest, sort_keys=True)
+    if path.suffix == ".xml":
+        import openvino
+
+        model = openvino_core().read_model(str(path))
+        model.set_rt_info(text, [MANIFEST_KEY])
+        # Saved beside, then renamed over: the model read above maps path's .bin, which an overwrite would
+        # truncate under it (SIGBUS).
+        beside = path.with_name(f"manifest-{path.name}")
+        openvino.save_model(model, str(beside), compress_to_fp16=False)
+        del model
+        os.replace(beside.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(beside, path)
+        return
+    import onnx
+
+    model = onnx.load(str(path))
+    for prop in [prop for prop in model.metadata_props if prop.key == MANIFEST_KEY]:
+        model.metadata_props.remove(prop)
+    model.metadata_props.add(key=MANIFEST_KEY, value=text)
+    onnx.save(model, str(path))
+
+
+def score(network: Network, args: argparse.Namespace, detector: Detector | None) -> tuple[str, float]:
+    """(metric name, points) on the held-out set; a detector's network runs inside the one Predictor."""
+    if detector is not None:
+        return "AP", coco_ap(RuntimePredictor(detector, network), args.eval_coco, args.eval_images).ap
+    samples = labelled_images(
+        args.eval_folder, class_names=network.manifest["class_names"], split=args.eval_split, limit=args.eval_limit
+    )
+    return "top-1", top1(network, samples)
+
+
+def quantize(args: argparse.Namespace) -> tuple[Path | None, dict[str, Any]]:
+    """Calibrate, score fp32 and int8, and write the int8 model if the drop is allowed (or --force)."""
+    if (read_manifest(args.checkpoint)["kind"] == "detector") != (args.eval_coco is not None):
+        raise ValueError(
+            "a detector is scored on a COCO-format set (--eval-coco, --eval-images), a classifier on class "
+            "folders (--eval-folder)"
+        )
+    fp32 = load_network(args.checkpoint, runtime=args.runtime, precision="fp32", threads=args.threads)
+    calibration = image_files(args.calibration, limit=args.calibration_size)
+    detector = load_detector(args.checkpoint)[0] if fp32.kind == "detector" else None
+    if detector is not None:
+        predictor = RuntimePredictor(detector, fp32)
+        items = [detector_inputs(predictor, path) for path in calibration]
+    else:
+        items = [classifier_inputs(fp32, path) for path in calibration]
+    metric, fp32_score = score(fp32, args, detector)
+    with tempfile.TemporaryDirectory(dir=args.output.parent) as scratch:
+        partial = Path(scratch) / args.output.name
+        report = {
+            "runtime": args.runtime,
+            "calibration_images": len(calibration),
+            "eval_set": Path(args.eval_coco or args.eval_folder).name,
+            "metric": metric,
+            "fp32": round(fp32_score, 2),
+            "max_drop": args.max_drop,
+            "date": datetime.date.today().isoformat(),
+        }
+        calibrate(exported_onnx(args.checkpoint), items, runtime=args.runtime, output=partial)
+        write_manifest(partial, {**fp32.manifest, "quantization": report})
+        int8 = load_network(partial, runtime=args.runtime, precision="int8", threads=args.threads)
+        _, int8_score = score(int8, args, detector)
+        report.update(int8=round(int8_score, 2), drop=round(fp32_score - int8_score, 2), forced=False)
+        too_far = fp32_score - int8_score > args.max_drop
+        if too_far and not args.force:
+            return None, report
+        report["forced"] = too_far
+        write_manifest(partial, {**fp32.manifest, "quantization": report})
+        for written in Path(scratch).iterdir():  # .xml and .bin, or .onnx
+            shutil.move(str(written), args.output.parent / written.name)
+    return args.output, report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = FlagParser(
+        prog="python -m detection.quantize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("checkpoint", type=Path, help="A resdet .safetensors checkpoint (detector or classifier).")
+    parser.add_argument(
+        "--runtime", choices=sorted(FORMATS), default="openvino", help="Who runs it (default: openvino)."
+    )
+    parser.add_argument("--calibration", nargs="+", required=True, help="Calibration images: files or folders.")
+    parser.add_argument("--calibration-size", type=int, default=300, help="At most this many, evenly spaced (300).")
+    parser.add_argument("--eval-coco", type=Path, help="Detector: the held-out set's COCO annotations (.json).")
+    parser.add_argument("--eval-images", type=Path, help="Detector: the folder of those images.")
+    parser.add_argument("--eval-folder", type=Path, help="Classifier: class folders, or a .tar.gz of them.")
+    parser.add_argument("--eval-split", default="test", help="Classifier: the split folder (default: test).")
+    parser.add_argument("--eval-limit", type=int, help="Classifier: score N held-out images, evenly spaced.")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="The int8 model: .xml (openvino), .onnx.")
+    parser.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, help="Points allowed (default: 1.0).")
+    parser.add_argument("--force", action="store_true", help="Write the model even if it dropped more.")
+    parser.add_argument("--threads", type=int, help="Threads for calibration and scoring (default: torch's).")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.output.suffix != FORMATS[args.runtime]:
+        parser.error(f"--runtime {args.runtime} writes a {FORMATS[args.runtime]} file, not {args.output.name}")
+    if (args.eval_coco is None) != (args.eval_images is None):
+        parser.error("give --eval-coco and --eval-images together")
+    if (args.eval_coco is None) == (args.eval_folder is None):
+        parser.error("give a held-out set: --eval-coco with --eval-images (detector) or --eval-folder (classifier)")
+    if args.calibration_size < 1 or args.max_drop < 0:
+        parser.error("--calibration-size must be at least 1 and --max-drop at least 0")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        written, report = quantize(args)
+    except (CheckpointError, RuntimeChoiceError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from error
+    figures = f"{report['metric']} fp32 {report['fp32']:.2f}, int8 {report['int8']:.2f} (drop {report['drop']:.2f})"
+    if written is None:
+        raise SystemExit(f"refused: {figures} exceeds --max-drop {args.max_drop}; nothing written (--force writes it)")
+    print(f"wrote {written}: {figures}{', over --max-drop: written because of --force' if report['forced'] else ''}")
+
+
+if __name__ == "__main__":
+    main()
