@@ -228,8 +228,8 @@ def test_a_checkpoint_is_exported_once_and_reused(tmp_path, one_thread):
 @pytest.mark.slow
 def test_the_predict_command_runs_an_export_under_openvino_and_records_it(tmp_path, one_thread):
     needs("openvino")
-    from detection.prediction_pipeline import PREDICTIONS_FILE, SETTINGS_FILE
     from detection.predict import main as predict_main
+    from detection.prediction_pipeline import PREDICTIONS_FILE, SETTINGS_FILE
 
     rng = np.random.default_rng(9)
     for index in range(2):
