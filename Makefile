@@ -47,9 +47,9 @@ demo-models: $(VENV)/.installed
 	cp runs/cifar_resnet20/model.safetensors service/models/demo_classifier.safetensors
 
 # Mutation testing (not part of `make test`: tens of minutes on 2 cores) of detection/evaluation/,
-# training/checkpoint.py, training/sampler.py, service/security.py, service/body_limit.py and service/images.py,
+# training/run_checkpoint.py, training/sampler.py, service/security.py, service/body_limit.py and service/images.py,
 # configured in pyproject.toml [tool.mutmut]. MUTANTS narrows the run to names matching a glob, e.g.
-# `make mutants MUTANTS='training.checkpoint*'`; results stay in mutants/ (`$(VENV)/bin/mutmut results`).
+# `make mutants MUTANTS='training.run_checkpoint*'`; results stay in mutants/ (`$(VENV)/bin/mutmut results`).
 MUTANTS ?=
 mutants: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check 'mutmut>=3.3'

@@ -55,7 +55,7 @@ class ClassifierPreprocessing:
         )
 
     def to_manifest(self) -> dict[str, Any]:
-        """What `backbone.checkpoint.save_classifier` stores (JSON: lists, not tuples)."""
+        """What `backbone.serving_checkpoint.save_classifier` stores (JSON: lists, not tuples)."""
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     def transform(self) -> v2.Compose:

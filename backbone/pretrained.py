@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from backbone.checkpoint import load_checkpoint
+from backbone.serving_checkpoint import load_checkpoint
 from backbone.torchvision_compat import from_torchvision, require_torchvision_layout
 from backbone.weights import CheckpointError, load_checked, read_state_dict
 

@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 from backbone import create_model
-from backbone.inference import fold_batchnorm
+from backbone.bn_folding import fold_batchnorm
 from backbone.torchvision_compat import from_torchvision
 from backbone.weights import load_checked
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import matplotlib
 import torch
 
-from backbone.checkpoint import load_classifier
 from backbone.preprocessing import ClassifierPreprocessing
+from backbone.serving_checkpoint import load_classifier
 from bench.detector_bf16 import AP_BUDGET_POINTS
 from bench.detector_bf16 import evaluate as evaluate_detector
 from detection import load_detector

@@ -26,7 +26,7 @@ from training.device_data import (
     cifar_crop_flip_params,
     load_cifar_arrays,
 )
-from training.engine import make_loader
+from training.loop import make_loader
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar_train_transform
 

@@ -50,7 +50,7 @@ from training.device_data import (
     pack,
 )
 from training.distributed import DistributedContext
-from training.engine import prepare_model, train_step
+from training.loop import prepare_model, train_step
 from training.plots import plot_error_curves, read_metrics
 from training.precision import Precision
 from training.pretrain import RECIPES, PretrainConfig

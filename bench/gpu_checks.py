@@ -181,7 +181,7 @@ def check_train_bf16(sizes: Sizes, work: Path) -> dict[str, Any]:
 
 def check_resume_fewer_gpus(sizes: Sizes, work: Path) -> dict[str, Any]:
     """A last.pt saved by 2 ranks, each with 2 CUDA RNG states (before the fix), resumed by 1 process."""
-    from training.checkpoint import load_training_checkpoint, save_training_checkpoint
+    from training.run_checkpoint import load_training_checkpoint, save_training_checkpoint
     from training.train_det import main
 
     source = load_training_checkpoint(work / "resumed" / "last.pt")

@@ -7,7 +7,7 @@ input pipeline alone against the training step, all measured in this one run.
 Part 1 (the ratio): training images/s of one SGD step (forward, loss, backward, update) on a fixed
 synthetic batch generated on the device. Anchor: torchvision's resnet50 in a plain PyTorch loop (NCHW,
 fp32); the same loop in channels_last, and in bf16 autocast, shows what each trick gives torchvision.
-Ours: our ResNet-50 through training.engine.train_step (channels_last; fp32, then bf16 autocast;
+Ours: our ResNet-50 through training.loop.train_step (channels_last; fp32, then bf16 autocast;
 `--compile` adds torch.compile). Variants run round-robin, one step each in turn, so a busy neighbour
 slows them alike; medians; on CUDA every step is synchronised before its clock stops.
 Goal: ours in bf16 >= 2x torchvision's fastest fp32 plain loop on the same device ("vs best tv fp32").
@@ -35,7 +35,7 @@ from backbone.weights import load_checked
 from bench.timing import autocast, ratio_table, time_round_robin
 from training.classification_data import build_dataset, extract_once, find_split_root
 from training.distributed import DistributedContext
-from training.engine import make_loader, prepare_model, train_step
+from training.loop import make_loader, prepare_model, train_step
 from training.precision import Precision
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.transforms import cifar_train_transform, imagenet_train_transform

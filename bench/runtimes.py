@@ -28,8 +28,8 @@ import torch
 import torchvision
 
 from backbone import create_model
-from backbone.checkpoint import save_classifier
 from backbone.preprocessing import ClassifierPreprocessing
+from backbone.serving_checkpoint import save_classifier
 from backbone.torchvision_compat import from_torchvision
 from backbone.weights import load_checked
 from detection import load_detector

@@ -10,7 +10,7 @@ with the same choice (frozen_bn=True, freeze_at=2), holding the same weights (ou
 torchvision's state dict). Same images and targets (coco-mini train when ../shared is there, else
 generated shapes), same batch and input size, SGD. Rows: torchvision in fp32 NCHW (the anchor) and
 channels_last (its best fp32 settings on a CPU), ours in fp32 channels_last through
-training.engine.train_step, then both under bf16 autocast in channels_last. Steps alternate between the
+training.loop.train_step, then both under bf16 autocast in channels_last. Steps alternate between the
 rows so a busy machine slows all alike; the median step time is reported, on CUDA synchronised.
 Goal: ours in bf16 >= 1.5x torchvision's fastest fp32 row on the same device ("vs best tv fp32").
 """
@@ -34,7 +34,7 @@ from detection import build_detector
 from detection.data import CocoDetection, build_transforms, collate_fn, generate_synthetic
 from detection.torchvision_compat import describe_torchvision_detector, rename_torchvision_detector
 from training.distributed import DistributedContext
-from training.engine import prepare_model, train_step
+from training.loop import prepare_model, train_step
 from training.precision import Precision
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def training_variants(
         return step
 
     def ours_loop(*, amp: str, channels_last: bool = True):
-        """Our model through training.engine.train_step with train_det.py's loss."""
+        """Our model through training.loop.train_step with train_det.py's loss."""
         model = copy.deepcopy(ours)
         wrapped = prepare_model(model, ctx=ctx, channels_last=channels_last)
         wrapped.train()

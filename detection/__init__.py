@@ -18,9 +18,9 @@ __getattr__, __dir__ = lazy_exports(
     {
         "DETECTOR_BACKBONES": "detection.builder",
         "build_detector": "detection.builder",
-        "convert_torchvision_detector": "detection.checkpoint",
-        "load_detector": "detection.checkpoint",
-        "save_detector": "detection.checkpoint",
+        "convert_torchvision_detector": "detection.detector_checkpoint",
+        "load_detector": "detection.detector_checkpoint",
+        "save_detector": "detection.detector_checkpoint",
         "Detector": "detection.detector",
         "Predictor": "detection.predictor",
         "DetectorOptions": "detection.options",

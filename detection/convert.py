@@ -39,9 +39,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(quiet=args.quiet, verbose=args.verbose)
     # torch and the detector's code only once the command runs, so that --help answers at once
     from backbone.weights import CheckpointError
-    from detection.checkpoint import convert_torchvision_detector
     from detection.data.annotations import AnnotationError
     from detection.data.voc import read_class_names
+    from detection.detector_checkpoint import convert_torchvision_detector
 
     class_names = None
     try:

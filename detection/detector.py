@@ -16,8 +16,8 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from backbone.weights import load_checked
-from detection.inference import optimize_detector
 from detection.multiscale import MaxoutPyramidPooler
+from detection.optimize import optimize_detector
 from detection.poolers import SingleLevelRoIAlign
 from detection.postprocess import to_original_coordinates
 from detection.roi_heads import RoIHeads

@@ -180,7 +180,7 @@ def fuse_resnet_blocks(model: nn.Module) -> nn.Module:
     for name, child in model.named_children():
         if isinstance(child, (Stem, BasicBlock, Bottleneck)):
             if not all(isinstance(getattr(child, bn), nn.Identity) for _, bn in child.conv_bn_pairs):
-                raise RuntimeError("fuse_resnet_blocks needs BN folded first (backbone.inference.fold_batchnorm)")
+                raise RuntimeError("fuse_resnet_blocks needs BN folded first (backbone.bn_folding.fold_batchnorm)")
             setattr(model, name, FusedStem(child) if isinstance(child, Stem) else FusedBlock(child))
         else:
             fuse_resnet_blocks(child)

@@ -12,8 +12,8 @@ import onnx
 import torch
 from onnxscript import opset18 as op
 
-from backbone.checkpoint import load_classifier, read_manifest
-from detection.checkpoint import load_detector
+from backbone.serving_checkpoint import load_classifier, read_manifest
+from detection.detector_checkpoint import load_detector
 from detection.exportable import ExportableDetector
 from detection.predictor import Predictor
 

@@ -32,8 +32,8 @@ log = logging.getLogger("detection.predict")
 def load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The checkpoint in a Predictor on its device, optimized for inference (the fp32 detections stay the same)."""
     from backbone.devices import resolve_device
-    from detection.checkpoint import load_detector
     from detection.data.voc import read_class_names
+    from detection.detector_checkpoint import load_detector
     from detection.prediction_pipeline import PredictError
     from detection.predictor import Predictor
 

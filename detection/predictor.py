@@ -25,9 +25,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.transforms.v2.functional import to_dtype
 
 from backbone.devices import native_bf16, resolve_device
-from detection.checkpoint import load_detector
 from detection.decoding import DecodedImage, decode_image
 from detection.detector import Detector
+from detection.detector_checkpoint import load_detector
 from detection.images import to_float_image
 from detection.test_time import TestTimeOptions, detect_with_options
 

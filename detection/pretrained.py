@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from backbone.checkpoint import load_checkpoint, read_manifest
 from backbone.pretrained import read_backbone_state
 from backbone.registry import MODELS
+from backbone.serving_checkpoint import load_checkpoint, read_manifest
 from backbone.weights import load_checked, read_state_dict
 from detection.options import DetectorOptions
 from detection.torchvision_compat import describe_torchvision_detector, rename_torchvision_detector

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from backbone.checkpoint import read_manifest
 from backbone.flags import FlagParser
+from backbone.serving_checkpoint import read_manifest
 from backbone.weights import CheckpointError
-from detection.checkpoint import load_detector
 from detection.detector import Detector
+from detection.detector_checkpoint import load_detector
 from detection.network_accuracy import classifier_inputs, coco_ap, detector_inputs, image_files, labelled_images, top1
 from detection.runtime_predictor import RuntimePredictor
 from detection.runtimes import MANIFEST_KEY, Network, RuntimeChoiceError, exported_onnx, load_network, openvino_core

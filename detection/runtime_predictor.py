@@ -12,8 +12,8 @@ import os
 import torch
 
 from detection.builder import build_detector
-from detection.checkpoint import load_detector
 from detection.detector import Detector
+from detection.detector_checkpoint import load_detector
 from detection.predictor import Predictor
 from detection.runtimes import AUTO, Network, load_network
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from backbone.checkpoint import load_classifier, read_manifest
-from backbone.inference import optimize_for_inference
-from detection.checkpoint import load_detector
+from backbone.bn_folding import optimize_for_inference
+from backbone.serving_checkpoint import load_classifier, read_manifest
+from detection.detector_checkpoint import load_detector
 from detection.exportable import ExportableDetector
 from detection.onnx_export import MANIFEST_KEY
 

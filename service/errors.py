@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from service.batching import EngineBusy
 from service.disconnect import ClientDisconnected
-from service.engine import EngineBusy
 from service.images import ImageRejected
 from service.request_id import HEADER, request_id_of
 from service.schemas import ErrorResponse

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from backbone.checkpoint import load_classifier, read_manifest
 from backbone.devices import native_bf16, resolve_device
+from backbone.serving_checkpoint import load_classifier, read_manifest
 from backbone.weights import CheckpointError
-from service.engine import BatchingEngine
+from service.batching import BatchingEngine
 from service.predictors import ClassifierPredictor, DetectorPredictor
 from service.settings import Settings
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from backbone import ResNet
-from backbone.inference import optimize_for_inference
+from backbone.bn_folding import optimize_for_inference
 from backbone.preprocessing import ClassifierPreprocessing
 from detection import Detector
 from detection.decoding import DecodedImage

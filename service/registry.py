@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from service.engine import BatchingEngine
+from service.batching import BatchingEngine
 from service.loading import (
     ModelLoadError,
     ModelSource,

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from backbone import create_model
-from backbone.checkpoint import load_checkpoint, save_checkpoint, save_classifier
+from backbone.serving_checkpoint import load_checkpoint, save_checkpoint, save_classifier
 from detection.images import to_float_image
 from detection.torchvision_compat import TORCHVISION_UNUSED_COCO_IDS
 

@@ -8,7 +8,7 @@ import torch
 from cifar_data import COLOURS, write_cifar_tarball
 
 from backbone import create_model
-from backbone.checkpoint import save_classifier
+from backbone.serving_checkpoint import save_classifier
 from training.analysis import layer_response_stds, main, response_layers
 from training.device_data import load_cifar_arrays
 from training.transforms import CIFAR10_MEAN, CIFAR10_STD

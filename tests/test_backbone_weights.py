@@ -6,7 +6,9 @@ import torchvision
 from torch import nn
 
 from backbone import create_model
-from backbone.checkpoint import (
+from backbone.bn_folding import optimize_for_inference
+from backbone.pretrained import load_backbone_weights
+from backbone.serving_checkpoint import (
     load_checkpoint,
     load_classifier,
     make_manifest,
@@ -14,8 +16,6 @@ from backbone.checkpoint import (
     save_checkpoint,
     save_classifier,
 )
-from backbone.inference import optimize_for_inference
-from backbone.pretrained import load_backbone_weights
 from backbone.torchvision_compat import from_torchvision, to_torchvision
 from backbone.weights import CheckpointError
 

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 from helpers import assert_sentences
 
-from backbone.checkpoint import read_manifest
+from backbone.serving_checkpoint import read_manifest
 from detection import DetectorOptions, build_detector
 from training.config import (
     build_parser,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from backbone.checkpoint import load_classifier
 from backbone.preprocessing import ClassifierPreprocessing
+from backbone.serving_checkpoint import load_classifier
 from detection import load_detector
 from detection.data.synthetic_shapes import SHAPE_CLASSES, render_image
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from backbone import create_model
-from backbone.checkpoint import load_checkpoint, make_manifest, read_manifest, save_checkpoint, save_classifier
+from backbone.serving_checkpoint import load_checkpoint, make_manifest, read_manifest, save_checkpoint, save_classifier
 from backbone.weights import CheckpointError
 from detection import build_detector, load_detector, save_detector
 

@@ -14,18 +14,10 @@ from torch.utils.data import DataLoader
 
 from backbone.flags import option
 from backbone.weights import CheckpointError
-from training import checkpoint as training_checkpoint
-from training.checkpoint import (
-    RunCheckpoints,
-    capture_rng_state,
-    load_training_checkpoint,
-    restore_rng_state,
-    resume_training,
-    save_training_checkpoint,
-)
+from training import run_checkpoint as training_checkpoint
 from training.config import config_to_dict, format_config, make_config, parse_config
 from training.distributed import DistributedContext
-from training.engine import (
+from training.loop import (
     BestMetric,
     Step,
     iterate_batches,
@@ -38,6 +30,14 @@ from training.engine import (
 from training.meters import MetricWindow
 from training.plots import plot_error_curves, plot_run, read_metrics
 from training.precision import Precision, flush_denormals
+from training.run_checkpoint import (
+    RunCheckpoints,
+    capture_rng_state,
+    load_training_checkpoint,
+    restore_rng_state,
+    resume_training,
+    save_training_checkpoint,
+)
 from training.run_log import RunLog
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.schedule import LRSchedule
@@ -252,7 +252,7 @@ def _draws() -> tuple:
 
 def test_resume_restores_this_ranks_rng_streams_numpy_included(tmp_path, capsys, monkeypatch):
     # one process plays every rank: each rank's check that last.pt exists everywhere sees only itself
-    monkeypatch.setattr("training.checkpoint.all_gather_objects", lambda value, ctx: [value] * ctx.world_size)
+    monkeypatch.setattr("training.run_checkpoint.all_gather_objects", lambda value, ctx: [value] * ctx.world_size)
     rng, expected = [], []
     for rank in (0, 1):  # what each rank of a 2-process run saved, and what it drew next
         random.seed(100 + rank)

@@ -11,7 +11,7 @@ from exported_models import CHECKPOINTS, exported
 from helpers import DEMO_IMAGES, sample_images
 from PIL import Image
 
-from backbone.checkpoint import load_classifier
+from backbone.serving_checkpoint import load_classifier
 from detection import load_detector
 from detection.data.synthetic_shapes import render_image
 from detection.export import main

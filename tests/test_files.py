@@ -6,11 +6,11 @@ import stat
 import pytest
 import torch
 
-from backbone.checkpoint import save_classifier
 from backbone.files import write_atomically
 from backbone.registry import create_model
+from backbone.serving_checkpoint import save_classifier
 from detection.evaluation import write_json
-from training.checkpoint import save_training_checkpoint
+from training.run_checkpoint import save_training_checkpoint
 
 
 @pytest.fixture

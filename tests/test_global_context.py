@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import TINY, assert_detections_valid, synthetic_batch
 
-from backbone.checkpoint import load_checkpoint, save_checkpoint
+from backbone.serving_checkpoint import load_checkpoint, save_checkpoint
 from detection import build_detector, load_detector, save_detector
 from detection.exportable import ExportableDetector
 

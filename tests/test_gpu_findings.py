@@ -63,7 +63,7 @@ class FakeCuda:
 
 
 def test_rng_state_saved_with_two_gpus_restores_on_one(monkeypatch):
-    from training.checkpoint import capture_rng_state, restore_rng_state
+    from training.run_checkpoint import capture_rng_state, restore_rng_state
 
     saved = FakeCuda(monkeypatch, count=2, current=1)  # rank 1 of a 2-GPU run
     saved.states[1] = torch.full((16,), 7, dtype=torch.uint8)
@@ -74,7 +74,7 @@ def test_rng_state_saved_with_two_gpus_restores_on_one(monkeypatch):
 
 
 def test_rng_state_of_an_old_checkpoint_with_every_gpu_restores_on_one(monkeypatch):
-    from training.checkpoint import capture_rng_state, restore_rng_state
+    from training.run_checkpoint import capture_rng_state, restore_rng_state
 
     state = capture_rng_state()  # CPU-only here: no "cuda" entry
     state["cuda"] = [torch.full((16,), 3, dtype=torch.uint8), torch.full((16,), 4, dtype=torch.uint8)]
@@ -141,8 +141,8 @@ def resume_parts(*, fp16_scaler: bool) -> dict:
 
 def test_resuming_a_bf16_checkpoint_with_fp16_names_both_settings(tmp_path):
     from backbone.weights import CheckpointError
-    from training.checkpoint import capture_rng_state, resume_training, save_training_checkpoint
     from training.distributed import DistributedContext
+    from training.run_checkpoint import capture_rng_state, resume_training, save_training_checkpoint
 
     cpu = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     parts = resume_parts(fp16_scaler=False)  # bf16: no loss scaling, an empty scaler state
@@ -155,14 +155,14 @@ def test_resuming_a_bf16_checkpoint_with_fp16_names_both_settings(tmp_path):
 
 def test_a_checkpoint_on_rank_0_only_is_an_error_naming_the_path_and_the_ranks(tmp_path, monkeypatch):
     """Multi-node resume without a shared filesystem: last.pt on node 0's disk, rank 1 on node 1."""
-    import training.checkpoint
-    from training.checkpoint import resume_training
+    import training.run_checkpoint
     from training.distributed import DistributedContext
+    from training.run_checkpoint import resume_training
 
     rank1 = DistributedContext(rank=1, world_size=2, local_rank=0, device=torch.device("cpu"))
     answers = {"rank 0": (True, "node0")}  # what rank 0 reports; rank 1's own answer comes from its disk
     monkeypatch.setattr(
-        training.checkpoint, "all_gather_objects", lambda value, ctx: [answers["rank 0"], value], raising=False
+        training.run_checkpoint, "all_gather_objects", lambda value, ctx: [answers["rank 0"], value], raising=False
     )
     with pytest.raises(FileNotFoundError, match=r"last.pt is missing on rank\(s\) \[1\] \(host\(s\) \S+\) of 2"):
         resume_training("auto", output_dir=tmp_path, config={}, ctx=rank1, **resume_parts(fp16_scaler=False))
@@ -272,7 +272,7 @@ def test_prepared_targets_give_the_losses_of_checked_ones():
 
 
 def test_ddp_broadcasts_buffers_only_where_training_changes_them():
-    from training.engine import buffers_change_in_training
+    from training.loop import buffers_change_in_training
 
     assert not buffers_change_in_training(build_detector(backbone="resnet18", head="fpn", num_classes=3, **TINY))
     trained_bn = build_detector(backbone="resnet18", head="fpn", num_classes=3, frozen_bn=False, freeze_at=0, **TINY)
@@ -283,7 +283,7 @@ def test_every_rank_draws_its_own_multi_scale_sizes():
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
     from training.distributed import DistributedContext
-    from training.engine import seed_per_rank
+    from training.loop import seed_per_rank
 
     def sizes(rank: int) -> list[int]:
         seed_per_rank(0, DistributedContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu")))

@@ -8,7 +8,7 @@ import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2
 
 from backbone import create_model
-from backbone.checkpoint import save_classifier
+from backbone.serving_checkpoint import save_classifier
 from detection import build_detector, save_detector
 from detection.data import generate_synthetic
 from detection.pretrained import detector_architecture, initialise_detector

@@ -10,8 +10,8 @@ from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from backbone import create_model
-from backbone.checkpoint import load_classifier, save_classifier
 from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ClassifierPreprocessing
+from backbone.serving_checkpoint import load_classifier, save_classifier
 from detection.decoding import DecodedImage, decode_image
 from detection.images import to_float_image
 from service.predictors import ClassifierPredictor

@@ -16,12 +16,17 @@ from training_scripts import (
 )
 
 from backbone import create_model
-from backbone.checkpoint import load_classifier
 from backbone.pretrained import load_backbone_weights
-from training.checkpoint import capture_rng_state, load_training_checkpoint, restore_rng_state, save_training_checkpoint
+from backbone.serving_checkpoint import load_classifier
 from training.config import make_config
 from training.plots import read_metrics
 from training.pretrain import RECIPES, PretrainConfig, main
+from training.run_checkpoint import (
+    capture_rng_state,
+    load_training_checkpoint,
+    restore_rng_state,
+    save_training_checkpoint,
+)
 from training.synthetic import COLOURS, write_class_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,10 +13,9 @@ from torchvision import tv_tensors
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 
-from backbone.checkpoint import load_classifier
 from backbone.preprocessing import ClassifierPreprocessing
+from backbone.serving_checkpoint import load_classifier
 from backbone.weights import CheckpointError
-from training.checkpoint import save_training_checkpoint
 from training.classification_data import (
     CheckedCIFAR10,
     DatasetError,
@@ -26,6 +25,7 @@ from training.classification_data import (
 )
 from training.config import make_config
 from training.pretrain import RECIPES, PretrainConfig, main
+from training.run_checkpoint import save_training_checkpoint
 from training.transforms import PCALighting, cifar_train_transform, imagenet_train_transform
 
 pytestmark = pytest.mark.usefixtures("one_thread")

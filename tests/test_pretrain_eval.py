@@ -7,9 +7,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from backbone import create_model
-from backbone.checkpoint import save_classifier
 from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ClassifierPreprocessing
 from backbone.pretrained import load_backbone_weights
+from backbone.serving_checkpoint import save_classifier
 from backbone.weights import CheckpointError
 from training.distributed import DistributedContext
 from training.evaluation import (

@@ -12,7 +12,7 @@ import torch
 from exported_models import CHECKPOINTS, DEMO_CLASSIFIER, DEMO_DETECTOR, exported
 from test_export import assert_same_detections, three_sizes
 
-from backbone.checkpoint import load_classifier
+from backbone.serving_checkpoint import load_classifier
 from detection import load_detector, runtimes
 from detection.data.synthetic_shapes import render_image
 from detection.images import to_float_image

@@ -227,7 +227,7 @@ def test_optimized_detector_gives_the_same_answer(detector_path, reference):
 
 def test_a_classifier_checkpoint_as_detector_fails_startup_naming_it(tmp_path):
     from backbone import create_model
-    from backbone.checkpoint import save_classifier
+    from backbone.serving_checkpoint import save_classifier
     from service.loading import ModelLoadError
 
     wrong = tmp_path / "a_classifier.safetensors"

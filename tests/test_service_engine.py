@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from service.engine import BatchingEngine, EngineBusy
+from service.batching import BatchingEngine, EngineBusy
 
 GUARD_S = 60  # a deadlock guard for waits that end on an event, never a speed goal
 

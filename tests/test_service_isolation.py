@@ -15,7 +15,7 @@ from PIL import Image
 from detection import build_detector, save_detector
 from detection.decoding import DecodedImage
 from service import Settings, create_app
-from service.engine import BatchingEngine
+from service.batching import BatchingEngine
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from training_scripts import (
 )
 
 from backbone import create_model
-from backbone.checkpoint import read_manifest, save_classifier
+from backbone.serving_checkpoint import read_manifest, save_classifier
 from backbone.weights import CheckpointError
 from detection import build_detector, save_detector
 from detection.data import AnnotationError, generate_synthetic

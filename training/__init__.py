@@ -1,8 +1,8 @@
 """Training: the engine shared by pretraining and detection training, and the pretraining script.
 
 Engine pieces, one concept per module: config (dataclass <-> flags), distributed (torchrun setup),
-sampler (resumable distributed batches), precision (AMP), schedule (LR), engine (model wrapping,
-the iteration loop, one optimizer step, logging and the best metric), checkpoint (resumable checkpoints:
+sampler (resumable distributed batches), precision (AMP), schedule (LR), loop (model wrapping,
+the iteration loop, one optimizer step, logging and the best metric), run_checkpoint (resumable checkpoints:
 last.pt, best.pt, resume), meters, run_log (progress bar, metrics.jsonl, TensorBoard), plots (PNG curves).
 """
 
@@ -15,26 +15,26 @@ from backbone.lazy_exports import lazy_exports
 __getattr__, __dir__ = lazy_exports(
     globals(),
     {
-        "RunCheckpoints": "training.checkpoint",
-        "capture_rng_state": "training.checkpoint",
-        "load_training_checkpoint": "training.checkpoint",
-        "restore_rng_state": "training.checkpoint",
-        "save_training_checkpoint": "training.checkpoint",
+        "RunCheckpoints": "training.run_checkpoint",
+        "capture_rng_state": "training.run_checkpoint",
+        "load_training_checkpoint": "training.run_checkpoint",
+        "restore_rng_state": "training.run_checkpoint",
+        "save_training_checkpoint": "training.run_checkpoint",
         "config_to_dict": "training.config",
         "format_config": "training.config",
         "parse_config": "training.config",
         "DistributedContext": "training.distributed",
         "init_distributed": "training.distributed",
         "shutdown_distributed": "training.distributed",
-        "BestMetric": "training.engine",
-        "Step": "training.engine",
-        "iterate_batches": "training.engine",
-        "log_training": "training.engine",
-        "make_loader": "training.engine",
-        "prepare_model": "training.engine",
-        "run_command": "training.engine",
-        "train_step": "training.engine",
-        "unwrap_model": "training.engine",
+        "BestMetric": "training.loop",
+        "Step": "training.loop",
+        "iterate_batches": "training.loop",
+        "log_training": "training.loop",
+        "make_loader": "training.loop",
+        "prepare_model": "training.loop",
+        "run_command": "training.loop",
+        "train_step": "training.loop",
+        "unwrap_model": "training.loop",
         "MetricWindow": "training.meters",
         "Precision": "training.precision",
         "RunLog": "training.run_log",

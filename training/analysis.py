@@ -23,8 +23,8 @@ import matplotlib
 import torch
 from torch import nn
 
-from backbone.checkpoint import load_classifier
 from backbone.flags import FlagParser
+from backbone.serving_checkpoint import load_classifier
 from backbone.weights import CheckpointError
 from training.classification_data import DatasetError
 from training.device_data import DeviceEvalBatches, DeviceImages, Normalizer, load_cifar_arrays

@@ -19,7 +19,7 @@ from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions
 from detection.test_time import TestTimeOptions, detect_with_options
 from detection.transform import batch_to_device
 from training.distributed import DistributedContext, all_gather_objects, all_reduce_sum
-from training.engine import unwrap_model
+from training.loop import unwrap_model
 
 METRIC_SETS = ("coco", "voc")
 

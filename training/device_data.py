@@ -252,7 +252,7 @@ def augment(split: DeviceImages, indices: torch.Tensor, seeds: torch.Tensor, *, 
 class DeviceTrainBatches:
     """Training batches of `sampler`'s current epoch (from its start step), made on the device.
 
-    Stands in for the training DataLoader in `training.engine.iterate_batches`: the same
+    Stands in for the training DataLoader in `training.loop.iterate_batches`: the same
     `set_epoch(epoch, start_step)` contract, so resuming at iteration k gives batch k exactly.
     The crop parameters of a whole epoch are computed once, when its first batch is asked for.
     """

@@ -34,11 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from backbone import create_model
-from backbone.checkpoint import load_classifier, save_classifier
 from backbone.flags import option, with_default
 from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ClassifierPreprocessing
+from backbone.serving_checkpoint import load_classifier, save_classifier
 from backbone.weights import CheckpointError
-from training.checkpoint import RunCheckpoints
 from training.classification_data import DatasetError, build_dataset, extract_once, find_split_root
 from training.config import config_to_dict, format_config, parse_config
 from training.device_data import (
@@ -49,7 +48,8 @@ from training.device_data import (
     load_cifar_arrays,
 )
 from training.distributed import barrier
-from training.engine import (
+from training.evaluation import PAPER_TEST_SCALES, collate_list, evaluate
+from training.loop import (
     BestMetric,
     describe_run,
     iterate_batches,
@@ -60,11 +60,11 @@ from training.engine import (
     start_process,
     train_step,
 )
-from training.evaluation import PAPER_TEST_SCALES, collate_list, evaluate
 from training.meters import MetricWindow
 from training.plots import plot_run
 from training.precision import Precision
 from training.provenance import run_provenance
+from training.run_checkpoint import RunCheckpoints
 from training.run_log import RunLog
 from training.run_options import RunOptions
 from training.sampler import ResumableBatchSampler, SeededDataset

@@ -53,11 +53,10 @@ from detection.evaluation.report import dataset_image_loader, write_evaluation_r
 from detection.pretrained import detector_architecture, initialise_detector
 from detection.test_time import TestTimeOptions
 from detection.transform import batch_to_device
-from training.checkpoint import RunCheckpoints
 from training.config import config_to_dict, format_config, make_config, parse_config
 from training.det_evaluation import detect_shard, score
 from training.distributed import barrier
-from training.engine import (
+from training.loop import (
     BestMetric,
     describe_run,
     iterate_batches,
@@ -74,6 +73,7 @@ from training.meters import MetricWindow
 from training.plots import plot_detection_run
 from training.precision import Precision
 from training.provenance import run_provenance
+from training.run_checkpoint import RunCheckpoints
 from training.run_log import RunLog
 from training.run_options import RunOptions
 from training.sampler import ResumableBatchSampler, SeededDataset

@@ -7,9 +7,9 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from service.dependencies import ClassifierDep, SettingsDep, reject_unknown_query
 from service.errors import INFERENCE_ERRORS
-from service.inference import Answer, infer
 from service.loading import ServedModel
 from service.predictors import ClassifyRequest
+from service.request_path import Answer, infer
 from service.schemas import ClassifyResponse, Prediction
 from service.security import KeyCheckedRoute, api_key_schemes
 from service.uploads import RAW_IMAGE_BODY, ImageUpload

@@ -11,9 +11,9 @@ from service.annotate import render_annotated
 from service.dependencies import DetectorDep, SettingsDep, reject_unknown_query
 from service.detect_options import BOX_FORMATS, BoxFormat, convert_box, parse_classes
 from service.errors import INFERENCE_ERRORS
-from service.inference import Answer, infer
 from service.loading import ServedModel
 from service.predictors import DetectRequest
+from service.request_path import Answer, infer
 from service.schemas import Detection, DetectResponse
 from service.security import KeyCheckedRoute, api_key_schemes
 from service.uploads import RAW_IMAGE_BODY, ImageUpload

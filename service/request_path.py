@@ -8,8 +8,8 @@ from typing import Any
 
 from fastapi import Request, UploadFile
 
+from service.batching import BatchTiming
 from service.disconnect import cancelled_on_disconnect
-from service.engine import BatchTiming
 from service.images import ImageRejected
 from service.loading import ServedModel
 from service.schemas import ImageSize, ModelRef, Timing

@@ -1,4 +1,4 @@
-"""Detector serving checkpoints in the shared format of backbone.checkpoint (kind="detector").
+"""Detector serving checkpoints in the shared format of backbone.serving_checkpoint (kind="detector").
 
 The manifest's architecture_kwargs are the `build_detector` kwargs (detector.config); class_names
 are the foreground names for labels 1..K. Nothing is unpickled on load. `load_detector` also takes a
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from backbone.checkpoint import load_checkpoint, make_manifest, save_checkpoint
+from backbone.serving_checkpoint import load_checkpoint, make_manifest, save_checkpoint
 from backbone.weights import CheckpointError, load_checked
 from detection.builder import build_detector
 from detection.detector import Detector

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import FrozenBatchNorm2d
 
-from backbone.inference import fold_batchnorm
+from backbone.bn_folding import fold_batchnorm
 from detection.fusion import fuse_conv_relu_sequences, fuse_fpn_and_rpn_head, fuse_resnet_blocks
 
 NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)

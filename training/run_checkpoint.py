@@ -3,7 +3,7 @@
 A training checkpoint is a `torch.save`d dict of tensors and plain values (loaded back with
 `weights_only=True`, so nothing foreign is unpickled): the unwrapped model, optimizer, LR
 schedule, grad scaler, progress counters, every rank's RNG states and the config. It is for
-resuming; serving uses the safetensors format of `backbone.checkpoint`.
+resuming; serving uses the safetensors format of `backbone.serving_checkpoint`.
 """
 
 import os
@@ -161,7 +161,7 @@ class RunCheckpoints:
     schedule: Any
     scaler: Any
     window: Any
-    best: Any  # a training.engine.BestMetric, kept under its key
+    best: Any  # a training.loop.BestMetric, kept under its key
 
     def resume(self, resume: str) -> int:
         """Restore from `resume` (a path, "auto" or ""; see `resume_training`); the iteration to start at."""
