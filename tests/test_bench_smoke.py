@@ -42,7 +42,7 @@ def test_gpu_suite_smoke_runs_every_section_and_writes_json_and_markdown(tmp_pat
     assert inference["ours, optimize_for_inference(), fp32"]["same_detections"] is True
     runs = sections["torchrun --nproc_per_node=1, both trainers"]["rows"]
     assert [row["returncode"] for row in runs] == [0, 0]
-    assert all(row["processes_line"] == "processes: 1, device: cpu" for row in runs)
+    assert all(row["processes_line"].startswith("processes: 1, device: cpu, batch: ") for row in runs)
     assert all(row["requests_per_s"] > 0 for row in sections["service under load"]["rows"])
     markdown = (tmp_path / "results.md").read_text()
     assert "## service under load" in markdown and "FAILED" not in markdown
