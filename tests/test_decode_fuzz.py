@@ -3,12 +3,14 @@ accepted format (IMAGE_FORMATS), mutated by hypothesis from a fixed seed (byte f
 times, a length field made huge, truncation), each run through the decoding processes as an upload is.
 Every input must come back decoded or refused (ImageDecodeError, the CPU-time or the memory budget); a
 worker that dies on it, or any other exception, is a finding, kept in tests/decode_regressions/ and tried
-first on every later run. Bounded: EXAMPLES inputs, well under 60 s on two busy cores.
+first on every later run. Bounded: EXAMPLES inputs, well under 60 s on two busy cores; `python -m bench.decode_fuzz
+--examples N` runs the same fuzzer longer (RESDET_FUZZ_EXAMPLES).
 """
 
 import asyncio
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from service.settings import DEFAULT_IMAGE_FORMATS
 
 REGRESSIONS = Path(__file__).resolve().parent / "decode_regressions"
 MAX_PIXELS = 4_000_000
-EXAMPLES = 1000
+EXAMPLES = int(os.environ.get("RESDET_FUZZ_EXAMPLES", "1000"))  # make test: 1000; bench.decode_fuzz: more
 
 
 def _seed_files() -> dict[str, bytes]:
