@@ -16,7 +16,6 @@ average is printed before and after, and the CPU model named.
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ from backbone.preprocessing import ClassifierPreprocessing
 from backbone.serving_checkpoint import save_classifier
 from backbone.torchvision_compat import from_torchvision
 from backbone.weights import load_checked
+from bench.machine import describe
 from detection import load_detector
 from detection.data.synthetic_shapes import generate_synthetic
 from detection.decoding import decode_image
@@ -52,16 +52,8 @@ INT8_SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
 
 
 def machine() -> str:
-    """The CPU's model name, its core count and the load average (1, 5, 15 min)."""
-    model = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        model = names[0] if names else model
-    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"{model}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads, load average {load}"
+    """The CPU (bench.machine), with the threads torch runs on."""
+    return f"{describe()}, {torch.get_num_threads()} torch threads"
 
 
 def paired_rounds(anchor: Callable[[], object], path: Callable[[], object], *, rounds: int) -> tuple[float, float]:

@@ -220,7 +220,7 @@ async def hostile_client(
         await hostile_request(client, url, hostile, rng, tally)
 
 
-def _client(url: str, connections: int) -> httpx.AsyncClient:
+def connection_pool(url: str, connections: int) -> httpx.AsyncClient:
     # Pooled connections expire before uvicorn's 5 s keep-alive does: reusing one the server is closing
     # would count as a transport error that is the client's doing.
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2.0)
@@ -236,7 +236,7 @@ async def run_segment(
     requests cost against as many good ones."""
     if segment != "mixed":
         good_clients, hostile_clients = good_clients + hostile_clients, 0
-    async with _client(url, good_clients) as good, _client(url, max(1, hostile_clients) * 32) as bad:
+    async with connection_pool(url, good_clients) as good, connection_pool(url, max(1, hostile_clients) * 32) as bad:
         started = time.perf_counter()
         deadline = started + seconds
         tasks = [good_client(good, photo, tally, segment, deadline, seed + i) for i in range(good_clients)]
