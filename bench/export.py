@@ -30,8 +30,9 @@ from detection.torchvision_compat import describe_torchvision_detector, rename_t
 DEMO_DETECTOR = Path(__file__).resolve().parents[1] / "service" / "models" / "demo_detector.safetensors"
 
 
-def r50_fpn_checkpoint(folder: Path) -> Path:
-    state_dict = torchvision_anchor(None).state_dict()
+def r50_fpn_checkpoint(folder: Path, *, anchor: torch.nn.Module | None = None) -> Path:
+    """Our checkpoint of the anchor's weights (bench/detector.py's torchvision anchor unless given)."""
+    state_dict = (anchor or torchvision_anchor(None)).state_dict()
     model = build_detector(**describe_torchvision_detector(state_dict))
     model.load_state_dict(rename_torchvision_detector(state_dict))
     return save_detector(folder / "r50_fpn.safetensors", model=model)

@@ -19,7 +19,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,9 @@ from backbone.preprocessing import ClassifierPreprocessing
 from backbone.serving_checkpoint import save_classifier
 from backbone.torchvision_compat import from_torchvision
 from backbone.weights import load_checked
+from bench.detector import image_paths as detector_image_paths
+from bench.detector import torchvision_anchor
+from bench.export import r50_fpn_checkpoint
 from bench.machine import describe
 from detection import load_detector
 from detection.data.synthetic_shapes import generate_synthetic
@@ -39,7 +42,7 @@ from detection.network_accuracy import coco_ap, detector_inputs, image_files, ma
 from detection.predictor import UNCAPPED, Cut, Predictor
 from detection.quantize import calibrate, write_manifest
 from detection.runtime_predictor import RuntimePredictor
-from detection.runtimes import exported_onnx, installed, load_network
+from detection.runtimes import RUNTIMES, exported_onnx, installed, load_network
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample100"
@@ -49,6 +52,8 @@ PATHS = [  # (runtime, precision) in table order; int8 runs from a file calibrat
     ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8"),
 ]  # fmt: skip
 INT8_SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
+TABLES = ["classifier", "detector", "r50-fpn"]
+MIN_SCORE = 0.05  # the R50-FPN's detections compared: its default score threshold (random weights score low)
 
 
 def machine() -> str:
@@ -68,8 +73,12 @@ def paired_rounds(anchor: Callable[[], object], path: Callable[[], object], *, r
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def wanted(runtime: str, *, compile_models: bool) -> bool:
-    return installed(runtime) and (compile_models or runtime != "torch-compile")
+def wanted(runtime: str, *, compile_models: bool, runtimes: list[str] | None) -> bool:
+    return (
+        installed(runtime)
+        and (compile_models or runtime != "torch-compile")
+        and (runtimes is None or runtime in runtimes)
+    )
 
 
 def int8_file(source: Path, runtime: str, items: list[tuple[torch.Tensor, ...]], workdir: Path) -> Path:
@@ -116,7 +125,7 @@ def classifier_table(args: argparse.Namespace, workdir: Path) -> None:
     print(f"| path | {' | '.join(f'batch {b}' for b in args.batch_sizes)} | logit cosine (min) | top-1 agreement |")
     print(f"|---|{'---|' * len(args.batch_sizes)}---|---|")
     for runtime, precision in PATHS:
-        if not wanted(runtime, compile_models=args.compile):
+        if not wanted(runtime, compile_models=args.compile, runtimes=args.runtimes):
             continue
         items = [(crop[None],) for crop in calibration]
         network = network_for(checkpoint, runtime, precision, items, workdir)
@@ -137,6 +146,38 @@ def classifier_table(args: argparse.Namespace, workdir: Path) -> None:
         print(f"| {runtime} {precision} | {' | '.join(cells)} | {cosine:.4f} | {100 * agreement:.0f}% |", flush=True)
 
 
+def detector_rows(
+    args: argparse.Namespace, workdir: Path, *, checkpoint: Path, anchor: Callable[[torch.Tensor], object],
+    timed: list[Path], calibration: list[tuple[torch.Tensor, ...]], compiled: bool,
+) -> Iterator[tuple[str, RuntimePredictor, str]]:  # fmt: skip
+    """For each wanted path: its name, its predictor (the checkpoint's transform, the path's network) and the
+    ratio cell: anchor time / path time at batch 1 over the `timed` images, paired in rounds."""
+    cut = Cut(score_threshold=0.0, max_detections=UNCAPPED)
+    for runtime, precision in PATHS:
+        if not wanted(runtime, compile_models=args.compile, runtimes=args.runtimes):
+            continue
+        if runtime == "torch-compile" and not compiled:
+            continue
+        model, _ = load_detector(checkpoint)
+        predictor = RuntimePredictor(model, network_for(checkpoint, runtime, precision, calibration, workdir))
+        anchor_times, path_times = [], []
+        with torch.inference_mode():
+            for path in timed:
+                pixels, prepared = float_image(path), predictor.prepare(path)
+                anchor_s, path_s = paired_rounds(
+                    lambda pixels=pixels: anchor([pixels]),
+                    lambda prepared=prepared, predictor=predictor: predictor.detect([prepared], [cut]),
+                    rounds=args.rounds,
+                )
+                anchor_times.append(anchor_s)
+                path_times.append(path_s)
+        ratio = sum(anchor_times) / sum(path_times)
+        unit = (
+            f"{np.mean(anchor_times):.2f} s" if np.mean(anchor_times) >= 1 else f"{1000 * np.mean(anchor_times):.0f} ms"
+        )
+        yield f"{runtime} {precision}", predictor, f"{ratio:.2f}x (anchor {unit})"
+
+
 def detector_table(args: argparse.Namespace, workdir: Path) -> None:
     layout = generate_synthetic(workdir / "shapes", num_train=20, num_val=args.eval_images, image_size=128, seed=11)
     anchor_model, _ = load_detector(DEMO_DETECTOR)
@@ -151,31 +192,50 @@ def detector_table(args: argparse.Namespace, workdir: Path) -> None:
         f"accuracy on {args.eval_images} generated images: eager fp32 AP {expected.ap:.1f}"
     )
     print("| path | ratio | AP | fp32 detections found |\n|---|---|---|---|")
-    cut = Cut(score_threshold=0.0, max_detections=UNCAPPED)
-    for runtime, precision in PATHS:
-        if not wanted(runtime, compile_models=args.compile) or runtime == "torch-compile":
-            continue  # torch.compile of the detector graph recompiles per input shape: not a serving path here
-        model, _ = load_detector(DEMO_DETECTOR)
-        predictor = RuntimePredictor(model, network_for(DEMO_DETECTOR, runtime, precision, calibration, workdir))
-        anchor_times, path_times = [], []
-        with torch.inference_mode():
-            for path in timed:
-                pixels, prepared = float_image(path), predictor.prepare(path)
-                anchor_s, path_s = paired_rounds(
-                    lambda pixels=pixels: anchor_model([pixels]),
-                    lambda prepared=prepared, predictor=predictor: predictor.detect([prepared], [cut]),
-                    rounds=args.rounds,
-                )
-                anchor_times.append(anchor_s)
-                path_times.append(path_s)
+    # torch.compile of the demo graph recompiles per input shape: not a serving path here
+    rows = detector_rows(args, workdir, checkpoint=DEMO_DETECTOR, anchor=anchor_model, timed=timed,
+                         calibration=calibration, compiled=False)  # fmt: skip
+    for name, predictor, ratio in rows:
         score = coco_ap(predictor, annotations, images)
         found = matched_fraction(expected.predictions, score.predictions)
-        ratio = sum(anchor_times) / sum(path_times)
-        print(
-            f"| {runtime} {precision} | {ratio:.2f}x (anchor {1000 * np.mean(anchor_times):.0f} ms) "
-            f"| {score.ap:.1f} | {100 * found:.1f}% |",
-            flush=True,
-        )
+        print(f"| {name} | {ratio} | {score.ap:.1f} | {100 * found:.1f}% |", flush=True)
+
+
+def detections(predictor: Predictor, paths: list[Path]) -> dict[int, dict[str, np.ndarray]]:
+    """Every detection of the predictor (no cut) on each image, by index, as matched_fraction takes them."""
+    everything = Cut(score_threshold=0.0, max_detections=UNCAPPED)
+    found = {}
+    for index, path in enumerate(paths):
+        (result,) = predictor.detect([predictor.prepare(path)], [everything])
+        found[index] = {key: value.numpy() for key, value in result.items()}
+    return found
+
+
+def r50_fpn_table(args: argparse.Namespace, workdir: Path) -> None:
+    """Faster R-CNN R50-FPN at shorter side 800, batch 1: torchvision's fp32 eager anchor against every path
+    that runs resdet's converted copy of its weights; accuracy against resdet's fp32 eager detections."""
+    anchor = torchvision_anchor(None)  # random weights made to behave like trained ones (bench/detector.py)
+    checkpoint = r50_fpn_checkpoint(workdir, anchor=anchor)
+    reference_model, _ = load_detector(checkpoint)
+    reference = Predictor(reference_model, device="cpu", precision="fp32", optimize=False)
+    timed = detector_image_paths(args.detector_images)
+    scored = detector_image_paths(args.detector_images + args.calibration_images)
+    calibration = [detector_inputs(reference, path) for path in scored[args.detector_images :]]
+    scored = scored[: args.detector_images]
+    expected = detections(reference, scored)
+    count = sum(int((found["scores"] >= MIN_SCORE).sum()) for found in expected.values())
+    print(
+        f"\nFaster R-CNN R50-FPN, shorter side 800, batch 1, anchor torchvision fasterrcnn_resnet50_fpn fp32 eager "
+        f"(no_grad); timed on {', '.join(path.name for path in timed)}; accuracy: of resdet's fp32 eager detections "
+        f"scoring >= {MIN_SCORE} ({count} on those images; random weights: no COCO weights offline), the share each "
+        f"path finds (same class, IoU >= 0.5); int8 calibrated on {len(calibration)} other coco-mini images"
+    )
+    print("| path | ratio | fp32 detections found |\n|---|---|---|")
+    rows = detector_rows(args, workdir, checkpoint=checkpoint, anchor=anchor, timed=timed, calibration=calibration,
+                         compiled=True)  # fmt: skip
+    for name, predictor, ratio in rows:
+        found = matched_fraction(expected, detections(predictor, scored), min_score=MIN_SCORE)
+        print(f"| {name} | {ratio} | {100 * found:.1f}% |", flush=True)
 
 
 def float_image(path: Path) -> torch.Tensor:
@@ -188,15 +248,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed calls of each side of each pair (default 5)")
     parser.add_argument("--eval-images", type=int, default=100, help="detector accuracy images (default 100)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave out torch.compile")
-    parser.add_argument("--only", choices=["classifier", "detector"], help="one table")
+    parser.add_argument("--only", nargs="+", choices=TABLES, default=TABLES, help="the tables to run (default all)")
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, help="only these runtimes' rows (default all)")
+    parser.add_argument("--detector-images", type=int, default=2, help="R50-FPN images timed and scored (default 2)")
+    parser.add_argument("--calibration-images", type=int, default=4, help="R50-FPN int8 calibration images")
     args = parser.parse_args(argv)
     print(f"bench.runtimes, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {machine()}")
     with tempfile.TemporaryDirectory(prefix="resdet-bench-") as scratch:
         os.environ.setdefault("RESDET_CACHE", scratch)  # exports of the random-weight model are not kept
-        if args.only != "detector":
-            classifier_table(args, Path(scratch))
-        if args.only != "classifier":
-            detector_table(args, Path(scratch))
+        for table in args.only:
+            {"classifier": classifier_table, "detector": detector_table, "r50-fpn": r50_fpn_table}[table](
+                args, Path(scratch)
+            )
     print(f"\nafter: {machine()}")
 
 
