@@ -53,7 +53,7 @@ PATHS = [  # (runtime, precision) in table order; int8 runs from a file calibrat
 ]  # fmt: skip
 INT8_SUFFIX = {"onnxruntime": ".onnx", "openvino": ".xml"}
 TABLES = ["classifier", "detector", "r50-fpn"]
-MIN_SCORE = 0.05  # the R50-FPN's detections compared: its default score threshold (random weights score low)
+MIN_SCORE = 0.05  # the R50-FPN's detections compared: torchvision's box_score_thresh (random weights score low)
 
 
 def machine() -> str:
@@ -202,11 +202,12 @@ def detector_table(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def detections(predictor: Predictor, paths: list[Path]) -> dict[int, dict[str, np.ndarray]]:
-    """Every detection of the predictor (no cut) on each image, by index, as matched_fraction takes them."""
-    everything = Cut(score_threshold=0.0, max_detections=UNCAPPED)
+    """The predictor's detections on each image under torchvision's default cut (score >= 0.05, the best 100),
+    by index, as matched_fraction takes them."""
+    cut = Cut(score_threshold=MIN_SCORE, max_detections=100)
     found = {}
     for index, path in enumerate(paths):
-        (result,) = predictor.detect([predictor.prepare(path)], [everything])
+        (result,) = predictor.detect([predictor.prepare(path)], [cut])
         found[index] = {key: value.numpy() for key, value in result.items()}
     return found
 
@@ -227,8 +228,9 @@ def r50_fpn_table(args: argparse.Namespace, workdir: Path) -> None:
     print(
         f"\nFaster R-CNN R50-FPN, shorter side 800, batch 1, anchor torchvision fasterrcnn_resnet50_fpn fp32 eager "
         f"(no_grad); timed on {', '.join(path.name for path in timed)}; accuracy: of resdet's fp32 eager detections "
-        f"scoring >= {MIN_SCORE} ({count} on those images; random weights: no COCO weights offline), the share each "
-        f"path finds (same class, IoU >= 0.5); int8 calibrated on {len(calibration)} other coco-mini images"
+        f"(torchvision's cut: score >= {MIN_SCORE}, the best 100; {count} on those images; random weights: no COCO "
+        f"weights offline), the share each path finds (same class, IoU >= 0.5); int8 calibrated on "
+        f"{len(calibration)} other coco-mini images"
     )
     print("| path | ratio | fp32 detections found |\n|---|---|---|")
     rows = detector_rows(args, workdir, checkpoint=checkpoint, anchor=anchor, timed=timed, calibration=calibration,

@@ -6,7 +6,9 @@ import statistics
 
 import pytest
 
+from bench import server_scenario
 from bench.server_scenario import highest_passing, p99, poisson_schedule, search_rate
+from service import Settings, create_app
 
 
 def test_poisson_schedule_has_the_asked_mean_rate_and_is_fixed_by_its_seed():
@@ -62,3 +64,24 @@ def test_search_stops_at_the_ceiling_when_it_passes_and_reports_none_when_nothin
     points = search_rate(lambda rate: math.inf, bound=1.0, ceiling=10.0, steps=3)
     assert [rate for rate, _ in points] == [10.0, 5.0, 2.5, 1.25]
     assert highest_passing(points, bound=1.0) == (0.0, math.inf)
+
+
+def test_server_scenario_runs_end_to_end_against_a_live_service(live_server, capsys):
+    """A smoke run, so the tool cannot rot unnoticed: a bound so loose that the first point (the offline rate)
+    passes. Nothing here is timed against a goal; the figures are docs/BENCHMARKS.md's."""
+    url = live_server(create_app(Settings()))
+    flags = ["--queries", "4", "--steps", "1", "--latency-queries", "1", "--offline-queries", "2",
+             "--hostile-clients", "0", "--bound-ms", "600000"]  # fmt: skip
+    exit_status = server_scenario.main(["--url", url, *flags])
+    output = capsys.readouterr().out
+    assert exit_status == 0
+    assert "runtime torch" in output and "p99 bound 600000 ms" in output
+    row = next(line for line in output.splitlines() if line.startswith("| good only |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert float(cells[1]) > 0 and cells[2] == cells[1] and cells[3] == "1.00x"  # the ceiling passed
+
+
+def test_server_scenario_refuses_a_url_off_loopback(capsys):
+    with pytest.raises(SystemExit):
+        server_scenario.main(["--url", "http://192.0.2.1:8000"])
+    assert "loopback" in capsys.readouterr().err
