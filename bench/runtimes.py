@@ -1,15 +1,21 @@
 """Runtimes side by side on this CPU: each path paired with its anchor in A/B rounds, accuracy beside speed.
 
-    python -m bench.runtimes                      # both tables (ResNet-50 224 px at batch 1 and 16; demo detector)
+    python -m bench.runtimes                      # every table: ResNet-50 224 px (batch 1, 16), demo detector, R50-FPN
     python -m bench.runtimes --rounds 3 --no-compile --eval-images 50
+    python -m bench.runtimes --only r50-fpn --runtimes torch onnxruntime openvino --timed-images 1
+    python -m bench.runtimes --only classifier --runtimes torch-compile     # the torch.compile rows alone
 
 Classifier: ResNet-50 (torchvision's, random weights: no pretrained file is available offline) and its
 resdet copy under every runtime and precision; anchor torchvision fp32 eager. Accuracy: logit cosine to
 the anchor's fp32 logits (lowest over the batch) and top-1 agreement with them, on real photographs from
 ../shared/data/imagenet-sample100 where present. Detector: the shipped demo detector, anchor its eager
 `Detector.forward` in fp32; accuracy: COCO AP on freshly generated synthetic shapes and the fraction of
-the anchor's detections (score >= 0.5) each path finds. int8 rows are calibrated here on images that are not
-scored. Each path is timed in rounds that alternate with its anchor (anchor, path, anchor, path, ...):
+the anchor's detections (score >= 0.5) each path finds. Faster R-CNN R50-FPN (shorter side 800, batch 1):
+torchvision's fasterrcnn_resnet50_fpn in fp32 eager is the anchor (random weights made to behave like trained
+ones, bench/detector.py), every path runs resdet's converted copy of its weights (torch.compile included,
+unless --no-compile); accuracy: the share of resdet's fp32 eager detections (score >= 0.05, best 100) each
+path finds on demo and coco-mini images. int8 rows are calibrated here on images that are not scored.
+Each path is timed in rounds that alternate with its anchor (anchor, path, anchor, path, ...):
 ratio = anchor median / path median, so a busy machine slows both sides of a ratio alike; the load
 average is printed before and after, and the CPU model named.
 """
@@ -219,8 +225,8 @@ def r50_fpn_table(args: argparse.Namespace, workdir: Path) -> None:
     checkpoint = r50_fpn_checkpoint(workdir, anchor=anchor)
     reference_model, _ = load_detector(checkpoint)
     reference = Predictor(reference_model, device="cpu", precision="fp32", optimize=False)
-    timed = detector_image_paths(args.detector_images)
     scored = detector_image_paths(args.detector_images + args.calibration_images)
+    timed = scored[: args.timed_images]
     calibration = [detector_inputs(reference, path) for path in scored[args.detector_images :]]
     scored = scored[: args.detector_images]
     expected = detections(reference, scored)
@@ -252,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="leave out torch.compile")
     parser.add_argument("--only", nargs="+", choices=TABLES, default=TABLES, help="the tables to run (default all)")
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, help="only these runtimes' rows (default all)")
-    parser.add_argument("--detector-images", type=int, default=2, help="R50-FPN images timed and scored (default 2)")
+    parser.add_argument("--detector-images", type=int, default=4, help="R50-FPN images scored (default 4)")
+    parser.add_argument("--timed-images", type=int, default=2, help="the first R50-FPN images, timed (default 2)")
     parser.add_argument("--calibration-images", type=int, default=4, help="R50-FPN int8 calibration images")
     args = parser.parse_args(argv)
     print(f"bench.runtimes, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {machine()}")
