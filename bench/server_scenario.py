@@ -43,6 +43,7 @@ from bench.loopback import ServerProcess, wait_ready
 from bench.machine import cpu_features, cpu_model, load_average
 from bench.service import percentile
 from bench.soak import Hostile, Tally, connection_pool, good_photo, hostile_client
+from detection.runtimes import AUTO, RUNTIMES
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DETECTOR = REPO / "service" / "models" / "demo_detector.safetensors"
@@ -248,7 +249,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="A running server on loopback to measure; default: start one.")
     parser.add_argument("--detector", type=Path, default=DEMO_DETECTOR, help="The detector checkpoint served.")
-    parser.add_argument("--runtime", default="torch", help="The server's RUNTIME setting (default torch).")
+    parser.add_argument(
+        "--runtime", default="torch", choices=(AUTO, *RUNTIMES), help="The server's RUNTIME setting (default torch)."
+    )
     parser.add_argument("--bf16", choices=("auto", "true", "false"), default="auto", help="The server's BF16 setting.")
     parser.add_argument("--max-batch", type=int, default=8, help="The server's MAX_BATCH (default 8).")
     parser.add_argument(
@@ -270,6 +273,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, name, quick if args.quick else full)
     if args.queries < 1 or args.offline_queries < 1 or args.latency_queries < 1 or args.steps < 0:
         parser.error("--queries, --offline-queries and --latency-queries must be >= 1, --steps >= 0")
+    if not args.bound_factor > 0 or (args.bound_ms is not None and not args.bound_ms > 0):
+        parser.error("--bound-factor and --bound-ms must be > 0")
     if args.url and urlsplit(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
         parser.error("--url must be a loopback address: this tool sends hostile traffic")
     if not args.url and not args.detector.is_file():

@@ -81,7 +81,18 @@ def test_server_scenario_runs_end_to_end_against_a_live_service(live_server, cap
     assert float(cells[1]) > 0 and cells[2] == cells[1] and cells[3] == "1.00x"  # the ceiling passed
 
 
-def test_server_scenario_refuses_a_url_off_loopback(capsys):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--url", "http://192.0.2.1:8000"], "loopback"),
+        (["--queries", "0"], "must be >= 1"),
+        (["--bound-ms", "0"], "must be > 0"),
+        (["--bound-factor", "-2"], "must be > 0"),
+        (["--runtime", "tensorrt"], "invalid choice"),
+        (["--detector", "no_such_detector.safetensors"], "not found"),
+    ],
+)
+def test_server_scenario_refuses_what_it_cannot_measure_before_starting_anything(flags, message, capsys):
     with pytest.raises(SystemExit):
-        server_scenario.main(["--url", "http://192.0.2.1:8000"])
-    assert "loopback" in capsys.readouterr().err
+        server_scenario.main(flags)
+    assert message in capsys.readouterr().err
