@@ -1,8 +1,11 @@
 """Detection evaluation across ranks: each rank detects on its shard, rank 0 merges and scores.
 
-Every rank runs the model on its own images (with targets, so the validation loss comes for free),
-the per-image detections are gathered to every rank, and the metrics (pycocotools COCO, VOC 11-point
-and area AP) are computed from the merged set, so the figures do not depend on the number of ranks.
+The detections come from `detection.predictor.Predictor`, the one inference path the predict CLI, the
+service and the Python API take (prepare with the model's resize rule, group by padded input shape, one
+precision policy, boxes in source pixels), so a checkpoint's AP is the AP of what users get from it and an
+image's detections never depend on its batch-mates. The per-image detections are gathered to every rank and
+scored (pycocotools COCO, VOC 11-point and area AP) on the merged set, so the figures do not depend on the
+number of ranks.
 """
 
 from collections.abc import Callable
@@ -11,60 +14,71 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from backbone.progress import progress
+from detection.detector import Detector
 from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions
-from detection.test_time import TestTimeOptions, detect_with_options
+from detection.evaluation.predictions import as_arrays
+from detection.predictor import PLAIN, Cut, Predictor
+from detection.test_time import TestTimeOptions
 from detection.transform import batch_to_device
 from training.distributed import DistributedContext, all_gather_objects, all_reduce_sum
-from training.loop import unwrap_model
 
 METRIC_SETS = ("coco", "voc")
+# fp32, as the paper and torchvision's references evaluate: metrics comparable across machines and with
+# the amp setting of training; "auto" or "bf16" (the Predictor's policy) evaluate what a bf16 service answers
+DEFAULT_EVAL_PRECISION = "fp32"
+
+
+def evaluation_cut(model: Detector) -> Cut:
+    """What evaluation keeps: the model's own score threshold (box_score_thresh, 0.05 by default) and its
+    detections per image (COCO's 100), every class."""
+    return Cut(score_threshold=model.roi_heads.score_thresh, max_detections=model.roi_heads.detections_per_img)
 
 
 @torch.no_grad()
 def detect_shard(
-    model: nn.Module,
+    model: Detector,
     loader: DataLoader,
     *,
     ctx: DistributedContext,
-    autocast: Callable[[], AbstractContextManager],
-    test_time: TestTimeOptions | None = None,
+    precision: str = DEFAULT_EVAL_PRECISION,
+    test_time: TestTimeOptions = PLAIN,
+    loss_autocast: Callable[[], AbstractContextManager] | None = None,
 ) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, float]]:
     """Detections of every image in the dataset (gathered from all ranks) and the mean validation losses.
 
-    test_time: the test-time ladder's options; other than the defaults, the detections come from
-    `detect_with_options` and there are no validation losses (its rungs have none)."""
-    plain = test_time is None or test_time == TestTimeOptions()
-    was_training = model.training
-    model.eval()
+    model: the unwrapped detector (never the DDP wrapper), left in the mode it came in. The loader yields the
+    dataset's decoded uint8 images with their targets. loss_autocast: when given (in-training evaluation),
+    the validation losses are computed too, under training's precision; else there are none."""
+    cut = evaluation_cut(model)
     predictions: dict[int, dict[str, np.ndarray]] = {}
     loss_sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=ctx.device)
+    was_training = model.training
     try:
+        predictor = Predictor(model, device=ctx.device, precision=precision, optimize=False, test_time=test_time)
         # rank 0 shows progress (images/s and ETA, as the training bar); leave=False keeps the log to one bar
         batches = progress(
             loader, desc="evaluate", unit="batch", dynamic_ncols=True, leave=False, disable=not ctx.is_main
         )
         for images, targets in batches:
-            images, device_targets = batch_to_device(
-                images, targets, device=ctx.device, num_classes=unwrap_model(model).num_classes
-            )
-            with autocast():
-                if plain:
-                    losses, detections = model(images, device_targets, targets_prepared=True)
-                else:
-                    losses, detections = {}, detect_with_options(unwrap_model(model), images, test_time)
-            for name, value in losses.items():
-                loss_sums[name] = loss_sums.get(name, 0) + value.detach().float() * len(images)
-            count += len(images)
-            for target, detection in zip(targets, detections):
-                predictions[int(target["image_id"])] = {
-                    key: detection[key].float().cpu().numpy() if key != "labels" else detection[key].cpu().numpy()
-                    for key in ("boxes", "scores", "labels")
-                }
+            prepared = [predictor.prepare(image, index=index) for index, image in enumerate(images)]
+            for target, detections in zip(targets, predictor.detect(prepared, [cut] * len(prepared))):
+                image_id = int(target["image_id"])
+                predictions[image_id] = as_arrays(detections, image_id=image_id)
+            if loss_autocast is not None:
+                # Validation losses from the loader's batch (eval mode: BN statistics untouched); the detections
+                # of this forward are discarded, evaluation's come from the Predictor above.
+                device_images, device_targets = batch_to_device(
+                    images, targets, device=ctx.device, num_classes=model.num_classes
+                )
+                with loss_autocast():
+                    losses, _ = model(device_images, device_targets, targets_prepared=True)
+                for name, value in losses.items():
+                    loss_sums[name] = loss_sums.get(name, 0) + value.detach().float() * len(images)
+                count += len(images)
     finally:
         model.train(was_training)
     names = sorted(loss_sums)

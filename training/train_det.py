@@ -50,11 +50,12 @@ from detection.data import (
 from detection.data import collate_fn as detection_collate
 from detection.evaluation import to_coco_results, write_json
 from detection.evaluation.report import dataset_image_loader, write_evaluation_report
+from detection.predictor import resolve_precision
 from detection.pretrained import detector_architecture, initialise_detector
 from detection.test_time import TestTimeOptions
 from detection.transform import batch_to_device
 from training.config import config_to_dict, format_config, make_config, parse_config
-from training.det_evaluation import detect_shard, score
+from training.det_evaluation import DEFAULT_EVAL_PRECISION, detect_shard, score
 from training.distributed import barrier
 from training.loop import (
     BestMetric,
@@ -151,7 +152,13 @@ class DetTrainConfig(RunOptions):
         (), '"coco" and/or "voc"; none given means coco for COCO data, both for VOC data.'
     )
     eval_every: int = option(0, "Iterations between evaluations; 0 means once per epoch.")
-    eval_batch_size: int = option(2, "Evaluation batch per rank.")
+    eval_batch_size: int = option(
+        2, "Images per rank decoded together for evaluation; the Predictor runs those of one padded shape together."
+    )
+    eval_precision: str = option(
+        DEFAULT_EVAL_PRECISION, 'Precision of the evaluation detections, the Predictor\'s policy: "fp32", "bf16" or '
+        '"auto" (bf16 where the device computes it natively); fp32 by default, as the paper and torchvision evaluate.',
+    )  # fmt: skip
     eval_only: str = option("", "A model.safetensors to evaluate instead of training.")
     # --- infrastructure (the rest, shared with pretrain.py, in training/run_options.py)
     output_dir: str = with_default(RunOptions, "output_dir", "runs/detection")  # each command its own folder
@@ -292,20 +299,25 @@ def evaluate_detector(
     dataset,
     metric_sets: tuple[str, ...],
     ctx,
-    precision: Precision,
+    precision: str,
     verbose: bool,
     test_time: TestTimeOptions,
+    loss_autocast=None,
 ) -> tuple[dict[str, float], dict, dict]:
-    """(headline metrics and validation losses, full metric objects, merged predictions) on the whole val set."""
-    predictions, val_losses = detect_shard(model, loader, ctx=ctx, autocast=precision.autocast, test_time=test_time)
+    """(headline metrics and validation losses, full metric objects, merged predictions) on the whole val set:
+    the detections through the Predictor at `precision`, the losses (in-training only) under `loss_autocast`."""
+    predictions, val_losses = detect_shard(
+        model, loader, ctx=ctx, precision=precision, test_time=test_time, loss_autocast=loss_autocast
+    )
     flat, full = score(dataset, predictions, metric_sets=metric_sets, verbose=verbose and ctx.is_main)
     return {**flat, **val_losses}, full, predictions
 
 
-def write_reports(output_dir: Path, *, flat: dict, full: dict, predictions: dict, category_ids) -> None:
-    """eval.json (headline and full metrics) and detections.json (COCO results format)."""
+def write_reports(output_dir: Path, *, flat: dict, full: dict, predictions: dict, category_ids, precision: str) -> None:
+    """eval.json (headline and full metrics, the precision the detections ran at) and detections.json (COCO
+    results format)."""
     report = {name: metrics.as_dict() for name, metrics in full.items()}
-    write_json(output_dir / "eval.json", {"headline": flat, **report})
+    write_json(output_dir / "eval.json", {"headline": flat, "precision": precision, **report})
     write_json(output_dir / "detections.json", to_coco_results(predictions, category_ids=category_ids))
 
 
@@ -318,6 +330,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         print(describe_run(ctx, global_batch_size=cfg.batch_size), flush=True)
     precision = Precision(amp=cfg.amp, device=ctx.device)
     metric_sets = cfg.metrics or (("coco",) if cfg.dataset == "coco" else ("coco", "voc"))
+    eval_precision = resolve_precision(cfg.eval_precision, ctx.device)
 
     if cfg.test_time != TestTimeOptions() and not cfg.eval_only:
         raise ValueError(
@@ -334,7 +347,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         workers=cfg.workers, device=ctx.device, collate_fn=detection_collate,
     )  # fmt: skip
     evaluation = dict(
-        loader=eval_loader, dataset=val_data, metric_sets=metric_sets, ctx=ctx, precision=precision,
+        loader=eval_loader, dataset=val_data, metric_sets=metric_sets, ctx=ctx, precision=eval_precision,
         test_time=cfg.test_time,
     )  # fmt: skip
 
@@ -347,7 +360,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         flat, full, predictions = evaluate_detector(model, **evaluation, verbose=True)
         if ctx.is_main:
             write_reports(output_dir, flat=flat, full=full, predictions=predictions,
-                          category_ids=val_data.category_ids)  # fmt: skip
+                          category_ids=val_data.category_ids, precision=eval_precision)  # fmt: skip
             print(f"wrote {output_dir / 'eval.json'}", flush=True)
             if "coco" in full:
                 tables = write_evaluation_report(
@@ -441,14 +454,16 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
             log_training(window, step=step, lr=lr, steps_per_epoch=steps_per_epoch, ctx=ctx, run_log=run_log)
         is_best = False
         if step.due(eval_every):
-            results, full, predictions = evaluate_detector(model, **evaluation, verbose=step.finished)
+            results, full, predictions = evaluate_detector(
+                model, **evaluation, verbose=step.finished, loss_autocast=precision.autocast
+            )
             run_log.log("eval", step.done, results)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items() if not k.startswith("val_"))
             run_log.print(f"iteration {step.done}: {shown}")
             is_best = best.update(results[headline])
             if step.finished and ctx.is_main:
                 write_reports(output_dir, flat=results, full=full, predictions=predictions,
-                              category_ids=val_data.category_ids)  # fmt: skip
+                              category_ids=val_data.category_ids, precision=eval_precision)  # fmt: skip
         if step.due(checkpoint_every) or is_best:
             checkpoints.save(iteration=step.done, epoch=step.epoch, is_best=is_best)
 
