@@ -295,7 +295,7 @@ def test_every_rank_draws_its_own_multi_scale_sizes():
 
 
 def test_channels_last_default_follows_the_device_measurements():
-    from training.train_det import detection_channels_last
+    from training.det_model import detection_channels_last
 
     assert detection_channels_last("auto", torch.device("cpu")) is True
     assert detection_channels_last("auto", torch.device("cuda", 0)) is False

@@ -10,6 +10,7 @@ number of ranks.
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from backbone.progress import progress
 from detection.detector import Detector
-from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions
+from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions, to_coco_results, write_json
 from detection.evaluation.predictions import as_arrays
 from detection.predictor import PLAIN, Cut, Predictor
 from detection.test_time import TestTimeOptions
@@ -26,9 +27,6 @@ from detection.transform import batch_to_device
 from training.distributed import DistributedContext, all_gather_objects, all_reduce_sum
 
 METRIC_SETS = ("coco", "voc")
-# fp32, as the paper and torchvision's references evaluate: metrics comparable across machines and with
-# the amp setting of training; "auto" or "bf16" (the Predictor's policy) evaluate what a bf16 service answers
-DEFAULT_EVAL_PRECISION = "fp32"
 
 
 def evaluation_cut(model: Detector) -> Cut:
@@ -43,7 +41,7 @@ def detect_shard(
     loader: DataLoader,
     *,
     ctx: DistributedContext,
-    precision: str = DEFAULT_EVAL_PRECISION,
+    precision: str,
     test_time: TestTimeOptions = PLAIN,
     loss_autocast: Callable[[], AbstractContextManager] | None = None,
 ) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, float]]:
@@ -110,3 +108,32 @@ def score(dataset: Any, predictions: dict[int, dict[str, np.ndarray]], *, metric
         else:
             raise ValueError(f"unknown metric set {metric_set!r}; known: {', '.join(METRIC_SETS)}")
     return flat, full
+
+
+def evaluate_detector(
+    model: torch.nn.Module,
+    *,
+    loader,
+    dataset,
+    metric_sets: tuple[str, ...],
+    ctx,
+    precision: str,
+    verbose: bool,
+    test_time: TestTimeOptions,
+    loss_autocast=None,
+) -> tuple[dict[str, float], dict, dict]:
+    """(headline metrics and validation losses, full metric objects, merged predictions) on the whole val set:
+    the detections through the Predictor at `precision`, the losses (in-training only) under `loss_autocast`."""
+    predictions, val_losses = detect_shard(
+        model, loader, ctx=ctx, precision=precision, test_time=test_time, loss_autocast=loss_autocast
+    )
+    flat, full = score(dataset, predictions, metric_sets=metric_sets, verbose=verbose and ctx.is_main)
+    return {**flat, **val_losses}, full, predictions
+
+
+def write_reports(output_dir: Path, *, flat: dict, full: dict, predictions: dict, category_ids, precision: str) -> None:
+    """eval.json (headline and full metrics, the precision the detections ran at) and detections.json (COCO
+    results format)."""
+    report = {name: metrics.as_dict() for name, metrics in full.items()}
+    write_json(output_dir / "eval.json", {"headline": flat, "precision": precision, **report})
+    write_json(output_dir / "detections.json", to_coco_results(predictions, category_ids=category_ids))
