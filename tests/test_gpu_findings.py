@@ -197,6 +197,7 @@ class ProcessGroupStarted(Exception):
 
 def test_pretraining_extracts_its_archive_before_the_process_group_forms(tmp_path, monkeypatch):
     """NCCL's timeout cannot run out during an ImageNet extraction that ends before init_process_group."""
+    import training.loop
     import training.pretrain
     from training.config import make_config
 
@@ -207,7 +208,7 @@ def test_pretraining_extracts_its_archive_before_the_process_group_forms(tmp_pat
         seen["extracted"] = (cache / "tiny" / "tiny" / "val" / "b" / "0.jpg").is_file()
         raise ProcessGroupStarted
 
-    monkeypatch.setattr(training.pretrain, "start_process", start_process)
+    monkeypatch.setattr(training.loop, "start_process", start_process)  # pretrain's main imports it when it runs
     config = make_config(training.pretrain.PretrainConfig, {"data_path": str(archive), "cache_dir": str(cache)})
     with pytest.raises(ProcessGroupStarted):
         training.pretrain.main(config)

@@ -2,6 +2,7 @@
 kill -9, two gloo processes, evaluation only, and the errors a new user meets first."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from training_scripts import (
     TORCHRUN_2_PROCESSES,
     assert_resumes_exactly_after_kill_9,
     run_script,
+    script_command,
     script_env,
     train_losses,
 )
@@ -243,3 +245,33 @@ def test_evaluation_scores_the_detections_detection_predict_gives(shapes, tmp_pa
         for (score, box), (expected_score, expected_box) in zip(got, expected):
             assert score == pytest.approx(expected_score, abs=1e-3)
             assert box == pytest.approx(expected_box, abs=0.05)
+
+
+def test_quiet_leaves_a_redirected_run_silent_and_verbose_adds_debug_lines(shapes, tmp_path):
+    """Issue 25: --quiet / --verbose through the one logging setup (backbone/command_logging.py). --quiet: no
+    report line, no progress line, and the run still writes everything."""
+    from training.config import REPORT_LOGGER, parse_command
+    from training.run_log import reporting
+
+    config = tiny_config(shapes, tmp_path / "quiet", max_iterations=2, eval_every=2, lr_milestones=(1,))
+    result = subprocess.run([*script_command("train_det.py", config), "--quiet"], cwd=REPO_ROOT, env=script_env(),
+                            capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "" and result.stderr == ""
+    assert (tmp_path / "quiet" / "model.safetensors").is_file() and (tmp_path / "quiet" / "eval.json").is_file()
+
+    # the level each flag sets, as the scripts' __main__ parses them (a run from Python reports at INFO)
+    report_logger, root = logging.getLogger(REPORT_LOGGER), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert reporting(logging.INFO) and not reporting(logging.DEBUG)
+        parse_command(DetTrainConfig, ["--verbose"])
+        assert reporting(logging.DEBUG)
+        parse_command(DetTrainConfig, ["-q"])
+        assert reporting(logging.WARNING) and not reporting(logging.INFO)
+        with pytest.raises(SystemExit):  # one or the other
+            parse_command(DetTrainConfig, ["--quiet", "--verbose"])
+    finally:  # the process's logging as it was: other tests run in it
+        report_logger.setLevel(logging.NOTSET)
+        root.handlers[:] = handlers
+        root.setLevel(level)

@@ -25,6 +25,7 @@ from detection.predictor import PLAIN, Cut, Predictor
 from detection.test_time import TestTimeOptions
 from detection.transform import batch_to_device
 from training.distributed import DistributedContext, all_gather_objects, all_reduce_sum
+from training.run_log import report, reporting
 
 METRIC_SETS = ("coco", "voc")
 
@@ -59,7 +60,12 @@ def detect_shard(
         predictor = Predictor(model, device=ctx.device, precision=precision, optimize=False, test_time=test_time)
         # rank 0 shows progress (images/s and ETA, as the training bar); leave=False keeps the log to one bar
         batches = progress(
-            loader, desc="evaluate", unit="batch", dynamic_ncols=True, leave=False, disable=not ctx.is_main
+            loader,
+            desc="evaluate",
+            unit="batch",
+            dynamic_ncols=True,
+            leave=False,
+            disable=not (ctx.is_main and reporting()),
         )
         for images, targets in batches:
             prepared = [predictor.prepare(image, index=index) for index, image in enumerate(images)]
@@ -104,7 +110,7 @@ def score(dataset: Any, predictions: dict[int, dict[str, np.ndarray]], *, metric
             flat["voc_area_mAP"] = voc.mean_ap["area"]
             full["voc"] = voc
             if verbose:
-                print(voc.format_table(), flush=True)
+                report(voc.format_table())
         else:
             raise ValueError(f"unknown metric set {metric_set!r}; known: {', '.join(METRIC_SETS)}")
     return flat, full

@@ -6,6 +6,7 @@ import torch
 from detection.pretrained import detector_architecture
 from training.config import config_to_dict, make_config
 from training.det_train_config import DetTrainConfig
+from training.run_log import report
 
 
 def with_init_architecture(cfg: DetTrainConfig) -> DetTrainConfig:
@@ -17,7 +18,7 @@ def with_init_architecture(cfg: DetTrainConfig) -> DetTrainConfig:
     own = {"backbone": cfg.backbone, "head": cfg.head, **cfg.detector.to_dict()}
     changed = {key: value for key, value in architecture.items() if own[key] != value}
     if changed:
-        print(f"--init {cfg.init} is a detector of another architecture; taking from it: {changed}", flush=True)
+        report(f"--init {cfg.init} is a detector of another architecture; taking from it: {changed}")
     return make_config(DetTrainConfig, {**config_to_dict(cfg), **architecture})
 
 

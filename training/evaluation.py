@@ -19,6 +19,7 @@ from training.distributed import DistributedContext, all_reduce_sum
 from training.loop import make_loader
 from training.precision import Precision
 from training.pretrain_config import PAPER_TEST_SCALES, PretrainConfig
+from training.run_log import report
 from training.sampler import SeededDataset
 from training.transforms import ten_crop_transform, whole_image_transform
 
@@ -187,11 +188,10 @@ def final_evaluation(
             channels_last=cfg.channels_last,
         )  # fmt: skip
         results.update({f"{name}_{mode}": value for name, value in errors.items() if name != "count"})
-        if ctx.is_main:
-            seconds = time.perf_counter() - started
-            print(
-                f"{mode:>11}: top-1 error {100 * errors['top1_error']:.2f}%  top-5 error "
-                f"{100 * errors['top5_error']:.2f}%  ({errors['count']} images, {seconds:.1f} s)",
-                flush=True,
-            )
+        seconds = time.perf_counter() - started
+        report(
+            f"{mode:>11}: top-1 error {100 * errors['top1_error']:.2f}%  top-5 error "
+            f"{100 * errors['top5_error']:.2f}%  ({errors['count']} images, {seconds:.1f} s)",
+            ctx=ctx,
+        )
     return results

@@ -27,7 +27,7 @@ checkpoint: /classify serves it, detection training initialises its backbone fro
 
 from pathlib import Path
 
-from training.config import parse_config
+from training.config import parse_command
 from training.pretrain_config import RECIPES, PretrainConfig
 
 # torch, the model and the data readers load when the command runs (in main), so that --help answers at once
@@ -65,7 +65,7 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
     from training.precision import Precision
     from training.provenance import run_provenance
     from training.run_checkpoint import RunCheckpoints
-    from training.run_log import RunLog
+    from training.run_log import RunLog, report
     from training.sampler import ResumableBatchSampler, SeededDataset
     from training.schedule import LRSchedule
     from training.transforms import train_transform_for
@@ -82,9 +82,8 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
 
     ctx = start_process(device=cfg.device, seed=cfg.seed)
     output_dir = Path(cfg.output_dir)
-    if ctx.is_main:
-        print(format_config(cfg), flush=True)
-        print(describe_run(ctx, global_batch_size=cfg.batch_size), flush=True)
+    report(format_config(cfg), ctx=ctx)
+    report(describe_run(ctx, global_batch_size=cfg.batch_size), ctx=ctx)
     if cfg.data_on_device:
         if cfg.augmentation != "cifar":
             raise ValueError("--data_on_device true holds CIFAR-sized sets only: use it with --augmentation cifar")
@@ -235,14 +234,14 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
             metrics={**results, "iterations": max_iterations},
         )
         for path in plot_run(output_dir, label=cfg.model):
-            print(f"wrote {path}", flush=True)
-        print(f"wrote {output_dir / 'model.safetensors'}", flush=True)
+            report(f"wrote {path}")
+        report(f"wrote {output_dir / 'model.safetensors'}")
     barrier(ctx)
     return results
 
 
 if __name__ == "__main__":
-    config = parse_config(PretrainConfig, description=__doc__, recipes=RECIPES)
+    config = parse_command(PretrainConfig, description=__doc__, recipes=RECIPES)
     from backbone.weights import CheckpointError
     from training.classification_data import DatasetError
     from training.loop import run_command

@@ -28,7 +28,7 @@ model.safetensors (the serving checkpoint, its manifest holding the measured met
 
 from pathlib import Path
 
-from training.config import parse_config
+from training.config import parse_command
 from training.det_train_config import RECIPES, DetTrainConfig
 
 # torch, the detector and the data readers load when the command runs (in main), so that --help answers at once
@@ -36,6 +36,7 @@ from training.det_train_config import RECIPES, DetTrainConfig
 
 def main(cfg: DetTrainConfig) -> dict[str, float]:
     import json
+    import logging
     from functools import partial
 
     import torch
@@ -72,16 +73,15 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     from training.precision import Precision
     from training.provenance import run_provenance
     from training.run_checkpoint import RunCheckpoints
-    from training.run_log import RunLog
+    from training.run_log import RunLog, report, reporting
     from training.sampler import ResumableBatchSampler
     from training.schedule import LRSchedule
 
     cfg = with_init_architecture(cfg)
     ctx = start_process(device=cfg.device, seed=cfg.seed)
     output_dir = Path(cfg.output_dir)
-    if ctx.is_main:
-        print(format_config(cfg), flush=True)
-        print(describe_run(ctx, global_batch_size=cfg.batch_size), flush=True)
+    report(format_config(cfg), ctx=ctx)
+    report(describe_run(ctx, global_batch_size=cfg.batch_size), ctx=ctx)
     precision = Precision(amp=cfg.amp, device=ctx.device)
     metric_sets = cfg.metrics or (("coco",) if cfg.dataset == "coco" else ("coco", "voc"))
     eval_precision = resolve_precision(cfg.eval_precision, ctx.device)
@@ -111,28 +111,27 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         if manifest["class_names"] != val_data.class_names:
             raise CheckpointError(f"{cfg.eval_only} was trained on other classes than {val_split}")
         model.to(ctx.device)
-        flat, full, predictions = evaluate_detector(model, **evaluation, verbose=True)
+        flat, full, predictions = evaluate_detector(model, **evaluation, verbose=reporting())
         if ctx.is_main:
             write_reports(output_dir, flat=flat, full=full, predictions=predictions,
                           category_ids=val_data.category_ids, precision=eval_precision)  # fmt: skip
-            print(f"wrote {output_dir / 'eval.json'}", flush=True)
+            report(f"wrote {output_dir / 'eval.json'}")
             if "coco" in full:
                 tables = write_evaluation_report(
                     output_dir, dataset=val_data, predictions=predictions, coco=full["coco"],
                     load_image=dataset_image_loader(val_data),
                 )  # fmt: skip
-                print(tables, flush=True)
-                print(f"wrote {output_dir / 'report.json'}, confusion.png/.json, worst_images.jpg", flush=True)
+                report(tables)
+                report(f"wrote {output_dir / 'report.json'}, confusion.png/.json, worst_images.jpg")
         return flat
 
     train_base = train_data.dataset
-    if ctx.is_main:
-        print(
-            f"{len(train_base)} training images ({getattr(train_base, 'num_empty_images_removed', 0)} without boxes "
-            f"left out), {len(val_data)} validation images, {len(val_data.class_names)} classes; "
-            f"{getattr(train_base, 'num_degenerate_boxes', 0)} degenerate boxes dropped",
-            flush=True,
-        )
+    report(
+        f"{len(train_base)} training images ({getattr(train_base, 'num_empty_images_removed', 0)} without boxes "
+        f"left out), {len(val_data)} validation images, {len(val_data.class_names)} classes; "
+        f"{getattr(train_base, 'num_degenerate_boxes', 0)} degenerate boxes dropped",
+        ctx=ctx,
+    )
 
     # --- sampler and loader
     sampler = ResumableBatchSampler(
@@ -153,8 +152,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     )  # fmt: skip
     if cfg.init:
         described = initialise_detector(model, cfg.init)
-        if ctx.is_main:
-            print(f"initialised {described} from {cfg.init}", flush=True)
+        report(f"initialised {described} from {cfg.init}", ctx=ctx)
     if cfg.compile:
         # The feature extractor only: the whole detector broke into 36 graphs (torchvision's sampling
         # .item(), boolean indexing, RoIAlign's wrapper); compile() in place keeps the state-dict keys.
@@ -209,7 +207,10 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         is_best = False
         if step.due(eval_every):
             results, full, predictions = evaluate_detector(
-                model, **evaluation, verbose=step.finished, loss_autocast=precision.autocast
+                model,
+                **evaluation,
+                verbose=reporting(logging.INFO if step.finished else logging.DEBUG),
+                loss_autocast=precision.autocast,
             )
             run_log.log("eval", step.done, results)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items() if not k.startswith("val_"))
@@ -223,8 +224,8 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
 
     # --- the serving checkpoint, with the measured metrics in its manifest
     run_log.close()
-    if ctx.is_main and not results:
-        print("no training iteration left to run (resumed at the end?): nothing new to evaluate", flush=True)
+    if not results:
+        report("no training iteration left to run (resumed at the end?): nothing new to evaluate", ctx=ctx)
     if ctx.is_main and results:
         save_detector(
             output_dir / "model.safetensors",
@@ -236,15 +237,15 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
             metrics={**results, "evaluated_on": val_split, "iterations": cfg.max_iterations},
         )
         for path in plot_detection_run(output_dir, precision_recall=full):
-            print(f"wrote {path}", flush=True)
-        print(f"wrote {output_dir / 'model.safetensors'}", flush=True)
-        print(json.dumps({k: round(v, 4) for k, v in results.items()}), flush=True)
+            report(f"wrote {path}")
+        report(f"wrote {output_dir / 'model.safetensors'}")
+        report(json.dumps({k: round(v, 4) for k, v in results.items()}))
     barrier(ctx)
     return results
 
 
 if __name__ == "__main__":
-    config = parse_config(DetTrainConfig, description=__doc__, recipes=RECIPES)
+    config = parse_command(DetTrainConfig, description=__doc__, recipes=RECIPES)
     from backbone.weights import CheckpointError
     from detection.data import AnnotationError
     from training.loop import run_command
