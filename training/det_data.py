@@ -15,6 +15,15 @@ from training.det_train_config import DetTrainConfig, resolve_splits
 from training.sampler import SeededDataset
 
 
+def describe_datasets(train, val) -> str:
+    """The start-of-run line about the data: images, classes, and what the readers left out."""
+    return (
+        f"{len(train)} training images ({getattr(train, 'num_empty_images_removed', 0)} without boxes "
+        f"left out), {len(val)} validation images, {len(val.class_names)} classes; "
+        f"{getattr(train, 'num_degenerate_boxes', 0)} degenerate boxes dropped"
+    )
+
+
 def build_datasets(cfg: DetTrainConfig, *, eval_only: bool):
     """(train, val): COCO splits are <data_path>/annotations/instances_<split>.json + <data_path>/<split>/."""
     if cfg.dataset not in ("coco", "voc"):

@@ -18,9 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from backbone.progress import progress
+from backbone.weights import CheckpointError
 from detection.detector import Detector
+from detection.detector_checkpoint import load_detector
 from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions, to_coco_results, write_json
 from detection.evaluation.predictions import as_arrays
+from detection.evaluation.report import dataset_image_loader, write_evaluation_report
 from detection.predictor import PLAIN, Cut, Predictor
 from detection.test_time import TestTimeOptions
 from detection.transform import batch_to_device
@@ -135,6 +138,30 @@ def evaluate_detector(
     )
     flat, full = score(dataset, predictions, metric_sets=metric_sets, verbose=verbose and ctx.is_main)
     return {**flat, **val_losses}, full, predictions
+
+
+def evaluate_checkpoint(path: str, *, evaluation: dict[str, Any], val_split: str, output_dir: Path) -> dict[str, float]:
+    """--eval_only: a serving checkpoint on the validation split (`evaluation`: evaluate_detector's keyword
+    arguments); rank 0 writes eval.json, detections.json and, with COCO metrics, the report users read (AP per
+    class, confusion matrix, worst images) and prints its tables."""
+    ctx, dataset = evaluation["ctx"], evaluation["dataset"]
+    model, manifest = load_detector(path)
+    if manifest["class_names"] != dataset.class_names:
+        raise CheckpointError(f"{path} was trained on other classes than {val_split}")
+    model.to(ctx.device)
+    flat, full, predictions = evaluate_detector(model, **evaluation, verbose=reporting())
+    if ctx.is_main:
+        write_reports(output_dir, flat=flat, full=full, predictions=predictions,
+                      category_ids=dataset.category_ids, precision=evaluation["precision"])  # fmt: skip
+        report(f"wrote {output_dir / 'eval.json'}")
+        if "coco" in full:
+            tables = write_evaluation_report(
+                output_dir, dataset=dataset, predictions=predictions, coco=full["coco"],
+                load_image=dataset_image_loader(dataset),
+            )  # fmt: skip
+            report(tables)
+            report(f"wrote {output_dir / 'report.json'}, confusion.png/.json, worst_images.jpg")
+    return flat
 
 
 def write_reports(output_dir: Path, *, flat: dict, full: dict, predictions: dict, category_ids, precision: str) -> None:

@@ -1,11 +1,16 @@
-"""The detector a detection run trains: its architecture when --init is a whole detector, its memory format per
-device."""
+"""The detector a detection run trains: built from the config and --init (whose architecture wins when it is a
+whole detector), and its memory format per device."""
+
+from collections.abc import Sequence
 
 import torch
 
-from detection.pretrained import detector_architecture
+from detection.builder import build_detector
+from detection.detector import Detector
+from detection.pretrained import detector_architecture, initialise_detector
 from training.config import config_to_dict, make_config
 from training.det_train_config import DetTrainConfig
+from training.distributed import DistributedContext
 from training.run_log import report
 
 
@@ -20,6 +25,23 @@ def with_init_architecture(cfg: DetTrainConfig) -> DetTrainConfig:
     if changed:
         report(f"--init {cfg.init} is a detector of another architecture; taking from it: {changed}")
     return make_config(DetTrainConfig, {**config_to_dict(cfg), **architecture})
+
+
+def build_model(cfg: DetTrainConfig, *, class_names: Sequence[str], ctx: DistributedContext) -> Detector:
+    """The detector of the config for these classes, initialised from --init (the log says what it took) and
+    its feature extractor compiled with --compile."""
+    model = build_detector(
+        backbone=cfg.backbone, head=cfg.head, num_classes=len(class_names), class_names=list(class_names),
+        **cfg.detector.to_dict(),
+    )  # fmt: skip
+    if cfg.init:
+        described = initialise_detector(model, cfg.init)
+        report(f"initialised {described} from {cfg.init}", ctx=ctx)
+    if cfg.compile:
+        # The feature extractor only: the whole detector broke into 36 graphs (torchvision's sampling
+        # .item(), boolean indexing, RoIAlign's wrapper); compile() in place keeps the state-dict keys.
+        model.features.compile()
+    return model
 
 
 def detection_channels_last(setting: str, device: torch.device) -> bool:

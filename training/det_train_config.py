@@ -137,6 +137,15 @@ def resolve_splits(cfg: DetTrainConfig) -> tuple[tuple[str, ...], str]:
     return cfg.train_split or default_train, cfg.val_split or default_val
 
 
+def check_test_time_options(cfg: DetTrainConfig) -> None:
+    """The test-time ladder evaluates a checkpoint (--eval_only); training evaluates the plain detector."""
+    if cfg.test_time != TestTimeOptions() and not cfg.eval_only:
+        raise ValueError(
+            "the test-time options (--refine_boxes, --test_flip, --tile_size, ...) apply to --eval_only: train "
+            "without them, then evaluate the checkpoint with them"
+        )
+
+
 def check_frozen_layers(cfg: DetTrainConfig) -> None:
     """Frozen layers only make sense on pretrained weights: frozen random layers never learn, and a frozen
     BN with its initial statistics is the identity (no normalisation at all)."""

@@ -35,25 +35,22 @@ from training.det_train_config import RECIPES, DetTrainConfig
 
 
 def main(cfg: DetTrainConfig) -> dict[str, float]:
+    """Train (or with --eval_only evaluate) as the config says; returns the last evaluation's metrics."""
     import json
     import logging
     from functools import partial
 
     import torch
 
-    from backbone.weights import CheckpointError
-    from detection import build_detector, load_detector, save_detector
+    from detection import save_detector
     from detection.data import aspect_ratio_group_ids
     from detection.data import collate_fn as detection_collate
-    from detection.evaluation.report import dataset_image_loader, write_evaluation_report
     from detection.predictor import resolve_precision
-    from detection.pretrained import initialise_detector
-    from detection.test_time import TestTimeOptions
     from training.config import config_to_dict, format_config
-    from training.det_data import build_datasets
-    from training.det_evaluation import evaluate_detector, write_reports
-    from training.det_model import detection_channels_last, with_init_architecture
-    from training.det_train_config import check_frozen_layers, resolve_splits
+    from training.det_data import build_datasets, describe_datasets
+    from training.det_evaluation import evaluate_checkpoint, evaluate_detector, write_reports
+    from training.det_model import build_model, detection_channels_last, with_init_architecture
+    from training.det_train_config import check_frozen_layers, check_test_time_options, resolve_splits
     from training.distributed import barrier
     from training.loop import (
         BestMetric,
@@ -66,7 +63,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         start_process,
         train_step,
         unwrap_model,
-    )  # fmt: skip
+    )
     from training.losses import detection_loss
     from training.meters import MetricWindow
     from training.plots import plot_detection_run
@@ -86,11 +83,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     metric_sets = cfg.metrics or (("coco",) if cfg.dataset == "coco" else ("coco", "voc"))
     eval_precision = resolve_precision(cfg.eval_precision, ctx.device)
 
-    if cfg.test_time != TestTimeOptions() and not cfg.eval_only:
-        raise ValueError(
-            "the test-time options (--refine_boxes, --test_flip, --tile_size, ...) apply to --eval_only: train "
-            "without them, then evaluate the checkpoint with them"
-        )
+    check_test_time_options(cfg)
 
     # --- data
     train_data, val_data = build_datasets(cfg, eval_only=bool(cfg.eval_only))
@@ -107,31 +100,10 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
 
     # --- evaluation only
     if cfg.eval_only:
-        model, manifest = load_detector(cfg.eval_only)
-        if manifest["class_names"] != val_data.class_names:
-            raise CheckpointError(f"{cfg.eval_only} was trained on other classes than {val_split}")
-        model.to(ctx.device)
-        flat, full, predictions = evaluate_detector(model, **evaluation, verbose=reporting())
-        if ctx.is_main:
-            write_reports(output_dir, flat=flat, full=full, predictions=predictions,
-                          category_ids=val_data.category_ids, precision=eval_precision)  # fmt: skip
-            report(f"wrote {output_dir / 'eval.json'}")
-            if "coco" in full:
-                tables = write_evaluation_report(
-                    output_dir, dataset=val_data, predictions=predictions, coco=full["coco"],
-                    load_image=dataset_image_loader(val_data),
-                )  # fmt: skip
-                report(tables)
-                report(f"wrote {output_dir / 'report.json'}, confusion.png/.json, worst_images.jpg")
-        return flat
+        return evaluate_checkpoint(cfg.eval_only, evaluation=evaluation, val_split=val_split, output_dir=output_dir)
 
     train_base = train_data.dataset
-    report(
-        f"{len(train_base)} training images ({getattr(train_base, 'num_empty_images_removed', 0)} without boxes "
-        f"left out), {len(val_data)} validation images, {len(val_data.class_names)} classes; "
-        f"{getattr(train_base, 'num_degenerate_boxes', 0)} degenerate boxes dropped",
-        ctx=ctx,
-    )
+    report(describe_datasets(train_base, val_data), ctx=ctx)
 
     # --- sampler and loader
     sampler = ResumableBatchSampler(
@@ -146,17 +118,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     checkpoint_every = cfg.checkpoint_every or eval_every
 
     # --- model and optimizer
-    model = build_detector(
-        backbone=cfg.backbone, head=cfg.head, num_classes=len(val_data.class_names),
-        class_names=val_data.class_names, **cfg.detector.to_dict(),
-    )  # fmt: skip
-    if cfg.init:
-        described = initialise_detector(model, cfg.init)
-        report(f"initialised {described} from {cfg.init}", ctx=ctx)
-    if cfg.compile:
-        # The feature extractor only: the whole detector broke into 36 graphs (torchvision's sampling
-        # .item(), boolean indexing, RoIAlign's wrapper); compile() in place keeps the state-dict keys.
-        model.features.compile()
+    model = build_model(cfg, class_names=val_data.class_names, ctx=ctx)
     train_model = prepare_model(model, ctx=ctx, channels_last=detection_channels_last(cfg.channels_last, ctx.device))
     compute_loss = partial(detection_loss, device=ctx.device, num_classes=model.num_classes)
     # Each rank its own torch stream from here (multi-scale sizes, RPN/RoI sampling); the model above was
