@@ -7,6 +7,7 @@ returns the errors of the whole set. Crop and scale scores are averaged as softm
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from backbone.preprocessing import ClassifierPreprocessing
+from backbone.serving_checkpoint import load_classifier
+from backbone.weights import CheckpointError
 from training.device_cifar import DeviceEvalBatches, DeviceImages, Normalizer
 from training.distributed import DistributedContext, all_reduce_sum
 from training.loop import make_loader
@@ -195,3 +198,20 @@ def final_evaluation(
             ctx=ctx,
         )
     return results
+
+
+def evaluate_classifier_checkpoint(
+    path: str, *, cfg: PretrainConfig, dataset, split: Path, ctx: DistributedContext, precision: Precision,
+    batch_size: int,
+) -> dict[str, float]:  # fmt: skip
+    """--eval_only: a serving checkpoint on the validation split (`split` names it in errors), in every
+    --final_eval view, with the checkpoint's own preprocessing."""
+    model, manifest = load_classifier(path)
+    if manifest["class_names"] != list(dataset.classes):
+        raise CheckpointError(f"{path} was trained on other classes than {split}")
+    model.to(ctx.device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    preprocessing = ClassifierPreprocessing.from_manifest(
+        manifest["preprocessing"], stem=model.config.get("stem", "imagenet")
+    )
+    loaders = EvalLoaders(cfg, preprocessing=preprocessing, dataset=dataset, ctx=ctx, batch_size=batch_size)
+    return final_evaluation(model, cfg=cfg, loaders=loaders, ctx=ctx, precision=precision)

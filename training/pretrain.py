@@ -42,13 +42,12 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
 
     from backbone import create_model
     from backbone.preprocessing import ClassifierPreprocessing
-    from backbone.serving_checkpoint import load_classifier, save_classifier
-    from backbone.weights import CheckpointError
+    from backbone.serving_checkpoint import save_classifier
     from training.classification_data import DatasetError, build_dataset, extract_once, find_split_root
     from training.config import config_to_dict, format_config
     from training.device_cifar import DeviceImages, DeviceTrainBatches, Normalizer, load_cifar_arrays
     from training.distributed import barrier
-    from training.evaluation import EvalLoaders, evaluate, final_evaluation
+    from training.evaluation import EvalLoaders, evaluate, evaluate_classifier_checkpoint, final_evaluation
     from training.loop import (
         BestMetric,
         describe_run,
@@ -103,15 +102,10 @@ def main(cfg: PretrainConfig) -> dict[str, float]:
 
     # --- evaluation only: a serving checkpoint on the validation split, with its own preprocessing
     if cfg.eval_only:
-        model, manifest = load_classifier(cfg.eval_only)
-        if manifest["class_names"] != class_names:
-            raise CheckpointError(f"{cfg.eval_only} was trained on other classes than {data_root / cfg.val_split}")
-        model.to(ctx.device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-        preprocessing = ClassifierPreprocessing.from_manifest(
-            manifest["preprocessing"], stem=model.config.get("stem", "imagenet")
-        )
-        eval_loaders = EvalLoaders(cfg, preprocessing=preprocessing, dataset=val_base, ctx=ctx, batch_size=eval_batch)
-        return final_evaluation(model, cfg=cfg, loaders=eval_loaders, ctx=ctx, precision=precision)
+        return evaluate_classifier_checkpoint(
+            cfg.eval_only, cfg=cfg, dataset=val_base, split=data_root / cfg.val_split, ctx=ctx, precision=precision,
+            batch_size=eval_batch,
+        )  # fmt: skip
 
     if not cfg.data_on_device:
         train_base = build_dataset(kind=cfg.dataset, root=data_root, split=cfg.train_split, decoder=cfg.decoder)
