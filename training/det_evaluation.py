@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from backbone.progress import progress
 from backbone.weights import CheckpointError
+from detection.data import collate_fn
 from detection.detector import Detector
 from detection.detector_checkpoint import load_detector
 from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions, to_coco_results, write_json
@@ -28,9 +29,20 @@ from detection.predictor import PLAIN, Cut, Predictor
 from detection.test_time import TestTimeOptions
 from detection.transform import batch_to_device
 from training.distributed import DistributedContext, all_gather_objects, all_reduce_sum
+from training.loop import make_loader
 from training.run_log import report, reporting
 
 METRIC_SETS = ("coco", "voc")
+
+
+def evaluation_loader(dataset: Any, *, ctx: DistributedContext, batch_size: int, workers: int) -> DataLoader:
+    """This rank's share of the validation images (every world_size-th) with their targets, decoded in `workers`,
+    `batch_size` at a time, ordered by image size: the Predictor runs only images of one padded input shape
+    together, so neighbours of one size make full forward passes (the metrics do not depend on the order)."""
+    share = sorted(range(ctx.rank, len(dataset), ctx.world_size), key=dataset.get_image_size)
+    return make_loader(
+        dataset, sampler=share, batch_size=batch_size, workers=workers, device=ctx.device, collate_fn=collate_fn
+    )
 
 
 def evaluation_cut(model: Detector) -> Cut:

@@ -48,7 +48,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     from detection.predictor import resolve_precision
     from training.config import config_to_dict, format_config
     from training.det_data import build_datasets, describe_datasets
-    from training.det_evaluation import evaluate_checkpoint, evaluate_detector, write_reports
+    from training.det_evaluation import evaluate_checkpoint, evaluate_detector, evaluation_loader, write_reports
     from training.det_model import build_model, detection_channels_last, with_init_architecture
     from training.det_train_config import check_frozen_layers, check_test_time_options, resolve_splits
     from training.distributed import barrier
@@ -89,10 +89,7 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
     train_data, val_data = build_datasets(cfg, eval_only=bool(cfg.eval_only))
     check_frozen_layers(cfg)
     train_splits, val_split = resolve_splits(cfg)
-    eval_loader = make_loader(
-        val_data, sampler=list(range(ctx.rank, len(val_data), ctx.world_size)), batch_size=cfg.eval_batch_size,
-        workers=cfg.workers, device=ctx.device, collate_fn=detection_collate,
-    )  # fmt: skip
+    eval_loader = evaluation_loader(val_data, ctx=ctx, batch_size=cfg.eval_batch_size, workers=cfg.workers)
     evaluation = dict(
         loader=eval_loader, dataset=val_data, metric_sets=metric_sets, ctx=ctx, precision=eval_precision,
         test_time=cfg.test_time,
