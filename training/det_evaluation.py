@@ -3,7 +3,7 @@
 The detections come from `detection.predictor.Predictor`, the one inference path the predict CLI, the
 service and the Python API take (prepare with the model's resize rule, group by padded input shape, one
 precision policy, boxes in source pixels), so a checkpoint's AP is the AP of what users get from it and an
-image's detections never depend on its batch-mates. The per-image detections are gathered to every rank and
+image is never padded to a batch-mate's shape. The per-image detections are gathered to every rank and
 scored (pycocotools COCO, VOC 11-point and area AP) on the merged set, so the figures do not depend on the
 number of ranks.
 """
