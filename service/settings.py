@@ -18,9 +18,10 @@ DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 UNBOUNDED_FORMATS = ("ICO", "ICNS", "CUR")
 # BF16's accepted words: "auto" and the spellings pydantic reads as a boolean
 # Names a setting had before, refused with the name it has now (an ignored old name would silently change nothing).
-RENAMED_SETTINGS = {"model_dir": "model_paths_base"}
+RENAMED_SETTINGS = {"model_dir": "model_paths_base", "decode_memory_bytes": "image_memory_bytes"}
 RENAMED_SETTINGS_WHY = {
-    "model_dir": "the folder in which relative model paths are found (MODELS_DIR is the folder of models to serve)"
+    "model_dir": "the folder in which relative model paths are found (MODELS_DIR is the folder of models to serve)",
+    "decode_memory_bytes": "one budget bounds the decodes in flight and the images waiting for inference",
 }
 BF16_WORDS = frozenset({"auto", "true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
@@ -116,12 +117,15 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=64, description="Decoding processes: every upload is decoded in one, never in the server process."
     )
-    decode_memory_bytes: int = Field(
+    # Not DECODE_MEMORY_BYTES (refused, naming this one): the budget now holds the inference queue too.
+    image_memory_bytes: int = Field(
         1536 * 1024 * 1024,
         ge=1,
-        description="Bytes all decodes in flight may hold together, each reserving its bound from its header (22 "
-        "bytes a pixel for 8-bit images, 40 for wider ones) before decoding: one that does not fit now answers 503 "
-        "with Retry-After, one larger than all of it 413. The default holds one MAX_IMAGE_PIXELS 8-bit image.",
+        description="Bytes the images in flight may hold together: each decode reserves its bound from its header "
+        "(22 bytes a pixel for 8-bit images, 40 for wider ones) until it ends, and each image waiting for inference "
+        "what its request holds (the 8-bit source or the model-sized float input, whichever is smaller) until its "
+        "batch has run. One that does not fit now answers 503 with Retry-After, one larger than all of it 413. The "
+        "default holds one MAX_IMAGE_PIXELS 8-bit decode.",
     )
     decode_cpu_s: float = Field(
         3.0,

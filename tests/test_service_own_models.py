@@ -153,18 +153,25 @@ def test_model_paths_base_resolves_relative_paths_only(tmp_path):
     assert Settings(detector_checkpoint="d.safetensors").detector_checkpoint == Path("d.safetensors")
 
 
-def test_the_old_name_model_dir_is_refused_naming_the_new_one(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("old", "new", "why", "value"),
+    [
+        ("MODEL_DIR", "MODEL_PATHS_BASE", "MODELS_DIR is the folder of models", "/models"),
+        ("DECODE_MEMORY_BYTES", "IMAGE_MEMORY_BYTES", "the images waiting for inference", "1000000"),
+    ],
+)
+def test_an_old_setting_name_is_refused_in_one_line_naming_the_new_one(monkeypatch, capsys, old, new, why, value):
     from service.__main__ import main
 
-    with pytest.raises(ValueError, match="MODEL_DIR is now MODEL_PATHS_BASE"):
-        Settings(model_dir="/models")
-    monkeypatch.setenv("MODEL_DIR", "/models")
-    with pytest.raises(ValueError, match="MODEL_DIR is now MODEL_PATHS_BASE: .*MODELS_DIR is the folder of models"):
+    with pytest.raises(ValueError, match=f"{old} is now {new}"):
+        Settings(**{old.lower(): value})
+    monkeypatch.setenv(old, value)
+    with pytest.raises(ValueError, match=f"{old} is now {new}: .*{why}"):
         Settings()
     monkeypatch.setattr("sys.argv", ["service"])
     assert main() == 2
-    (problem,) = [line for line in capsys.readouterr().err.splitlines() if "MODEL_DIR" in line]
-    assert "MODEL_PATHS_BASE" in problem
+    (problem,) = [line for line in capsys.readouterr().err.splitlines() if old in line]
+    assert new in problem
 
 
 def test_python_m_service_help_lists_every_setting_and_starts_nothing(monkeypatch, capsys):
