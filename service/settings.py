@@ -4,10 +4,11 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 
 from fastapi import FastAPI
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
@@ -191,11 +192,24 @@ class Settings(BaseSettings):
         # an empty key there is a mistake (a missing secret), and reading it as "unset" turned auth off.
         return {key: (None if value == "" and key.lower() != "api_key" else value) for key, value in values.items()}
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_named(cls, value: object, info: ValidationInfo) -> object:
+        """`MAX_BATCH=` (empty) in a shell arrives as None (`_empty_means_unset`): for a setting that has no "unset",
+        say so in one line, instead of pydantic's "should be a valid integer" about an input_value of None."""
+        if value is None and not _empty_is_a_value(cls.model_fields[info.field_name].annotation):
+            name = info.field_name
+            raise PydanticCustomError(
+                "empty_setting", "{name} is set but empty: give it a value, or unset it for its default ({default})",
+                {"name": name.upper(), "default": cls.model_fields[name].get_default(call_default_factory=True)},
+            )  # fmt: skip
+        return value
+
     @field_validator("bf16", mode="before")
     @classmethod
     def _bf16_word(cls, value: object) -> object:
         """`BF16=Auto` or ` true` as a careless hand writes them; anything else named in one line, not a union."""
-        if value is None:  # BF16= (empty) arrives as None
+        if value is None:  # BF16= (empty) arrives as None; named with the words it takes
             value = ""
         if not isinstance(value, str):
             return value
@@ -253,6 +267,11 @@ class Settings(BaseSettings):
         if self.max_files > self.max_queue:
             raise ValueError(f"MAX_FILES ({self.max_files}) must not exceed MAX_QUEUE ({self.max_queue})")
         return self
+
+
+def _empty_is_a_value(annotation: object) -> bool:
+    """Whether an empty variable means something for a setting of this type: unset (None) or no items (a list)."""
+    return type(None) in get_args(annotation) or get_origin(annotation) is list
 
 
 @lru_cache

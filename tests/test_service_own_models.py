@@ -174,6 +174,25 @@ def test_an_old_setting_name_is_refused_in_one_line_naming_the_new_one(monkeypat
     assert new in problem
 
 
+@pytest.mark.parametrize(("name", "default"), [("MAX_BATCH", "8"), ("DECODE_CPU_S", "3.0"), ("HOST", "127.0.0.1")])
+def test_an_empty_setting_that_has_no_unset_is_refused_in_one_line_saying_it_is_empty(
+    monkeypatch, capsys, name, default
+):
+    """`MAX_BATCH= python -m service` was refused with pydantic's "Input should be a valid integer" about an
+    input_value of None: the shell's empty value, read as unset, which such a setting cannot be."""
+    from pydantic import ValidationError
+
+    from service.__main__ import main
+
+    monkeypatch.setenv(name, "")
+    expected = f"{name} is set but empty: give it a value, or unset it for its default ({default})"
+    with pytest.raises(ValidationError, match=re.escape(expected)):
+        Settings()
+    monkeypatch.setattr("sys.argv", ["service"])
+    assert main() == 2
+    assert capsys.readouterr().err.splitlines()[1:] == [f"  {expected}"]
+
+
 def test_python_m_service_help_lists_every_setting_and_starts_nothing(monkeypatch, capsys):
     from service.__main__ import main
 
