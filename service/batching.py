@@ -31,10 +31,12 @@ class EngineBusy(Exception):
 class ItemTooLarge(Exception):
     """One item needs more bytes than the whole memory budget: it could never be queued (413)."""
 
-    def __init__(self, nbytes: int, *, limit: int) -> None:
-        super().__init__(f"an image needs {nbytes} bytes while it waits for inference, over the whole budget ({limit})")
+    def __init__(self, nbytes: int, *, budget: MemoryBudget) -> None:
+        super().__init__(
+            f"an image needs {nbytes} bytes while it waits for inference, over {budget.setting}={budget.limit}"
+        )
         self.nbytes = nbytes
-        self.limit = limit
+        self.limit = budget.limit
 
 
 @dataclass(frozen=True)
@@ -136,11 +138,11 @@ class BatchingEngine(Generic[Item, Result]):
         nbytes = self.item_bytes(item) if self.memory is not None else 0
         if nbytes > 0:
             if nbytes > self.memory.limit:
-                raise ItemTooLarge(nbytes, limit=self.memory.limit)
+                raise ItemTooLarge(nbytes, budget=self.memory)
             if not self.memory.try_reserve(nbytes):
                 raise EngineBusy(
                     f"{self.name}: the images waiting and decoding hold the memory budget ({self.memory.used} of "
-                    f"{self.memory.limit} bytes; this one needs {nbytes}); retry shortly"
+                    f"{self.memory.setting}={self.memory.limit} bytes; this one needs {nbytes}); retry shortly"
                 )
         future = asyncio.get_running_loop().create_future()
         pending = _Pending(item=item, future=future, enqueued_at=time.perf_counter(), nbytes=nbytes)

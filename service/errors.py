@@ -109,10 +109,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ItemTooLarge)
     async def too_large_to_queue(request: Request, error: ItemTooLarge) -> JSONResponse:
-        detail = (
-            f"an image needs {error.nbytes} bytes while it waits for inference, over IMAGE_MEMORY_BYTES={error.limit}"
-        )
-        return error_response(request, 413, detail)
+        return error_response(request, 413, str(error))  # names the setting
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(request: Request, error: ServiceUnavailable) -> JSONResponse:

@@ -38,8 +38,9 @@ class MemoryBudget:
     inference reserves its bound before it allocates or queues, and is refused (not queued) when it would not fit.
     Thread-safe."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, setting: str = "IMAGE_MEMORY_BYTES") -> None:
         self.limit = limit
+        self.setting = setting  # what sets `limit`, named in refusals
         self.used = 0
         self._lock = threading.Lock()
 

@@ -78,7 +78,7 @@ class UploadDecoders:
         except MemoryRefused as error:
             if error.too_large:
                 raise ImageRejected(
-                    413, f"{label} needs {error.nbytes} bytes to decode, over IMAGE_MEMORY_BYTES={error.limit}"
+                    413, f"{label} needs {error.nbytes} bytes to decode, over {self.memory.setting}={error.limit}"
                 ) from error
             raise HTTPException(
                 503,

@@ -235,7 +235,8 @@ def test_a_flood_is_refused_by_bytes_before_the_count_limit_and_one_too_large_fo
             queued = asyncio.create_task(engine.submit("q" * 40))
             await asyncio.sleep(0)
             refused = engine.submit("x" * 40)  # 120 bytes with the two above: over 100, 2 of 16 places taken
-            with pytest.raises(EngineBusy, match=r"memory budget \(80 of 100 bytes; this one needs 40\)"):
+            busy = r"memory budget \(80 of IMAGE_MEMORY_BYTES=100 bytes; this one needs 40\)"
+            with pytest.raises(EngineBusy, match=busy):
                 refused.send(None)  # at once, before it waits
             with pytest.raises(ItemTooLarge) as too_large:
                 await engine.submit("y" * 101)

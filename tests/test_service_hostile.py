@@ -214,6 +214,19 @@ def test_an_image_needing_more_than_the_whole_image_memory_budget_is_413(classif
         client.__exit__(None, None, None)
 
 
+def test_an_image_whose_queued_input_needs_more_than_the_whole_budget_is_413_naming_the_setting(classifier_path):
+    """A 10x10 PNG decodes within 2,200 bytes, but waits for inference as the classifier's 32x32 float input
+    (12,288 bytes): more than all of a 10,000-byte budget, so it could never be queued."""
+    client = started(classifier_path, image_memory_bytes=10_000, warmup=False)  # warm-up would fail the same way
+    try:
+        response = classify(client, noisy_png(10, 10, seed=0))
+        assert response.status_code == 413, response.text
+        assert "needs 12288 bytes while it waits for inference, over IMAGE_MEMORY_BYTES=10000" in response.text
+        assert client.app.state.service.decoders.memory.used == 0
+    finally:
+        client.__exit__(None, None, None)
+
+
 def test_decodes_in_flight_never_reserve_more_than_the_budget_and_the_rest_wait_for_a_retry(
     classifier_path, monkeypatch
 ):
