@@ -188,6 +188,23 @@ def test_classifier_preprocessing_caps_both_sides(width, height):
     assert growth < 50, f"preparing a {width}x{height} image raised the peak by {growth:.0f} MB"
 
 
+@pytest.mark.parametrize(("width", "height"), [(1_000_000, 1), (1, 1_000_000), (300, 200)])
+def test_a_detector_queue_entry_and_its_batch_time_preparation_stay_small(model_paths, width, height):
+    """What a legal upload costs from admission to its answer: its queue entry (the cheaper of the 8-bit source and
+    the float input, so a 3 MB 1 x 1,000,000 line waits as 1.5 KB) and the peak of preparing and running it."""
+    from detection.predictor import Cut, Predictor
+
+    predictor = Predictor.from_checkpoint(model_paths[0], device="cpu", precision="fp32", optimize=False)
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = DecodedImage(pixels=pixels)
+    answers = []
+    growth = peak_growth_mb(lambda: answers.append(predictor.run([predictor.queueable(image)], [Cut()])))
+    entry = predictor.queueable(image)
+    assert entry.nbytes == min(pixels.nbytes, predictor.prepared_nbytes(height, width))
+    assert entry.nbytes <= 4 * 3 * SERVED_TINY["max_size"] ** 2 and len(answers) == 1
+    assert growth < 50, f"admitting and running a {width}x{height} image raised the peak by {growth:.0f} MB"
+
+
 @pytest.mark.parametrize(
     ("size", "preprocessing"),
     [((80, 50), {"size": 32}), ((300, 200), {"size": 224, "resize": 256}), ((97, 500), {"size": 32, "resize": 40})],
