@@ -252,8 +252,14 @@ def test_queued_detect_requests_hold_the_cheaper_of_the_8_bit_source_and_the_mod
         served = app.state.service.registry.default("detector")
         queued = recorded_requests(served)
         large = client.post("/detect", files={"file": ("big.png", png(3000, 2000), "image/png")})
-        small = client.post("/detect", files={"file": ("small.png", png(150, 100), "image/png")})
+        small_png = noise_image_bytes((150, 100))
+        small = client.post(
+            "/detect", files={"file": ("small.png", small_png, "image/png")}, params={"score_threshold": 0.001}
+        )
         del served.engine.submit
+        # prepared at batch time, it answers exactly as the Predictor's own predict, which prepares first
+        (expected,) = served.predictor.predictor.predict([small_png], score_threshold=0.001)
+        assert small.json()["detections"] == expected["detections"] and expected["detections"]
         assert app.state.service.decoders.memory.used == 0  # both batches have run: nothing is held any more
     assert large.status_code == 200 and large.json()["image"] == {"width": 3000, "height": 2000}
     assert small.status_code == 200 and small.json()["image"] == {"width": 150, "height": 100}
