@@ -31,10 +31,9 @@ def settings_help() -> str:
 
 
 def problem_line(item: dict) -> str:
-    """One setting's problem in one line, named once: "MAX_BATCH is set but empty: ...", "PORT: Input should be ..."."""
+    """One setting's problem in one line after its name: "MAX_BATCH: set but empty: ...", "PORT: Input ..."."""
     name = ".".join(map(str, item["loc"])).upper() or "settings"
-    message = item["msg"].removeprefix("Value error, ")
-    return message if message.startswith(name) else f"{name}: {message}"
+    return f"{name}: {item['msg'].removeprefix('Value error, ')}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -198,10 +198,9 @@ class Settings(BaseSettings):
         """`MAX_BATCH=` (empty) in a shell arrives as None (`_empty_means_unset`): for a setting that has no "unset",
         say so in one line, instead of pydantic's "should be a valid integer" about an input_value of None."""
         if value is None and not _empty_is_a_value(cls.model_fields[info.field_name].annotation):
-            name = info.field_name
             raise PydanticCustomError(
-                "empty_setting", "{name} is set but empty: give it a value, or unset it for its default ({default})",
-                {"name": name.upper(), "default": cls.model_fields[name].get_default(call_default_factory=True)},
+                "empty_setting", "set but empty: give it a value, or unset it for its default ({default})",
+                {"default": cls.model_fields[info.field_name].get_default(call_default_factory=True)},
             )  # fmt: skip
         return value
 

@@ -185,8 +185,8 @@ def test_an_empty_setting_that_has_no_unset_is_refused_in_one_line_saying_it_is_
     from service.__main__ import main
 
     monkeypatch.setenv(name, "")
-    expected = f"{name} is set but empty: give it a value, or unset it for its default ({default})"
-    with pytest.raises(ValidationError, match=re.escape(expected)):
+    expected = f"{name}: set but empty: give it a value, or unset it for its default ({default})"
+    with pytest.raises(ValidationError, match=f"{name.lower()}\n  " + re.escape(expected.split(": ", 1)[1])):
         Settings()
     monkeypatch.setattr("sys.argv", ["service"])
     assert main() == 2
