@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from backbone.progress import progress
+from detection.ensemble import EnsembleDetector
 from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions
 from detection.test_time import TestTimeOptions, detect_with_options
 from detection.transform import batch_to_device
@@ -36,8 +37,11 @@ def detect_shard(
     """Detections of every image in the dataset (gathered from all ranks) and the mean validation losses.
 
     test_time: the test-time ladder's options; other than the defaults, the detections come from
-    `detect_with_options` and there are no validation losses (its rungs have none)."""
-    plain = test_time is None or test_time == TestTimeOptions()
+    `detect_with_options` and there are no validation losses (its rungs have none, nor an ensemble)."""
+    plain = (test_time is None or test_time == TestTimeOptions()) and not isinstance(
+        unwrap_model(model), EnsembleDetector
+    )
+    test_time = test_time or TestTimeOptions()
     was_training = model.training
     model.eval()
     predictions: dict[int, dict[str, np.ndarray]] = {}

@@ -48,6 +48,7 @@ from detection.data import (
     read_class_names,
 )
 from detection.data import collate_fn as detection_collate
+from detection.ensemble import EnsembleDetector
 from detection.evaluation import to_coco_results, write_json
 from detection.evaluation.report import dataset_image_loader, write_evaluation_report
 from detection.pretrained import detector_architecture, initialise_detector
@@ -153,6 +154,10 @@ class DetTrainConfig(RunOptions):
     eval_every: int = option(0, "Iterations between evaluations; 0 means once per epoch.")
     eval_batch_size: int = option(2, "Evaluation batch per rank.")
     eval_only: str = option("", "A model.safetensors to evaluate instead of training.")
+    ensemble_checkpoints: tuple[str, ...] = option(
+        (), "With --eval_only: more detector checkpoints evaluated with it as one ensemble (its proposals, every "
+        "model's class probabilities and box deltas averaged on them, then NMS and box voting).",
+    )  # fmt: skip
     # --- infrastructure (the rest, shared with pretrain.py, in training/run_options.py)
     output_dir: str = with_default(RunOptions, "output_dir", "runs/detection")  # each command its own folder
     channels_last: str = option(
@@ -325,6 +330,9 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
             "without them, then evaluate the checkpoint with them"
         )
 
+    if cfg.ensemble_checkpoints and not cfg.eval_only:
+        raise ValueError("--ensemble_checkpoints evaluates with --eval_only: it adds models to that one")
+
     # --- data
     train_data, val_data = build_datasets(cfg, eval_only=bool(cfg.eval_only))
     check_frozen_layers(cfg)
@@ -343,6 +351,8 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
         model, manifest = load_detector(cfg.eval_only)
         if manifest["class_names"] != val_data.class_names:
             raise CheckpointError(f"{cfg.eval_only} was trained on other classes than {val_split}")
+        if cfg.ensemble_checkpoints:
+            model = EnsembleDetector([model, *(load_detector(path)[0] for path in cfg.ensemble_checkpoints)])
         model.to(ctx.device)
         flat, full, predictions = evaluate_detector(model, **evaluation, verbose=True)
         if ctx.is_main:
