@@ -114,7 +114,5 @@ class EnsembleDetector(Detector):
         )  # fmt: skip
         return {}, to_original_coordinates(detections, batch.image_sizes, original_sizes)
 
-    def maxout_pooler(
-        self, images: list[torch.Tensor], image_sizes: list[tuple[int, int]], *, sizes: Sequence[int]
-    ) -> MaxoutPyramidPooler:
+    def check_maxout(self) -> None:
         raise ValueError(NO_MAXOUT)

@@ -300,9 +300,12 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
     bf16 = use_bf16(settings, device)
     runtime = {"runtime": "torch", "precision": "bf16" if bf16 else "fp32", "requested_runtime": "torch"}
     if settings.runtime == "torch":
-        predictor = Predictor(
-            model, device=device, precision=runtime["precision"], optimize=settings.optimize, test_time=test_time
-        )
+        try:
+            predictor = Predictor(
+                model, device=device, precision=runtime["precision"], optimize=settings.optimize, test_time=test_time
+            )
+        except ValueError as error:  # an option this model cannot take (maxout on FPN)
+            raise ModelLoadError(f"DETECTOR_TEST_TIME: {name!r}: {error}") from error
     else:
         from detection.runtime_predictor import RuntimePredictor
         from detection.runtimes import RuntimeChoiceError, load_network

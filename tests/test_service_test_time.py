@@ -173,6 +173,9 @@ def test_an_unknown_model_name_or_an_incompatible_member_stops_the_start(tmp_pat
     with pytest.raises(ModelLoadError, match="ensemble_checkpoints: model 1 names other classes"):
         with serving(_settings(detector_test_time=wrong)):
             pass
+    with pytest.raises(ModelLoadError, match="'demo_detector': multi-scale testing with maxout is the C4 head's"):
+        with serving(_settings(detector_test_time='{"demo_detector": {"maxout_sizes": [96, 128]}}')):
+            pass
     missing = json.dumps({"demo_detector": {"ensemble_checkpoints": [str(tmp_path / "absent.safetensors")]}})
     with pytest.raises(ModelLoadError, match="ensemble_checkpoints: checkpoint not found"):
         with serving(create_app(_settings(detector_test_time=missing))):
