@@ -67,7 +67,7 @@ def load_runtime_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     runtime = "auto" if args.runtime == "torch" else args.runtime  # the torch runtime with an exported graph file
     try:
         if options_from_args(args) != TestTimeOptions():
-            require_eager(runtime, "the test-time options")
+            require_eager(runtime, "a test-time option")
         if args.ensemble_checkpoints:
             require_eager(runtime, "--ensemble-checkpoints")
     except RuntimeChoiceError as error:

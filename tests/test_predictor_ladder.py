@@ -100,8 +100,8 @@ def test_the_predict_command_refuses_eager_only_options_on_a_graph_runtime_in_on
     Image.new("RGB", (64, 48)).save(image)
     command = [str(image), "--checkpoint", str(DEMO), "--output", str(tmp_path / "out")]
     for flags, named in (
-        (["--refine-boxes", "--runtime", "onnxruntime"], "the test-time options"),
-        (["--tile-size", "64", "--runtime", "auto"], "the test-time options"),
+        (["--refine-boxes", "--runtime", "onnxruntime"], "a test-time option"),
+        (["--tile-size", "64", "--runtime", "auto"], "a test-time option"),
         (["--ensemble-checkpoints", str(DEMO), "--runtime", "openvino"], "--ensemble-checkpoints"),
     ):
         with pytest.raises(SystemExit) as raised:
