@@ -101,6 +101,8 @@ class Predictor:
         optimize: bool = True,
         test_time: TestTimeOptions = PLAIN,
     ) -> None:
+        if test_time.maxout_sizes:  # at construction, not at the first image: a service refuses to start
+            model.check_maxout()
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device), setting="device ")
         self.precision: Precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()

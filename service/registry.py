@@ -113,6 +113,13 @@ class ModelRegistry:
                     f"{served.name!r}; rename a file or set a different 'name' in its manifest"
                 )
             slots[served.name] = ModelSlot(source=source, served=served, stamp=stamp)
+        detectors = sorted(name for name, slot in slots.items() if slot.served.role == "detector")
+        unknown = [name for name in self.settings.detector_test_time if name not in detectors]
+        if unknown:
+            raise ModelLoadError(
+                f"DETECTOR_TEST_TIME names {', '.join(map(repr, unknown))}, which is no served detector; detectors "
+                f"served: {', '.join(detectors) or 'none'}"
+            )
         for role in ("detector", "classifier"):
             of_role = sorted((slot for slot in slots.values() if slot.served.role == role),
                              key=lambda slot: (not slot.source.default, slot.served.name))  # fmt: skip

@@ -4,12 +4,14 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from fastapi import FastAPI
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from detection.test_time_options import TestTimeOptions
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
 # What cameras, phones and the web send (Pillow's JPEG covers MPO, a JPEG with a second view); the rest are rarer
@@ -24,6 +26,9 @@ RENAMED_SETTINGS_WHY = {
     "model_dir": "the folder in which relative model paths are found (MODELS_DIR is the folder of models to serve)",
     "decode_memory_bytes": "one budget bounds the decodes in flight and the images waiting for inference",
 }
+# DETECTOR_TEST_TIME's keys: the test-time ladder's options, and the members of an ensemble
+TEST_TIME_KEYS = tuple(TestTimeOptions.__dataclass_fields__)
+ENSEMBLE_KEY = "ensemble_checkpoints"
 BF16_WORDS = frozenset({"auto", "true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
 
@@ -75,6 +80,15 @@ class Settings(BaseSettings):
         default_factory=list,
         description="More checkpoints to serve, named and typed as in MODELS_DIR: paths separated by commas, or a "
         "JSON list.",
+    )
+    detector_test_time: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
+        default_factory=dict,
+        description="Test-time options per served detector (the ladder of docs/INFERENCE.md), as a JSON object "
+        "mapping a detector's served name to its options, e.g. "
+        '`{"demo_detector": {"refine_boxes": true, "test_flip": true, "test_sizes": [96, 128, 160]}}`. Keys: '
+        f"{', '.join(TEST_TIME_KEYS)} (the predict CLI's flags of the same names) and ensemble_checkpoints (more "
+        "checkpoints whose heads are averaged with the model's on its proposals, paths found as MODEL_CHECKPOINTS'). "
+        "A detector not named runs plain (the cheapest). Needs RUNTIME=torch; /models reports each detector's.",
     )
     reload_poll_s: float = Field(
         0.0,
@@ -241,6 +255,11 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("detector_test_time", mode="before")
+    @classmethod
+    def _test_time_per_model(cls, value: object) -> dict[str, dict[str, Any]]:
+        return parse_detector_test_time(value)
+
     @model_validator(mode="before")
     @classmethod
     def _refuse_renamed_settings(cls, data: object) -> object:
@@ -259,6 +278,19 @@ class Settings(BaseSettings):
                     setattr(self, field, self.model_paths_base / path)
             self.model_checkpoints = [path if path.is_absolute() else self.model_paths_base / path
                                       for path in self.model_checkpoints]  # fmt: skip
+            for options in self.detector_test_time.values():
+                options[ENSEMBLE_KEY] = [str(self.model_paths_base / path) for path in options.get(ENSEMBLE_KEY, [])]
+        return self
+
+    @model_validator(mode="after")
+    def _test_time_runs_eager(self) -> "Settings":
+        # the rungs run the model eagerly (more passes, other pooling, averaged heads), never the exported graph
+        ladder = [name for name, options in self.detector_test_time.items() if not is_plain(options)]
+        if ladder and self.runtime != "torch":
+            raise ValueError(
+                f"DETECTOR_TEST_TIME gives {', '.join(map(repr, ladder))} test-time options, which run in eager "
+                f"PyTorch only: set RUNTIME=torch (not {self.runtime}) or drop them"
+            )
         return self
 
     @model_validator(mode="after")
@@ -269,8 +301,51 @@ class Settings(BaseSettings):
 
 
 def _empty_is_a_value(annotation: object) -> bool:
-    """Whether an empty variable means something for a setting of this type: unset (None) or no items (a list)."""
-    return type(None) in get_args(annotation) or get_origin(annotation) is list
+    """Whether an empty variable means something for a setting of this type: unset (None), or no items (a list,
+    a mapping)."""
+    return type(None) in get_args(annotation) or get_origin(annotation) in (list, dict)
+
+
+def parse_detector_test_time(value: object) -> dict[str, dict[str, Any]]:
+    """DETECTOR_TEST_TIME's JSON as {served name: options}, each checked by `TestTimeOptions.from_mapping` and
+    given whole (defaults filled in, as /models reports them); ValueError naming the model and the problem."""
+    if value is None or value == {}:  # DETECTOR_TEST_TIME= (empty): none
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"DETECTOR_TEST_TIME is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError("DETECTOR_TEST_TIME must be a JSON object mapping detector names to their options")
+    parsed = {}
+    for name, options in value.items():
+        if not isinstance(options, dict):
+            raise ValueError(f"DETECTOR_TEST_TIME: {name!r}: expected an object of options, got {options!r}")
+        options = dict(options)
+        members = options.pop(ENSEMBLE_KEY, [])
+        if not isinstance(members, list) or not all(isinstance(path, str) and path.strip() for path in members):
+            raise ValueError(f"DETECTOR_TEST_TIME: {name!r}: {ENSEMBLE_KEY} must be a list of checkpoint paths")
+        try:
+            whole = TestTimeOptions.from_mapping(options).to_dict()
+        except ValueError as error:
+            raise ValueError(f"DETECTOR_TEST_TIME: {name!r}: {error}") from None
+        parsed[name] = {**whole, ENSEMBLE_KEY: members}
+    return parsed
+
+
+def is_plain(options: dict[str, Any]) -> bool:
+    """Whether parsed DETECTOR_TEST_TIME options are the plain detector's (no rung, no ensemble)."""
+    return not options[ENSEMBLE_KEY] and TestTimeOptions.from_mapping(_ladder(options)) == TestTimeOptions()
+
+
+def _ladder(options: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in options.items() if key != ENSEMBLE_KEY}
+
+
+def split_test_time(options: dict[str, Any]) -> tuple[TestTimeOptions, list[Path]]:
+    """Parsed DETECTOR_TEST_TIME options -> (the ladder's options, the ensemble's other checkpoints)."""
+    return TestTimeOptions.from_mapping(_ladder(options)), [Path(path) for path in options[ENSEMBLE_KEY]]
 
 
 @lru_cache
