@@ -14,6 +14,11 @@ merged by NMS + box voting); + test-time augmentation (the pyramid mirrored too)
 paper's shorter sides 200..1000 for its 600-px test size, i.e. 1/3..5/3 of the model's own test size.
 Each row's cost is seconds per image (batch of one, decoded images in memory) and its ratio to the
 baseline's, measured in the same run.
+
+Below the ladder, the options that are not rows of Table 9, each alone on the baseline: box voting
+(Detectron's 0.8), sliced inference (tiles of half the test size, overlap 0.2, the whole image as one
+more tile) and an ensemble (--ensemble-checkpoints; without it, the model with itself, which scores as
+voting and shows the cost of a second model).
 """
 
 import argparse
@@ -24,7 +29,9 @@ from pathlib import Path
 import torch
 
 from detection import load_detector
+from detection.box_voting import VOTE_IOU_THRESHOLD
 from detection.data import CocoDetection
+from detection.ensemble import EnsembleDetector
 from detection.evaluation import evaluate_coco
 from detection.evaluation.report import format_table
 from detection.predictor import Cut, Predictor
@@ -57,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--pyramid", type=int, nargs="*", default=None,
         help="Shorter sides of the test pyramid (default: 1/3..5/3 of the model's test size, as the paper's).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ensemble-checkpoints", "--ensemble_checkpoints", nargs="*", default=[],
+        help="More detectors for the ensemble row (default: the model with itself, to show the cost of a second).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tile-size", "--tile_size", type=int, default=0,
+        help="Tile side of the sliced-inference row (default: half the model's test size).",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu).")
     args = parser.parse_args(argv)
@@ -102,6 +117,23 @@ def ladder(model, context_model, *, pyramid: tuple[int, ...]) -> list[tuple[str,
     return rows
 
 
+def paper_figures(row: str) -> tuple[float | None, float | None]:
+    """The paper's (mAP@.5, mAP@[.5, .95]) for a row, (None, None) for rows beyond its table."""
+    return PAPER.get(row, (None, None))
+
+
+def single_options(model, members: list, *, tile_size: int) -> list[tuple[str, object, TestTimeOptions]]:
+    """(row name, model, options) of the options beyond Table 9, each alone on the baseline."""
+    sliced = TestTimeOptions(tile_size=tile_size, tile_full_image=True)
+    ensemble = EnsembleDetector([model, *(members or [model])])
+    named = f"ensemble of {ensemble.size}" if members else "ensemble: the model with itself"
+    return [
+        (f"box voting alone ({VOTE_IOU_THRESHOLD})", model, TestTimeOptions(vote_threshold=VOTE_IOU_THRESHOLD)),
+        (f"sliced inference ({tile_size} px tiles + full image)", model, sliced),
+        (f"{named} (NMS + voting)", ensemble, TestTimeOptions()),
+    ]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -124,15 +156,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{args.checkpoint}: {model.config['backbone']} {model.config['head']}, test size {test_size}, "
           f"pyramid {pyramid}; {len(dataset) if not args.limit else min(args.limit, len(dataset))} images "
           f"of {root / args.split}; torch threads {torch.get_num_threads()}", flush=True)  # fmt: skip
+    members = []
+    for path in args.ensemble_checkpoints:
+        member, _ = load_detector(path)
+        members.append(member.to(device).eval())
+    tile_size = args.tile_size or max(1, test_size // 2)
+    rows = ladder(model, context_model, pyramid=pyramid) + single_options(model, members, tile_size=tile_size)
     results = []
-    for name, row_model, options in ladder(model, context_model, pyramid=pyramid):
+    for name, row_model, options in rows:
         ap50, ap, seconds = evaluate_rung(row_model, dataset, options, device=device, limit=args.limit)
         results.append({"row": name, "AP50": ap50, "AP": ap, "seconds_per_image": seconds})
         print(f"  {name}: {ap50:.1f} / {ap:.1f}, {seconds:.4f} s/image", flush=True)
     base = results[0]["seconds_per_image"]
     table = [
         (r["row"], f"{r['AP50']:.1f}", f"{r['AP']:.1f}", f"{r['seconds_per_image']:.4f}",
-         f"{r['seconds_per_image'] / base:.2f}", *(("-" if v is None else f"{v:.1f}") for v in PAPER[r["row"]]))
+         f"{r['seconds_per_image'] / base:.2f}", *(("-" if v is None else f"{v:.1f}") for v in paper_figures(r["row"])))
         for r in results
     ]  # fmt: skip
     print(format_table(("rung", "mAP@.5", "mAP@[.5,.95]", "s/image", "x baseline", "paper @.5", "paper @[.5,.95]"),

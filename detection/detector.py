@@ -149,16 +149,20 @@ class Detector(nn.Module):
         detections = to_original_coordinates(detections, batch.image_sizes, original_sizes)
         return {**rpn_losses, **head_losses}, detections
 
-    def maxout_pooler(
-        self, images: list[torch.Tensor], image_sizes: list[tuple[int, int]], *, sizes: Sequence[int]
-    ) -> MaxoutPyramidPooler:
-        """The pooler of multi-scale testing: the head's feature map of `images` at each shorter side in sizes."""
-        pooler = self.roi_heads.box_roi_pool
-        if not isinstance(pooler, SingleLevelRoIAlign):
+    def check_maxout(self) -> None:
+        """ValueError unless this detector can test with maxout over a pyramid (the C4 head's one pooled map)."""
+        if not isinstance(self.roi_heads.box_roi_pool, SingleLevelRoIAlign):
             raise ValueError(
                 "multi-scale testing with maxout is the C4 head's (one pooled map); for FPN test at several "
                 "sizes merged by NMS + voting (detection.test_time.TestTimeOptions(test_sizes=...))"
             )
+
+    def maxout_pooler(
+        self, images: list[torch.Tensor], image_sizes: list[tuple[int, int]], *, sizes: Sequence[int]
+    ) -> MaxoutPyramidPooler:
+        """The pooler of multi-scale testing: the head's feature map of `images` at each shorter side in sizes."""
+        self.check_maxout()
+        pooler = self.roi_heads.box_roi_pool
         if len(set(sizes)) != len(sizes):
             raise ValueError(f"maxout_sizes repeats a size: {tuple(sizes)}")
         maps, level_sizes = [], []

@@ -23,7 +23,7 @@ from typing import Any
 from backbone.command_logging import add_logging_flags, setup_logging
 from backbone.flags import FlagParser
 from detection.data.batching import DEFAULT_WORKERS
-from detection.test_time_options import add_test_time_flags, options_from_args
+from detection.test_time_options import TestTimeOptions, add_test_time_flags, options_from_args
 
 # torch and the model's code are imported when the command runs, so that `--help` answers at once
 log = logging.getLogger("detection.predict")
@@ -42,6 +42,11 @@ def load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     device = resolve_device(args.device, setting="--device ", error=PredictError)
     class_names = read_class_names(args.class_names) if args.class_names else None
     model, manifest = load_detector(args.checkpoint, class_names=class_names)
+    if args.ensemble_checkpoints:
+        from detection.ensemble import EnsembleDetector
+
+        members = [load_detector(path, class_names=class_names)[0] for path in args.ensemble_checkpoints]
+        model = EnsembleDetector([model, *members])  # ValueError naming what the members do not share
     test_time = options_from_args(args)
     return Predictor(model, device=device, precision=args.precision, test_time=test_time), manifest
 
@@ -54,15 +59,22 @@ def load_runtime_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from detection.prediction_pipeline import PredictError
     from detection.predictor import resolve_precision
     from detection.runtime_predictor import RuntimePredictor
-    from detection.runtimes import GRAPH_SUFFIXES, RUNTIMES, RuntimeChoiceError, read_graph_manifest
+    from detection.runtimes import GRAPH_SUFFIXES, RUNTIMES, RuntimeChoiceError, read_graph_manifest, require_eager
 
     if args.runtime not in (*RUNTIMES, "auto"):
         raise PredictError(f"--runtime {args.runtime!r}: expected one of {', '.join((*RUNTIMES, 'auto'))}")
     checkpoint = Path(args.checkpoint)
+    runtime = "auto" if args.runtime == "torch" else args.runtime  # the torch runtime with an exported graph file
+    try:
+        if options_from_args(args) != TestTimeOptions():
+            require_eager(runtime, "a test-time option")
+        if args.ensemble_checkpoints:
+            require_eager(runtime, "--ensemble-checkpoints")
+    except RuntimeChoiceError as error:
+        raise PredictError(str(error)) from None
     try:
         quantized = checkpoint.suffix in GRAPH_SUFFIXES and "quantization" in read_graph_manifest(checkpoint)
         precision = "int8" if quantized else resolve_precision(args.precision, torch.device("cpu"))
-        runtime = "auto" if args.runtime == "torch" else args.runtime
         predictor = RuntimePredictor.from_source(args.checkpoint, runtime=runtime, precision=precision)
     except (RuntimeChoiceError, FileNotFoundError) as error:
         raise PredictError(f"--runtime {args.runtime}: {error}") from error
@@ -98,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", "--output-dir", required=True, help="The folder for predictions.jsonl (and pictures)."
     )
+    parser.add_argument(
+        "--ensemble-checkpoints", nargs="+", default=[], metavar="CHECKPOINT",
+        help="More detector checkpoints run with --checkpoint as one ensemble: its proposals, every model's class "
+        "probabilities and box deltas averaged on them, then NMS and box voting (the paper's COCO ensemble).",
+    )  # fmt: skip
     parser.add_argument("--class-names", help="For a .pth: a text file with one class name per line, in label order.")
     parser.add_argument(
         "--save-annotated", action="store_true", help="Also write pictures and videos to OUTPUT/annotated/."

@@ -411,6 +411,7 @@ def predict_files(
         "checkpoint": str(args.checkpoint), "class_names": manifest["class_names"], "precision": predictor.precision,
         "score_threshold": args.score_threshold, "max_detections": args.max_detections,
         "test_time": predictor.test_time.to_dict(), "runtime": predictor.runtime,
+        **({"ensemble_checkpoints": args.ensemble_checkpoints} if args.ensemble_checkpoints else {}),
     })  # fmt: skip
     predictions_path = output / PREDICTIONS_FILE
     done = read_done(predictions_path)

@@ -67,6 +67,10 @@ class Prepared:
         return self.pixels.numel() * self.pixels.element_size()
 
 
+# What a queue holds for one image until its batch runs (Predictor.queueable): the cheaper of the two.
+Queueable = Prepared | DecodedImage
+
+
 @dataclass(frozen=True)
 class Cut:
     """What one request keeps of the network's answer: scores above `score_threshold`, the `labels` (1..K;
@@ -97,6 +101,8 @@ class Predictor:
         optimize: bool = True,
         test_time: TestTimeOptions = PLAIN,
     ) -> None:
+        if test_time.maxout_sizes:  # at construction, not at the first image: a service refuses to start
+            model.check_maxout()
         self.device = device if isinstance(device, torch.device) else resolve_device(str(device), setting="device ")
         self.precision: Precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -144,6 +150,20 @@ class Predictor:
         return Prepared(
             pixels=resized, source_size=source_size, padded_shape=self.transform.padded_shape(*resized.shape[-2:])
         )
+
+    def prepared_nbytes(self, height: int, width: int) -> int:
+        """Bytes `prepare` makes of a height x width image: float32 RGB at the model's size (or at the source's,
+        for test-time rungs that resize it themselves)."""
+        if not self.test_time.from_source:
+            height, width = self.transform.resized_size(height, width)
+        return 3 * height * width * torch.float32.itemsize
+
+    def queueable(self, image: DecodedImage) -> Queueable:
+        """What a queue should hold for `image` until its batch runs: the decoded source where it takes fewer bytes
+        than the prepared image (an 8-bit photo smaller than 4x the model's input; `run` prepares it then, with the
+        same `prepare`, so the answer is the same), else the prepared image (a large upload, once model-sized)."""
+        width, height = image.size
+        return image if image.nbytes <= self.prepared_nbytes(height, width) else self.prepare(image)
 
     def batch(self, prepared: Sequence[Prepared]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images, image_sizes, original_sizes) as the network and the exported graph take them: the images
@@ -233,8 +253,9 @@ class Predictor:
                     results[index] = cut_detections(output, cuts[index])
         return results
 
-    def run(self, prepared: Sequence[Prepared], cuts: Sequence[Cut]) -> list[list[dict[str, Any]]]:
-        """Records per image: the service's batches (each request with its own cut)."""
+    def run(self, queued: Sequence[Queueable], cuts: Sequence[Cut]) -> list[list[dict[str, Any]]]:
+        """Records per image: the service's batches (each request with its own cut), of what `queueable` gave."""
+        prepared = [item if isinstance(item, Prepared) else self.prepare(item) for item in queued]
         return [self.records(detections) for detections in self.detect(prepared, cuts)]
 
     def records(self, detections: dict[str, torch.Tensor]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ are reused so its weights load unchanged. We own:
 """
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -70,11 +71,15 @@ class RoIHeads(TorchvisionRoIHeads):
         vote_thresh: float | None = None,
         refine: bool = False,
         region_pooler: Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
+        classify: Callable[[list[torch.Tensor], list[tuple[int, int]]], tuple[torch.Tensor, torch.Tensor]]
+        | None = None,
     ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         """vote_thresh: box voting after NMS at this IoU (None: no voting, unless refine); refine: box
         refinement, whose NMS runs at nms_thresh or, when None, the paper's 0.3, and whose voting at
         vote_thresh or Detectron's 0.8; region_pooler: pools the regions at inference instead of
-        box_roi_pool (multi-scale testing's maxout pooler, detection/multiscale.py)."""
+        box_roi_pool (multi-scale testing's maxout pooler, detection/multiscale.py); classify: (regions, image
+        shapes) -> (class logits, box deltas) at inference instead of this head's own on `features` (an
+        ensemble's averaged outputs, detection/ensemble.py)."""
         losses = {}
         if targets is not None:
             targets = [{**target, "labels": self.label_to_column[target["labels"]]} for target in targets]
@@ -85,15 +90,15 @@ class RoIHeads(TorchvisionRoIHeads):
         detections = []
         if not self.training:
             score_thresh = self.score_thresh if score_thresh is None else score_thresh
-            class_logits, box_regression = self.classify(features, proposals, image_shapes, region_pooler=region_pooler)
+            if classify is None:
+                classify = partial(self.classify, features, region_pooler=region_pooler)
+            class_logits, box_regression = classify(proposals, image_shapes)
             candidates = self.candidates(
                 class_logits, box_regression, proposals, image_shapes, score_thresh=score_thresh
             )
             if refine:
                 refined = self.regressed_boxes(class_logits, box_regression, proposals, image_shapes)
-                class_logits, box_regression = self.classify(
-                    features, refined, image_shapes, region_pooler=region_pooler
-                )
+                class_logits, box_regression = classify(refined, image_shapes)
                 second = self.candidates(class_logits, box_regression, refined, image_shapes, score_thresh=score_thresh)
                 candidates = [
                     tuple(torch.cat([a, b]) for a, b in zip(first, again)) for first, again in zip(candidates, second)

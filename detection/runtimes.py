@@ -72,11 +72,12 @@ def pick_runtime(requested: str, *, precision: str) -> str:
 
 
 def require_eager(runtime: str, option: str) -> None:
-    """Options that change the eager model's forward pass (test-time refinements) cannot reach a graph."""
-    if runtime not in ("torch", AUTO):
+    """Options that change the eager model's forward pass (the test-time ladder, ensembles) cannot reach a graph;
+    "auto" runs one wherever an exporter's runtime is installed, so only "torch" takes them."""
+    if runtime != "torch":
         raise RuntimeChoiceError(
-            f"{option} needs the eager PyTorch model; runtime {runtime!r} runs the exported graph: "
-            "use runtime 'torch' or leave the option off"
+            f"{option} needs the eager PyTorch model; runtime {runtime!r} runs an exported graph: "
+            "use runtime 'torch' with the .safetensors checkpoint, or leave the option off"
         )
 
 

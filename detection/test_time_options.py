@@ -2,6 +2,7 @@
 define their flags from here and answer --help at once; detection/test_time.py applies the options."""
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -62,6 +63,24 @@ class TestTimeOptions:
                 f"tile_overlap {self.tile_overlap} of a {self.tile_size}-pixel tile rounds to the whole tile"
             )
 
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "TestTimeOptions":
+        """The options a JSON object gives (a service setting), each value of its field's JSON type: ValueError
+        naming an unknown key, a value of the wrong type or a bad value."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"expected an object of test-time options, got {values!r}")
+        defaults = {each.name: each.default for each in fields(cls)}
+        unknown = [key for key in values if key not in defaults]
+        if unknown:
+            raise ValueError(f"unknown test-time option {', '.join(map(repr, unknown))}; known: {', '.join(defaults)}")
+        for key, value in values.items():
+            expected = _json_type(defaults[key])
+            if not _is_json_type(value, expected):
+                raise ValueError(f"{key} must be {expected}, got {value!r}")
+        return cls(**{
+            key: float(value) if isinstance(defaults[key], float) else _plain(value) for key, value in values.items()
+        })  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as it reads back from JSON (sizes as lists): settings files compare equal across runs."""
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
@@ -104,6 +123,27 @@ def add_test_time_flags(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> TestTimeOptions:
     """The TestTimeOptions of parsed `add_test_time_flags` flags (ValueError naming a bad value)."""
     return TestTimeOptions(**{each.name: _plain(getattr(args, each.name)) for each in fields(TestTimeOptions)})
+
+
+def _json_type(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, tuple):
+        return "a list of whole numbers"
+    return "a number" if isinstance(default, float) else "a whole number"
+
+
+def _is_json_type(value: Any, expected: str) -> bool:
+    def whole(item: Any) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool)
+
+    if expected == "true or false":
+        return isinstance(value, bool)
+    if expected == "a list of whole numbers":
+        return isinstance(value, (list, tuple)) and all(whole(item) for item in value)
+    if expected == "a number":
+        return whole(value) or isinstance(value, float)
+    return whole(value)
 
 
 def _plain(value: Any) -> Any:

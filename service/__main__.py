@@ -30,6 +30,12 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
+def problem_line(item: dict) -> str:
+    """One setting's problem in one line after its name: "MAX_BATCH: set but empty: ...", "PORT: Input ..."."""
+    name = ".".join(map(str, item["loc"])).upper() or "settings"
+    return f"{name}: {item['msg'].removeprefix('Value error, ')}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """No flags besides --help: every setting is an environment variable."""
     return argparse.ArgumentParser(
@@ -57,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = get_settings()
     except ValidationError as error:  # a setting that would silently weaken the service: refuse to start
-        problems = [
-            f"{'.'.join(map(str, item['loc'])).upper() or 'settings'}: {item['msg']}" for item in error.errors()
-        ]
+        problems = [problem_line(item) for item in error.errors()]
         print("resdet service cannot start:", *problems, sep="\n  ", file=sys.stderr)
         return 2
     configured = {

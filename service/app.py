@@ -21,6 +21,7 @@ from service.cors import SettingsCORSMiddleware
 from service.errors import install_error_handlers
 from service.form_declared_image import FormDeclaredImageMiddleware
 from service.loading import ModelLoadError, select_device
+from service.memory import MemoryBudget
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.middleware import ScopeMiddleware
 from service.openapi import install_openapi
@@ -65,15 +66,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = resolve_settings(app)
     try:
         device = select_device(settings.device)
-        registry = ModelRegistry(settings=settings, device=device, metrics=app.state.metrics)
+        memory = MemoryBudget(settings.image_memory_bytes)  # one budget: decodes and inference queues alike
+        registry = ModelRegistry(settings=settings, device=device, metrics=app.state.metrics, memory=memory)
         await registry.start()
     except ModelLoadError as error:
         log.error("startup failed: %s", error)
         app.state.startup_error = str(error)  # logged in one line: QuietStartupFailure drops the traceback
         raise
     metrics: ServiceMetrics = app.state.metrics
-    decoders = UploadDecoders(settings, on_event=metrics.record_decode_event)
-    metrics.decode_memory_reserved.set_function(lambda: decoders.memory.used)
+    decoders = UploadDecoders(settings, memory=memory, on_event=metrics.record_decode_event)
+    metrics.image_memory_reserved.set_function(lambda: memory.used)
     try:
         await decoders.start()
     except BaseException:

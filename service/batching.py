@@ -4,6 +4,10 @@ The event loop only enqueues and awaits futures, so it never blocks on a forward
 when it holds `max_batch` items or `max_wait_s` has passed since its first item was taken; while a
 batch runs, new requests queue and form the next one. A batch that raises is run again item by item,
 so an error reaches only the request that caused it, never the others that shared its batch.
+
+Given a MemoryBudget (service/memory.py, the one the decodes reserve from too), each item's bytes are reserved
+when it is queued and released once it is no longer held: its batch has run (answered or failed), its client left
+while it waited, or the engine stopped. An item that does not fit now is refused at once (EngineBusy), not queued.
 """
 
 import asyncio
@@ -14,12 +18,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from service.memory import MemoryBudget
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
 class EngineBusy(Exception):
-    """The queue is full: answer 503 with Retry-After instead of queueing without bound."""
+    """The queue is full, by count or by bytes: answer 503 with Retry-After instead of queueing without bound."""
+
+
+class ItemTooLarge(Exception):
+    """One item needs more bytes than the whole memory budget: it could never be queued (413)."""
+
+    def __init__(self, nbytes: int, *, budget: MemoryBudget) -> None:
+        super().__init__(
+            f"an image needs {nbytes} bytes while it waits for inference, over {budget.setting}={budget.limit}"
+        )
+        self.nbytes = nbytes
+        self.limit = budget.limit
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,8 @@ class _Pending:
     item: Any
     future: asyncio.Future
     enqueued_at: float
+    nbytes: int = 0  # reserved from the memory budget until released
+    running: bool = False  # taken into a batch: its bytes are held until the batch ends, cancelled or not
 
 
 class BatchingEngine(Generic[Item, Result]):
@@ -60,6 +79,8 @@ class BatchingEngine(Generic[Item, Result]):
         on_queue_depth: Callable[[int], None] | None = None,
         on_cancelled: Callable[[int], None] | None = None,
         worker_init: Callable[[], None] | None = None,
+        memory: MemoryBudget | None = None,
+        item_bytes: Callable[[Item], int] | None = None,
     ) -> None:
         self.name = name
         self.run_batch = run_batch
@@ -70,6 +91,8 @@ class BatchingEngine(Generic[Item, Result]):
         self.on_queue_depth = on_queue_depth or (lambda depth: None)
         self.on_cancelled = on_cancelled or (lambda count: None)
         self.worker_init = worker_init
+        self.memory = memory
+        self.item_bytes = item_bytes or (lambda item: 0)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
         # One thread: batches run one after another, each using torch's intra-op threads.
@@ -98,6 +121,7 @@ class BatchingEngine(Generic[Item, Result]):
                 await self._worker
         while self._queue is not None and not self._queue.empty():
             pending = self._queue.get_nowait()
+            self._release(pending)
             if not pending.future.done():
                 pending.future.set_exception(EngineBusy(f"{self.name} engine stopped"))
         if self._executor is not None:  # waits for a batch still running, off the event loop
@@ -105,16 +129,40 @@ class BatchingEngine(Generic[Item, Result]):
         self._worker = self._executor = None
 
     async def submit(self, item: Item) -> tuple[Result, BatchTiming]:
-        """Queue one item and wait for its result; raises EngineBusy at once when the queue is full."""
+        """Queue one item and wait for its result; raises EngineBusy at once when the queue is full (by count, or
+        by bytes: the memory budget cannot hold it now), ItemTooLarge when it needs more than the whole budget."""
         if self._queue is None:
             raise RuntimeError(f"{self.name} engine is not started")
+        if self._queue.full():
+            raise EngineBusy(f"{self.name} queue is full ({self.max_queue} waiting)")
+        nbytes = self.item_bytes(item) if self.memory is not None else 0
+        if nbytes > 0:
+            if nbytes > self.memory.limit:
+                raise ItemTooLarge(nbytes, budget=self.memory)
+            if not self.memory.try_reserve(nbytes):
+                raise EngineBusy(
+                    f"{self.name}: the images waiting and decoding hold the memory budget ({self.memory.used} of "
+                    f"{self.memory.setting}={self.memory.limit} bytes; this one needs {nbytes}); retry shortly"
+                )
         future = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Pending(item=item, future=future, enqueued_at=time.perf_counter()))
-        except asyncio.QueueFull:
-            raise EngineBusy(f"{self.name} queue is full ({self.max_queue} waiting)") from None
+        pending = _Pending(item=item, future=future, enqueued_at=time.perf_counter(), nbytes=nbytes)
+        # A client that leaves while its item waits cancels the future: the bytes come back now, not when the
+        # worker reaches it (after a long batch); the queue keeps only the empty entry.
+        future.add_done_callback(lambda done: self._release_cancelled(pending))
+        self._queue.put_nowait(pending)  # not full: checked above, and nothing ran since on this event loop
         self.on_queue_depth(self._queue.qsize())
         return await future
+
+    def _release_cancelled(self, pending: _Pending) -> None:
+        if pending.future.cancelled() and not pending.running:  # a running batch still reads its item
+            self._release(pending)
+
+    def _release(self, pending: _Pending) -> None:
+        """Give back what `pending` reserved and drop its item (once; on the event loop)."""
+        pending.item = None
+        if pending.nbytes:
+            self.memory.release(pending.nbytes)
+            pending.nbytes = 0
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -128,17 +176,22 @@ class BatchingEngine(Generic[Item, Result]):
             batch = live
             if not batch:
                 continue
+            for pending in batch:
+                pending.running = True
             started = time.perf_counter()
             try:
                 outcomes = await loop.run_in_executor(self._executor, self._run_isolated, [p.item for p in batch])
             except asyncio.CancelledError:  # stopped mid-batch: its requests get a 503 instead of waiting for ever
                 for pending in batch:
+                    self._release(pending)  # stop() waits for the executor: the batch is over when stop returns
                     if not pending.future.done():
                         pending.future.set_exception(EngineBusy(f"{self.name} engine stopped"))
                 raise
             except Exception as error:  # only a broken engine (e.g. its executor shut down) gets here
                 outcomes = [_Failed(error)] * len(batch)
             finished = time.perf_counter()
+            for pending in batch:
+                self._release(pending)
             self.on_batch(len(batch), finished - started)
             for pending, outcome in zip(batch, outcomes):
                 if pending.future.done():

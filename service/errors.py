@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.batching import EngineBusy
+from service.batching import EngineBusy, ItemTooLarge
 from service.disconnect import ClientDisconnected
 from service.images import ImageRejected
 from service.request_id import HEADER, request_id_of
@@ -106,6 +106,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EngineBusy)
     async def busy(request: Request, error: EngineBusy) -> JSONResponse:
         return error_response(request, 503, str(error), headers=retry_after(request))
+
+    @app.exception_handler(ItemTooLarge)
+    async def too_large_to_queue(request: Request, error: ItemTooLarge) -> JSONResponse:
+        return error_response(request, 413, str(error))  # names the setting
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(request: Request, error: ServiceUnavailable) -> JSONResponse:

@@ -19,9 +19,10 @@ from backbone.serving_checkpoint import load_classifier, read_manifest
 from backbone.weights import CheckpointError
 from service.batching import BatchingEngine
 from service.predictors import ClassifierPredictor, DetectorPredictor
-from service.settings import Settings
+from service.settings import ENSEMBLE_KEY, Settings, split_test_time
 
 log = logging.getLogger("service")
+PLAIN_OPTIONS = {ENSEMBLE_KEY: []}  # a detector DETECTOR_TEST_TIME does not name: the plain detector
 
 
 class ModelLoadError(RuntimeError):
@@ -49,6 +50,7 @@ class ServedModel:
     predictor: ClassifierPredictor | DetectorPredictor
     precision: str = "float32"  # "bfloat16" under bf16 autocast (BF16=true, or auto on native bf16)
     runtime: dict[str, Any] | None = None  # the detector's: what runs its network (detection.runtimes)
+    test_time: dict[str, Any] | None = None  # the detector's test-time options (DETECTOR_TEST_TIME), as /models says
     engine: BatchingEngine | None = field(default=None)
     # Requests holding this version: a reload retires it (stops its engine) only once none is left.
     _in_flight: int = field(default=0, init=False, repr=False)
@@ -83,6 +85,7 @@ class ServedModel:
             "version": self.version,
             "precision": self.precision,
             **({"runtime": self.runtime} if self.runtime is not None else {}),
+            **({"test_time": self.test_time} if self.test_time is not None else {}),
             "file": self.path.name,
             "demo": self.is_demo,
             "note": self._note(),
@@ -291,10 +294,18 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
         raise ModelLoadError(f"{setting}: cannot load {path}: {error}") from error
     from detection.predictor import Predictor
 
+    name = served_name(path, manifest, setting=source.name)
+    test_time, members = split_test_time(settings.detector_test_time.get(name, PLAIN_OPTIONS))
+    model = _with_members(model, members, name=name, class_names=class_names)
     bf16 = use_bf16(settings, device)
     runtime = {"runtime": "torch", "precision": "bf16" if bf16 else "fp32", "requested_runtime": "torch"}
     if settings.runtime == "torch":
-        predictor = Predictor(model, device=device, precision=runtime["precision"], optimize=settings.optimize)
+        try:
+            predictor = Predictor(
+                model, device=device, precision=runtime["precision"], optimize=settings.optimize, test_time=test_time
+            )
+        except ValueError as error:  # an option this model cannot take (maxout on FPN)
+            raise ModelLoadError(f"DETECTOR_TEST_TIME: {name!r}: {error}") from error
     else:
         from detection.runtime_predictor import RuntimePredictor
         from detection.runtimes import RuntimeChoiceError, load_network
@@ -304,9 +315,30 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
         except (RuntimeChoiceError, CheckpointError, OSError) as error:
             raise ModelLoadError(f"{setting}: RUNTIME={settings.runtime}: {error}") from error
         predictor, runtime = RuntimePredictor(model, network), network.describe()
-    name = served_name(path, manifest, setting=source.name)
-    log.info("detector %s (%s, %s) loaded from %s on %s", name, manifest["architecture"],
-             manifest["architecture_kwargs"].get("backbone"), path, device)  # fmt: skip
+    log.info("detector %s (%s, %s) loaded from %s on %s, test time %s", name, manifest["architecture"],
+             manifest["architecture_kwargs"].get("backbone"), path, device, test_time)  # fmt: skip
+    described = {**test_time.to_dict(), ENSEMBLE_KEY: [member.name for member in members]}
     return ServedModel(role="detector", name=name, version=file_version(path), path=path, manifest=manifest,
                        predictor=DetectorPredictor(predictor), precision=_precision(bf16),
-                       runtime=runtime)  # fmt: skip
+                       runtime=runtime, test_time=described)  # fmt: skip
+
+
+def _with_members(model: Any, members: list[Path], *, name: str, class_names: list[str] | None) -> Any:
+    """The model, or the ensemble of it and the checkpoints DETECTOR_TEST_TIME's ensemble_checkpoints names."""
+    if not members:
+        return model
+    from detection import load_detector
+    from detection.ensemble import EnsembleDetector
+
+    setting = f"DETECTOR_TEST_TIME: {name!r}: {ENSEMBLE_KEY}"
+    loaded = [model]
+    for member in members:
+        check_checkpoint_file(member, setting)
+        try:
+            loaded.append(load_detector(member, class_names=class_names)[0])
+        except (CheckpointError, OSError, ValueError, RuntimeError, KeyError) as error:
+            raise ModelLoadError(f"{setting}: cannot load {member}: {error}") from error
+    try:
+        return EnsembleDetector(loaded)
+    except ValueError as error:  # members that cannot be averaged with the model, named
+        raise ModelLoadError(f"{setting}: {error}") from error

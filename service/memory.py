@@ -34,11 +34,13 @@ def release_free_memory() -> bool:
 
 
 class MemoryBudget:
-    """Bytes that work in flight may hold at once (DECODE_MEMORY_BYTES): each piece reserves its bound before it
-    allocates, and is refused (not queued) when it would not fit. Thread-safe."""
+    """Bytes that work in flight may hold at once (IMAGE_MEMORY_BYTES): each decode and each image waiting for
+    inference reserves its bound before it allocates or queues, and is refused (not queued) when it would not fit.
+    Thread-safe."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, setting: str = "IMAGE_MEMORY_BYTES") -> None:
         self.limit = limit
+        self.setting = setting  # what sets `limit`, named in refusals
         self.used = 0
         self._lock = threading.Lock()
 

@@ -62,9 +62,9 @@ class ServiceMetrics:
             "resdet_decode_workers_replaced", "Decoding processes killed and replaced: over_budget (DECODE_CPU_S), "
             "crashed (died on a file), cancelled (its client left).", ["reason"], registry=self.registry,
         )  # fmt: skip
-        self.decode_memory_reserved = Gauge(
-            "resdet_decode_memory_reserved_bytes", "Bytes the decodes in flight have reserved (DECODE_MEMORY_BYTES).",
-            registry=self.registry,
+        self.image_memory_reserved = Gauge(
+            "resdet_image_memory_reserved_bytes", "Bytes the decodes in flight and the images waiting for inference "
+            "have reserved (IMAGE_MEMORY_BYTES).", registry=self.registry,
         )  # fmt: skip
         self.queue_depth = Gauge(
             "resdet_queue_depth", "Images waiting for inference.", ["model"], registry=self.registry

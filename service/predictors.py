@@ -1,8 +1,10 @@
-"""Model adapters for the batching engine: `prepare` one decoded image, `run` a batch of prepared requests.
+"""Model adapters for the batching engine: `queueable` turns one decoded image into what its request holds while
+it waits, `run` runs a batch of requests.
 
-`prepare` runs in the request's worker thread (in parallel with inference) and brings the image to
-what the model consumes, so a queued request holds a model-sized image, never the upload's full
-resolution; `run` runs in the engine's inference thread. The detector's side is `detection.predictor`.
+`queueable` runs in the request's worker thread and gives the cheaper of the decoded image and the model's input
+(never a large upload at full resolution); each request's `nbytes` is charged to the service's one memory budget
+(IMAGE_MEMORY_BYTES) while it waits. `run` runs in the engine's inference thread. The detector's side is
+`detection.predictor`.
 """
 
 from collections.abc import Sequence
@@ -18,7 +20,7 @@ from backbone.bn_folding import optimize_for_inference
 from backbone.preprocessing import ClassifierPreprocessing
 from detection import Detector
 from detection.decoding import DecodedImage
-from detection.predictor import Cut, Predictor, Prepared
+from detection.predictor import Cut, Predictor, Queueable
 
 
 @dataclass(frozen=True)
@@ -26,14 +28,24 @@ class ClassifyRequest:
     pixels: torch.Tensor  # normalised float [3, size, size]
     top_k: int
 
+    @property
+    def nbytes(self) -> int:
+        """What it holds while it waits."""
+        return self.pixels.numel() * self.pixels.element_size()
+
 
 @dataclass(frozen=True)
 class DetectRequest:
-    image: Prepared  # model-sized float, prepared at admission (detection.predictor)
+    image: Queueable  # the 8-bit source or the model-sized float, whichever is smaller (Predictor.queueable)
     score_threshold: float
     max_detections: int
     iou_threshold: float | None = None  # per-class NMS overlap; None: the model's own
     labels: frozenset[int] | None = None  # the classes to keep (labels 1..K); None: all
+
+    @property
+    def nbytes(self) -> int:
+        """What it holds while it waits."""
+        return self.image.nbytes
 
     @property
     def cut(self) -> Cut:
@@ -76,6 +88,10 @@ class ClassifierPredictor:
         """8-bit resize and crop of the region the model sees, then float: [3, size, size] normalised."""
         return self.preprocessing.prepare(image.to_pil())
 
+    def queueable(self, image: DecodedImage) -> torch.Tensor:
+        """What a queued request holds: the prepared crop (at most size x size, smaller than any source worth it)."""
+        return self.prepare(image)
+
     def warmup_request(self) -> ClassifyRequest:
         size = self.preprocessing.size
         grey = DecodedImage(pixels=np.full((size, size, 3), 128, dtype=np.uint8))
@@ -102,9 +118,9 @@ class ClassifierPredictor:
 
 class DetectorPredictor:
     """The engine's adapter to `detection.predictor.Predictor`, the one inference path of the CLI and the API:
-    `prepare` runs in the request's thread at admission (a queued request holds a model-sized float image,
-    never the upload's full resolution), `run` in the engine's thread; grouping, precision, rescaling, each
-    request's own cut and the records are the Predictor's."""
+    `queueable` runs in the request's thread at admission (a queued request holds the 8-bit source or the
+    model-sized float image, whichever is smaller), `run` in the engine's thread; preparation, grouping,
+    precision, rescaling, each request's own cut and the records are the Predictor's."""
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
@@ -113,12 +129,12 @@ class DetectorPredictor:
     def model(self) -> Detector:
         return self.predictor.model
 
-    def prepare(self, image: DecodedImage) -> Prepared:
-        return self.predictor.prepare(image)
+    def queueable(self, image: DecodedImage) -> Queueable:
+        return self.predictor.queueable(image)
 
     def warmup_request(self) -> DetectRequest:
         grey = DecodedImage(pixels=np.full((480, 640, 3), 128, dtype=np.uint8))
-        return DetectRequest(image=self.prepare(grey), score_threshold=0.5, max_detections=1)
+        return DetectRequest(image=self.queueable(grey), score_threshold=0.5, max_detections=1)
 
     def run(self, batch: Sequence[DetectRequest]) -> list[list[dict[str, Any]]]:
         return self.predictor.run([request.image for request in batch], [request.cut for request in batch])

@@ -27,6 +27,7 @@ from service.loading import (
     file_version,
     load_model,
 )
+from service.memory import MemoryBudget
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -82,10 +83,13 @@ class ModelRegistry:
     """Every served model by name, each with its own batching engine; each kind's default is the one its
     single-model setting names (DETECTOR_CHECKPOINT, CLASSIFIER_CHECKPOINT), else its first by name."""
 
-    def __init__(self, *, settings: Settings, device: torch.device, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self, *, settings: Settings, device: torch.device, metrics: ServiceMetrics, memory: MemoryBudget | None = None
+    ) -> None:
         self.settings = settings
         self.device = device
         self.metrics = metrics
+        self.memory = memory  # the app's one budget: every engine's queued images are charged to it
         self.slots: dict[str, ModelSlot] = {}
         self._retiring: set[asyncio.Task] = set()
 
@@ -109,6 +113,13 @@ class ModelRegistry:
                     f"{served.name!r}; rename a file or set a different 'name' in its manifest"
                 )
             slots[served.name] = ModelSlot(source=source, served=served, stamp=stamp)
+        detectors = sorted(name for name, slot in slots.items() if slot.served.role == "detector")
+        unknown = [name for name in self.settings.detector_test_time if name not in detectors]
+        if unknown:
+            raise ModelLoadError(
+                f"DETECTOR_TEST_TIME names {', '.join(map(repr, unknown))}, which is no served detector; detectors "
+                f"served: {', '.join(detectors) or 'none'}"
+            )
         for role in ("detector", "classifier"):
             of_role = sorted((slot for slot in slots.values() if slot.served.role == role),
                              key=lambda slot: (not slot.source.default, slot.served.name))  # fmt: skip
@@ -164,6 +175,8 @@ class ModelRegistry:
             on_cancelled=self.metrics.cancelled_work.labels(stage="inference_queued").inc,
             # torch's thread count belongs to the calling thread (OpenMP): set it in the inference thread itself
             worker_init=partial(torch.set_num_threads, settings.torch_threads) if settings.torch_threads else None,
+            memory=self.memory,
+            item_bytes=lambda request: request.nbytes,
         )
         await served.engine.start()
 

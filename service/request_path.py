@@ -60,22 +60,22 @@ async def infer(
         raise ImageRejected(413, f"{len(uploads)} files in one request, over MAX_FILES={settings.max_files}")
     decoders = request.app.state.service.decoders
     async with cancelled_on_disconnect(request):
-        # One file after another: a request's peak memory is one decoded upload (each is model-sized once
-        # prepared), not all of its files at full resolution at once.
+        # One file after another: a request's peak memory is one decoded upload (each is at most model-sized
+        # once queueable), not all of its files at full resolution at once.
         decoded = [
             await decode_upload(
                 upload,
                 label=upload_label(upload, index if batch_form else None),
                 decoders=decoders,
-                prepare=served.predictor.prepare,
+                queueable=served.predictor.queueable,
                 keep_image=keep_images,
             )
             for index, upload in enumerate(uploads)
         ]
-        # All queued at once, so they can share one batch. If one is refused (queue full: 503), or the client
-        # leaves, the others are cancelled, and the engine skips cancelled requests instead of computing answers
-        # nobody will read.
-        submissions = [asyncio.ensure_future(served.engine.submit(make_request(item.prepared))) for item in decoded]
+        # All queued at once, so they can share one batch. If one is refused (queue full or the memory budget
+        # held: 503), or the client leaves, the others are cancelled, and the engine skips cancelled requests
+        # instead of computing answers nobody will read.
+        submissions = [asyncio.ensure_future(served.engine.submit(make_request(item.queued))) for item in decoded]
         try:
             outcomes = await asyncio.gather(*submissions)
         except BaseException:

@@ -137,6 +137,11 @@ class ModelInfo(BaseModel):
         description="A detector's runtime setting: what runs its network ('runtime', 'precision'), what RUNTIME "
         "asked for ('requested_runtime': auto picks by a fixed rule), and an int8 model's accuracy check.",
     )
+    test_time: dict[str, Any] | None = Field(
+        None,
+        description="A detector's test-time options (DETECTOR_TEST_TIME; all off: the plain detector), with "
+        "'ensemble_checkpoints' the file names of the checkpoints averaged with it.",
+    )
     last_reload_error: str | None = Field(
         description="Why the last reload of this model failed (the version above still serves), else null."
     )

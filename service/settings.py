@@ -4,11 +4,14 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from fastapi import FastAPI
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from detection.test_time_options import TestTimeOptions
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "models"
 # What cameras, phones and the web send (Pillow's JPEG covers MPO, a JPEG with a second view); the rest are rarer
@@ -18,10 +21,14 @@ DEFAULT_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 UNBOUNDED_FORMATS = ("ICO", "ICNS", "CUR")
 # BF16's accepted words: "auto" and the spellings pydantic reads as a boolean
 # Names a setting had before, refused with the name it has now (an ignored old name would silently change nothing).
-RENAMED_SETTINGS = {"model_dir": "model_paths_base"}
+RENAMED_SETTINGS = {"model_dir": "model_paths_base", "decode_memory_bytes": "image_memory_bytes"}
 RENAMED_SETTINGS_WHY = {
-    "model_dir": "the folder in which relative model paths are found (MODELS_DIR is the folder of models to serve)"
+    "model_dir": "the folder in which relative model paths are found (MODELS_DIR is the folder of models to serve)",
+    "decode_memory_bytes": "one budget bounds the decodes in flight and the images waiting for inference",
 }
+# DETECTOR_TEST_TIME's keys: the test-time ladder's options, and the members of an ensemble
+TEST_TIME_KEYS = tuple(TestTimeOptions.__dataclass_fields__)
+ENSEMBLE_KEY = "ensemble_checkpoints"
 BF16_WORDS = frozenset({"auto", "true", "false", "1", "0", "yes", "no", "on", "off", "t", "f", "y", "n"})
 
 
@@ -74,6 +81,15 @@ class Settings(BaseSettings):
         description="More checkpoints to serve, named and typed as in MODELS_DIR: paths separated by commas, or a "
         "JSON list.",
     )
+    detector_test_time: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
+        default_factory=dict,
+        description="Test-time options per served detector (the ladder of docs/INFERENCE.md), as a JSON object "
+        "mapping a detector's served name to its options, e.g. "
+        '`{"demo_detector": {"refine_boxes": true, "test_flip": true, "test_sizes": [96, 128, 160]}}`. Keys: '
+        f"{', '.join(TEST_TIME_KEYS)} (the predict CLI's flags of the same names) and ensemble_checkpoints (more "
+        "checkpoints whose heads are averaged with the model's on its proposals, paths found as MODEL_CHECKPOINTS'). "
+        "A detector not named runs plain (the cheapest). Needs RUNTIME=torch; /models reports each detector's.",
+    )
     reload_poll_s: float = Field(
         0.0,
         ge=0,
@@ -116,12 +132,15 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=64, description="Decoding processes: every upload is decoded in one, never in the server process."
     )
-    decode_memory_bytes: int = Field(
+    # Not DECODE_MEMORY_BYTES (refused, naming this one): the budget now holds the inference queue too.
+    image_memory_bytes: int = Field(
         1536 * 1024 * 1024,
         ge=1,
-        description="Bytes all decodes in flight may hold together, each reserving its bound from its header (22 "
-        "bytes a pixel for 8-bit images, 40 for wider ones) before decoding: one that does not fit now answers 503 "
-        "with Retry-After, one larger than all of it 413. The default holds one MAX_IMAGE_PIXELS 8-bit image.",
+        description="Bytes the images in flight may hold together: each decode reserves its bound from its header "
+        "(22 bytes a pixel for 8-bit images, 40 for wider ones) until it ends, and each image waiting for inference "
+        "what its request holds (the 8-bit source or the model-sized float input, whichever is smaller) until its "
+        "batch has run. One that does not fit now answers 503 with Retry-After, one larger than all of it 413. The "
+        "default holds one MAX_IMAGE_PIXELS 8-bit decode.",
     )
     decode_cpu_s: float = Field(
         3.0,
@@ -187,11 +206,23 @@ class Settings(BaseSettings):
         # an empty key there is a mistake (a missing secret), and reading it as "unset" turned auth off.
         return {key: (None if value == "" and key.lower() != "api_key" else value) for key, value in values.items()}
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_named(cls, value: object, info: ValidationInfo) -> object:
+        """`MAX_BATCH=` (empty) in a shell arrives as None (`_empty_means_unset`): for a setting that has no "unset",
+        say so in one line, instead of pydantic's "should be a valid integer" about an input_value of None."""
+        if value is None and not _empty_is_a_value(cls.model_fields[info.field_name].annotation):
+            raise PydanticCustomError(
+                "empty_setting", "set but empty: give it a value, or unset it for its default ({default})",
+                {"default": cls.model_fields[info.field_name].get_default(call_default_factory=True)},
+            )  # fmt: skip
+        return value
+
     @field_validator("bf16", mode="before")
     @classmethod
     def _bf16_word(cls, value: object) -> object:
         """`BF16=Auto` or ` true` as a careless hand writes them; anything else named in one line, not a union."""
-        if value is None:  # BF16= (empty) arrives as None
+        if value is None:  # BF16= (empty) arrives as None; named with the words it takes
             value = ""
         if not isinstance(value, str):
             return value
@@ -224,6 +255,11 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("detector_test_time", mode="before")
+    @classmethod
+    def _test_time_per_model(cls, value: object) -> dict[str, dict[str, Any]]:
+        return parse_detector_test_time(value)
+
     @model_validator(mode="before")
     @classmethod
     def _refuse_renamed_settings(cls, data: object) -> object:
@@ -242,6 +278,19 @@ class Settings(BaseSettings):
                     setattr(self, field, self.model_paths_base / path)
             self.model_checkpoints = [path if path.is_absolute() else self.model_paths_base / path
                                       for path in self.model_checkpoints]  # fmt: skip
+            for options in self.detector_test_time.values():
+                options[ENSEMBLE_KEY] = [str(self.model_paths_base / path) for path in options.get(ENSEMBLE_KEY, [])]
+        return self
+
+    @model_validator(mode="after")
+    def _test_time_runs_eager(self) -> "Settings":
+        # the rungs run the model eagerly (more passes, other pooling, averaged heads), never the exported graph
+        ladder = [name for name, options in self.detector_test_time.items() if not is_plain(options)]
+        if ladder and self.runtime != "torch":
+            raise ValueError(
+                f"DETECTOR_TEST_TIME gives {', '.join(map(repr, ladder))} test-time options, which run in eager "
+                f"PyTorch only: set RUNTIME=torch (not {self.runtime}) or drop them"
+            )
         return self
 
     @model_validator(mode="after")
@@ -249,6 +298,54 @@ class Settings(BaseSettings):
         if self.max_files > self.max_queue:
             raise ValueError(f"MAX_FILES ({self.max_files}) must not exceed MAX_QUEUE ({self.max_queue})")
         return self
+
+
+def _empty_is_a_value(annotation: object) -> bool:
+    """Whether an empty variable means something for a setting of this type: unset (None), or no items (a list,
+    a mapping)."""
+    return type(None) in get_args(annotation) or get_origin(annotation) in (list, dict)
+
+
+def parse_detector_test_time(value: object) -> dict[str, dict[str, Any]]:
+    """DETECTOR_TEST_TIME's JSON as {served name: options}, each checked by `TestTimeOptions.from_mapping` and
+    given whole (defaults filled in, as /models reports them); ValueError naming the model and the problem."""
+    if value is None or value == {}:  # DETECTOR_TEST_TIME= (empty): none
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"DETECTOR_TEST_TIME is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError("DETECTOR_TEST_TIME must be a JSON object mapping detector names to their options")
+    parsed = {}
+    for name, options in value.items():
+        if not isinstance(options, dict):
+            raise ValueError(f"DETECTOR_TEST_TIME: {name!r}: expected an object of options, got {options!r}")
+        options = dict(options)
+        members = options.pop(ENSEMBLE_KEY, [])
+        if not isinstance(members, list) or not all(isinstance(path, str) and path.strip() for path in members):
+            raise ValueError(f"DETECTOR_TEST_TIME: {name!r}: {ENSEMBLE_KEY} must be a list of checkpoint paths")
+        try:
+            whole = TestTimeOptions.from_mapping(options).to_dict()
+        except ValueError as error:
+            raise ValueError(f"DETECTOR_TEST_TIME: {name!r}: {error}") from None
+        parsed[name] = {**whole, ENSEMBLE_KEY: members}
+    return parsed
+
+
+def is_plain(options: dict[str, Any]) -> bool:
+    """Whether parsed DETECTOR_TEST_TIME options are the plain detector's (no rung, no ensemble)."""
+    return not options[ENSEMBLE_KEY] and TestTimeOptions.from_mapping(_ladder(options)) == TestTimeOptions()
+
+
+def _ladder(options: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in options.items() if key != ENSEMBLE_KEY}
+
+
+def split_test_time(options: dict[str, Any]) -> tuple[TestTimeOptions, list[Path]]:
+    """Parsed DETECTOR_TEST_TIME options -> (the ladder's options, the ensemble's other checkpoints)."""
+    return TestTimeOptions.from_mapping(_ladder(options)), [Path(path) for path in options[ENSEMBLE_KEY]]
 
 
 @lru_cache

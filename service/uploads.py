@@ -1,9 +1,10 @@
-"""One uploaded file (a multipart part or the raw request body) to a prepared model input, with errors naming
-the file. Nothing of it is parsed in the server process: its header and its pixels are read in decoding
-processes (service/decode_pool.py), each under DECODE_CPU_S of CPU time, only in IMAGE_FORMATS.
+"""One uploaded file (a multipart part or the raw request body) to what its request queues (service/predictors.py),
+with errors naming the file. Nothing of it is parsed in the server process: its header and its pixels are read in
+decoding processes (service/decode_pool.py), each under DECODE_CPU_S of CPU time, only in IMAGE_FORMATS.
 
-The decoded image lives only as long as `prepare` needs it (unless the route draws on it): a queued
-request holds the model-sized input. After a large image the freed heap is handed back to the system.
+The decoded image lives only as long as `queueable` needs it (unless the route draws on it): a queued request holds
+the smaller of the 8-bit source and the model-sized input (service/predictors.py). After a large image the freed heap
+is handed back to the system.
 
 A large image (from LARGE_IMAGE_PIXELS up) costs seconds of CPU and hundreds of MB to decode, so it is
 decoded by a process of its own at the lowest CPU priority: it takes what the other requests leave and
@@ -39,9 +40,12 @@ from service.settings import Settings
 class UploadDecoders:
     """The decoding processes of one app: DECODE_WORKERS for every header and image, one more for large images."""
 
-    def __init__(self, settings: Settings, *, on_event: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, memory: MemoryBudget | None = None, on_event: Callable[[str], None] | None = None
+    ) -> None:
         self.settings = settings
-        self.memory = MemoryBudget(settings.decode_memory_bytes)  # one budget for both pools
+        # the app's one budget (service/app.py): both pools and the inference queues reserve from it
+        self.memory = memory or MemoryBudget(settings.image_memory_bytes)
         budgets = {"cpu_budget_s": settings.decode_cpu_s, "memory": self.memory, "on_event": on_event}
         self.pool = DecodePool(workers=settings.decode_workers, **budgets)
         self.large = DecodePool(workers=1, nice=19, **budgets)
@@ -74,11 +78,11 @@ class UploadDecoders:
         except MemoryRefused as error:
             if error.too_large:
                 raise ImageRejected(
-                    413, f"{label} needs {error.nbytes} bytes to decode, over DECODE_MEMORY_BYTES={error.limit}"
+                    413, f"{label} needs {error.nbytes} bytes to decode, over {self.memory.setting}={error.limit}"
                 ) from error
             raise HTTPException(
                 503,
-                f"{label}: the decodes in flight hold the memory budget; retry shortly",
+                f"{label}: the images decoding and waiting hold the memory budget; retry shortly",
                 headers={"Retry-After": "1"},
             ) from None
         except DecodePoolStopped:
@@ -92,7 +96,7 @@ class UploadDecoders:
 @dataclass
 class DecodedUpload:
     size: tuple[int, int]  # (width, height) as displayed
-    prepared: Any  # what the predictor's `prepare` made of it
+    queued: Any  # what the predictor's `queueable` made of it: what its request holds while it waits
     decode_ms: float
     image: Image.Image | None = None  # RGB as displayed, kept only for a route that draws on it
 
@@ -168,7 +172,7 @@ async def decode_upload(
     *,
     label: str,
     decoders: UploadDecoders,
-    prepare: Callable[[DecodedImage], Any],
+    queueable: Callable[[DecodedImage], Any],
     keep_image: bool = False,
 ) -> DecodedUpload:
     started = time.perf_counter()
@@ -177,16 +181,17 @@ async def decode_upload(
     image = await decoders.decode(data, label=label)
     del data
 
-    def prepare_and_release() -> DecodedUpload:
+    def queue_and_release() -> DecodedUpload:
         nonlocal image
         decoded = DecodedUpload(
-            size=image.size, prepared=prepare(image), decode_ms=0.0, image=image.to_pil() if keep_image else None
+            size=image.size, queued=queueable(image), decode_ms=0.0, image=image.to_pil() if keep_image else None
         )
         if not keep_image and image.size[0] * image.size[1] >= LARGE_IMAGE_PIXELS:
-            image = None  # what prepare made is its own copy (a resize): the pixels must go before the heap goes back
+            # a large image is queued model-sized (its own copy): the pixels must go before the heap goes back
+            image = None
             release_free_memory()
         return decoded
 
-    decoded = await run_in_threadpool(prepare_and_release)
+    decoded = await run_in_threadpool(queue_and_release)
     decoded.decode_ms = (time.perf_counter() - started) * 1e3
     return decoded

@@ -61,3 +61,23 @@ def test_prepare_is_the_training_transform_bit_for_bit(size):
     height, width = batch.image_sizes[0]
     assert prepared.padded_shape == tuple(batch.tensors.shape[-2:]) and prepared.source_size == size
     assert torch.equal(prepared.pixels, batch.tensors[0, :, :height, :width])
+
+
+@pytest.mark.parametrize("size", [(61, 97), (100, 60), (40, 400), (500, 700), (1, 3000)])
+def test_a_queue_entry_prepared_at_batch_time_answers_exactly_as_one_prepared_at_admission(size):
+    """The service queues the cheaper of the 8-bit source and the model's input (Predictor.queueable) and prepares
+    the source at batch time: the same records, to the last bit, as preparing at admission."""
+    import numpy as np
+
+    from detection.decoding import DecodedImage
+    from detection.predictor import Cut, Predictor, Prepared
+
+    model, _ = load_detector(CHECKPOINTS["demo"]())
+    predictor = Predictor(model, device="cpu", precision="fp32", optimize=False)
+    pixels = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    image = DecodedImage(pixels=pixels)
+    queued = predictor.queueable(image)
+    assert queued.nbytes == min(pixels.nbytes, predictor.prepared_nbytes(*size))
+    assert isinstance(queued, Prepared) == (pixels.nbytes > predictor.prepared_nbytes(*size))
+    cut = Cut(score_threshold=0.0, max_detections=1000)
+    assert predictor.run([queued], [cut]) == predictor.run([predictor.prepare(image)], [cut])

@@ -245,7 +245,56 @@ def test_docs_render_without_internet(live_server, page):
     page.route("**/*", loopback_only)
     page.goto(f"{url}/docs")
     page.wait_for_selector(".swagger-ui .opblock-summary-path[data-path='/detect']")
+    # and works under its Content-Security-Policy (the `page` fixture fails on any violation): "Try it out" asks
+    # /models on this origin
+    page.locator(".opblock-summary-path[data-path='/models']").click()
+    with page.expect_response(lambda response: urlsplit(response.url).path == "/models") as listed:
+        page.get_by_role("button", name="Try it out").click()
+        page.get_by_role("button", name="Execute").click()
+    assert listed.value.status == 200
+    expect(page.locator(".live-responses-table tbody .response-col_status").first).to_contain_text("200")
     assert outside == []
+
+
+def test_redoc_renders_without_internet_under_its_content_security_policy(live_server, browser):
+    """ReDoc, like Swagger UI above, draws the API from the app's own copy under its policy. The one thing the policy
+    refuses is ReDoc's footer logo, which its bundle always asks of cdn.redoc.ly (and hides when refused)."""
+    url = live_server(create_app(demo_settings(classifier_checkpoint=None)))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+        page.route("**/*", lambda route: route.continue_() if "127.0.0.1" in route.request.url else route.abort())
+        with page.expect_response(lambda response: urlsplit(response.url).path == "/redoc") as answer:
+            page.goto(f"{url}/redoc")
+        assert "script-src 'self'" in answer.value.headers["content-security-policy"]
+        expect(page.locator("h1").first).to_contain_text("resdet")
+        expect(page.get_by_text("/detect/batch").first).to_be_attached()
+        expect(page.locator("img[alt='redocly logo']")).to_have_count(0)  # refused, then dropped by ReDoc
+    finally:
+        context.close()
+    assert [error for error in errors if "https://cdn.redoc.ly/redoc/logo-mini.svg" not in error] == [], errors
+
+
+def test_docs_carry_a_content_security_policy_admitting_only_their_own_scripts():
+    """/docs and /redoc had none (the page's own would block Swagger UI's inline start-up script): theirs admits the
+    app's own files and each inline script by its hash, nothing inline besides, nothing from elsewhere."""
+    import base64
+    import hashlib
+
+    with TestClient(create_app(demo_settings(classifier_checkpoint=None))) as client:
+        for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+            response = client.get(path)
+            assert response.headers["x-content-type-options"] == "nosniff", path
+            policy = dict(part.strip().split(" ", 1) for part in response.headers["content-security-policy"].split(";"))
+            assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'", path
+            assert policy["connect-src"] == "'self'" and "http" not in "".join(policy.values()), path
+            scripts = re.findall(r"<script(?![^>]*src=)[^>]*>(.*?)</script>", response.text, re.DOTALL)
+            hashes = [f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts]
+            assert policy["script-src"].split() == ["'self'", *hashes], path
+            assert (path == "/redoc") == (hashes == []), path  # Swagger UI's pages have their inline start-up
 
 
 def test_page_and_docs_load_nothing_from_other_origins():

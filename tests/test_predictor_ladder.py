@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import TINY, synthetic_batch
+from PIL import Image
 
 from detection import build_detector
 from detection.predictor import Cut, Predictor, cut_detections
@@ -89,3 +90,25 @@ def test_the_predict_command_runs_the_ladder_and_refuses_to_mix_settings(tmp_pat
     with pytest.raises(SystemExit, match="tile_overlap"):
         main([str(folder), "--checkpoint", str(DEMO), "--output", str(tmp_path / "bad"), "--tile-size", "96",
               "--tile-overlap", "1.5"])  # fmt: skip
+
+
+def test_the_predict_command_refuses_eager_only_options_on_a_graph_runtime_in_one_line(tmp_path):
+    """Before, `--refine-boxes --runtime onnxruntime` ran the graph without refinement and said nothing."""
+    from detection.predict import main
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48)).save(image)
+    command = [str(image), "--checkpoint", str(DEMO), "--output", str(tmp_path / "out")]
+    for flags, named in (
+        (["--refine-boxes", "--runtime", "onnxruntime"], "a test-time option"),
+        (["--tile-size", "64", "--runtime", "auto"], "a test-time option"),
+        (["--ensemble-checkpoints", str(DEMO), "--runtime", "openvino"], "--ensemble-checkpoints"),
+    ):
+        with pytest.raises(SystemExit) as raised:
+            main([*command, *flags])
+        message = str(raised.value)
+        assert message.startswith(f"error: {named} needs the eager PyTorch model; runtime") and "\n" not in message
+    classifier = DEMO.with_name("demo_classifier.safetensors")
+    with pytest.raises(SystemExit, match="holds a classifier, not a detector"):
+        main([*command, "--ensemble-checkpoints", str(classifier)])
+    assert not (tmp_path / "out" / "predictions.jsonl").exists()

@@ -114,7 +114,7 @@ def test_iou_threshold_sets_the_per_class_nms_overlap(client, shapes_jpeg):
 def test_requests_with_different_iou_thresholds_in_one_batch_get_their_own_answers(shapes_jpeg):
 
     predictor = DetectorPredictor(Predictor.from_checkpoint(DEMO_DETECTOR, device="cpu", precision="fp32"))
-    image = predictor.prepare(decode_image(shapes_jpeg))
+    image = predictor.queueable(decode_image(shapes_jpeg))
     requests = [
         DetectRequest(image=image, score_threshold=0.05, max_detections=100, iou_threshold=iou)
         for iou in (0.9, 0.2, None)

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from service.batching import BatchingEngine, EngineBusy
+from service.batching import BatchingEngine, EngineBusy, ItemTooLarge
+from service.memory import MemoryBudget
 
 GUARD_S = 60  # a deadlock guard for waits that end on an event, never a speed goal
 
@@ -174,3 +175,149 @@ def test_worker_init_runs_in_the_inference_thread():
 
     run(scenario())
     assert initialised and initialised == ran
+
+
+# ------------------------------------------------------------------------- the memory budget (issue 23)
+
+
+def budgeted_engine(run_batch, budget: MemoryBudget, **options) -> BatchingEngine:
+    """Items are strings charged one byte a character."""
+    return make_engine(run_batch, memory=budget, item_bytes=len, **options)
+
+
+def held_batches():
+    """(run_batch, entered, release): run_batch holds each batch until `release` is set."""
+    entered, release = threading.Event(), threading.Event()
+
+    def held(items):
+        entered.set()
+        assert release.wait(GUARD_S), "never released"
+        return list(items)
+
+    return held, entered, release
+
+
+def test_queued_items_hold_their_bytes_until_their_batch_has_run():
+    budget = MemoryBudget(100)
+    held, entered, release = held_batches()
+    seen = []
+
+    async def scenario():
+        engine = budgeted_engine(held, budget, max_batch=1, max_wait_s=0)
+        await engine.start()
+        try:
+            running = asyncio.create_task(engine.submit("r" * 10))
+            assert await asyncio.to_thread(entered.wait, GUARD_S)
+            queued = [asyncio.create_task(engine.submit("q" * 20)) for _ in range(2)]
+            await asyncio.sleep(0)
+            seen.append(budget.used)  # the running item and both queued ones
+            release.set()
+            await asyncio.gather(running, *queued)
+            seen.append(budget.used)
+        finally:
+            release.set()
+            await engine.stop()
+
+    run(scenario())
+    assert seen == [50, 0]
+
+
+def test_a_flood_is_refused_by_bytes_before_the_count_limit_and_one_too_large_for_the_whole_budget_is_too_large():
+    budget = MemoryBudget(100)
+    held, entered, release = held_batches()
+
+    async def scenario():
+        engine = budgeted_engine(held, budget, max_batch=1, max_wait_s=0, max_queue=16)
+        await engine.start()
+        try:
+            running = asyncio.create_task(engine.submit("r" * 40))
+            assert await asyncio.to_thread(entered.wait, GUARD_S)
+            queued = asyncio.create_task(engine.submit("q" * 40))
+            await asyncio.sleep(0)
+            refused = engine.submit("x" * 40)  # 120 bytes with the two above: over 100, 2 of 16 places taken
+            busy = r"memory budget \(80 of IMAGE_MEMORY_BYTES=100 bytes; this one needs 40\)"
+            with pytest.raises(EngineBusy, match=busy):
+                refused.send(None)  # at once, before it waits
+            with pytest.raises(ItemTooLarge) as too_large:
+                await engine.submit("y" * 101)
+            assert engine.queue_depth == 1 and budget.used == 80  # neither refused one holds anything
+            release.set()
+            await asyncio.gather(running, queued)
+            return too_large.value
+        finally:
+            release.set()
+            await engine.stop()
+
+    too_large = run(scenario())
+    assert (too_large.nbytes, too_large.limit) == (101, 100) and budget.used == 0
+
+
+def test_a_failing_batch_gives_its_bytes_back():
+    budget = MemoryBudget(100)
+
+    def broken(items):
+        raise RuntimeError("kernel failed")
+
+    async def scenario():
+        engine = budgeted_engine(broken, budget, max_batch=4, max_wait_s=0.01)
+        await engine.start()
+        try:
+            return await asyncio.gather(*(engine.submit("e" * 30) for _ in range(3)), return_exceptions=True)
+        finally:
+            await engine.stop()
+
+    outcomes = run(scenario())
+    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes) and budget.used == 0
+
+
+def test_an_item_whose_client_left_gives_its_bytes_back_at_once_while_the_worker_is_busy():
+    budget = MemoryBudget(100)
+    held, entered, release = held_batches()
+    computed = []
+    seen = {}
+
+    async def scenario():
+        engine = budgeted_engine(lambda items: computed.extend(items) or held(items), budget, max_batch=1, max_wait_s=0)
+        await engine.start()
+        try:
+            running = asyncio.create_task(engine.submit("r" * 10))
+            assert await asyncio.to_thread(entered.wait, GUARD_S)
+            leaving = asyncio.create_task(engine.submit("l" * 60))
+            await asyncio.sleep(0)
+            seen["queued"] = budget.used
+            leaving.cancel()  # what request_path does when its client disconnects
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            seen["left"] = budget.used  # the worker still holds the running batch: released by the cancellation
+            release.set()
+            await running
+            await engine.submit("a" * 5)  # the queue is run in order: the cancelled entry has been skipped
+        finally:
+            release.set()
+            await engine.stop()
+
+    run(scenario())
+    assert seen == {"queued": 70, "left": 10} and budget.used == 0
+    assert computed == ["r" * 10, "a" * 5]
+
+
+def test_stopping_the_engine_gives_back_the_bytes_of_the_running_batch_and_the_queue():
+    budget = MemoryBudget(100)
+    held, entered, release = held_batches()
+
+    async def scenario():
+        engine = budgeted_engine(held, budget, max_batch=1, max_wait_s=0)
+        await engine.start()
+        running = asyncio.create_task(engine.submit("r" * 10))
+        assert await asyncio.to_thread(entered.wait, GUARD_S)
+        queued = [asyncio.create_task(engine.submit("q" * 20)) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert budget.used == 50
+        stopping = asyncio.create_task(engine.stop())
+        await asyncio.sleep(0.01)
+        release.set()  # stop() waits for the batch the model is running
+        await stopping
+        return await asyncio.gather(running, *queued, return_exceptions=True)
+
+    outcomes = run(scenario())
+    assert all(isinstance(outcome, EngineBusy) for outcome in outcomes) and budget.used == 0

@@ -204,12 +204,25 @@ def noisy_png(width: int, height: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_an_image_needing_more_than_the_whole_decode_memory_budget_is_413(classifier_path):
-    client = started(classifier_path, decode_memory_bytes=22 * 1000)  # 1000 8-bit pixels' worth
+def test_an_image_needing_more_than_the_whole_image_memory_budget_is_413(classifier_path):
+    client = started(classifier_path, image_memory_bytes=22 * 1000)  # 1000 8-bit pixels' worth
     try:
         response = classify(client, small_png())  # 40x30 = 1200 pixels
         assert response.status_code == 413, response.text
-        assert "needs 26400 bytes to decode, over DECODE_MEMORY_BYTES=22000" in response.json()["detail"]
+        assert "needs 26400 bytes to decode, over IMAGE_MEMORY_BYTES=22000" in response.json()["detail"]
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_an_image_whose_queued_input_needs_more_than_the_whole_budget_is_413_naming_the_setting(classifier_path):
+    """A 10x10 PNG decodes within 2,200 bytes, but waits for inference as the classifier's 32x32 float input
+    (12,288 bytes): more than all of a 10,000-byte budget, so it could never be queued."""
+    client = started(classifier_path, image_memory_bytes=10_000, warmup=False)  # warm-up would fail the same way
+    try:
+        response = classify(client, noisy_png(10, 10, seed=0))
+        assert response.status_code == 413, response.text
+        assert "needs 12288 bytes while it waits for inference, over IMAGE_MEMORY_BYTES=10000" in response.text
+        assert client.app.state.service.decoders.memory.used == 0
     finally:
         client.__exit__(None, None, None)
 
@@ -229,7 +242,7 @@ def test_decodes_in_flight_never_reserve_more_than_the_budget_and_the_rest_wait_
         return granted
 
     monkeypatch.setattr(MemoryBudget, "try_reserve", watched)
-    client = started(classifier_path, decode_memory_bytes=budget, decode_workers=3)
+    client = started(classifier_path, image_memory_bytes=budget, decode_workers=3)
     try:
         decoders = client.app.state.service.decoders
         held = client.portal.call(lambda: _reserve(decoders.memory, budget - 22 * 300 * 300 + 1))  # one slot short

@@ -170,11 +170,11 @@ def test_an_upload_is_parsed_in_a_decoding_process_never_in_the_server_and_decod
         decoders = UploadDecoders(Settings(max_image_pixels=MAX_PIXELS, decode_workers=1))
         await decoders.start()
         try:
-            prepare = lambda image: tuple(image.pixels[0, 0])  # noqa: E731
-            return await decode_upload(upload, label="file 'x.png'", decoders=decoders, prepare=prepare)
+            queueable = lambda image: tuple(image.pixels[0, 0])  # noqa: E731
+            return await decode_upload(upload, label="file 'x.png'", decoders=decoders, queueable=queueable)
         finally:
             await decoders.stop()
 
     decoded = asyncio.run(decode())
     assert opened == []  # not in this process
-    assert decoded.size == (30, 20) and tuple(decoded.prepared) == (255, 255, 255)  # transparent onto white, in RGB
+    assert decoded.size == (30, 20) and tuple(decoded.queued) == (255, 255, 255)  # transparent onto white, in RGB

@@ -3,6 +3,8 @@
 import asyncio
 import io
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ from detection import build_detector, save_detector
 from detection.decoding import DecodedImage
 from service import Settings, create_app
 from service.batching import BatchingEngine
+
+GUARD_S = 60  # a deadlock guard for waits that end on an event, never a speed goal
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +188,23 @@ def test_classifier_preprocessing_caps_both_sides(width, height):
     assert growth < 50, f"preparing a {width}x{height} image raised the peak by {growth:.0f} MB"
 
 
+@pytest.mark.parametrize(("width", "height"), [(1_000_000, 1), (1, 1_000_000), (300, 200)])
+def test_a_detector_queue_entry_and_its_batch_time_preparation_stay_small(model_paths, width, height):
+    """What a legal upload costs from admission to its answer: its queue entry (the cheaper of the 8-bit source and
+    the float input, so a 3 MB 1 x 1,000,000 line waits as 1.5 KB) and the peak of preparing and running it."""
+    from detection.predictor import Cut, Predictor
+
+    predictor = Predictor.from_checkpoint(model_paths[0], device="cpu", precision="fp32", optimize=False)
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = DecodedImage(pixels=pixels)
+    answers = []
+    growth = peak_growth_mb(lambda: answers.append(predictor.run([predictor.queueable(image)], [Cut()])))
+    entry = predictor.queueable(image)
+    assert entry.nbytes == min(pixels.nbytes, predictor.prepared_nbytes(height, width))
+    assert entry.nbytes <= 4 * 3 * SERVED_TINY["max_size"] ** 2 and len(answers) == 1
+    assert growth < 50, f"admitting and running a {width}x{height} image raised the peak by {growth:.0f} MB"
+
+
 @pytest.mark.parametrize(
     ("size", "preprocessing"),
     [((80, 50), {"size": 32}), ((300, 200), {"size": 224, "resize": 256}), ((97, 500), {"size": 32, "resize": 40})],
@@ -212,29 +233,84 @@ def test_classifier_crop_is_torchvisions_resize_and_centre_crop(size, preprocess
     assert float((ours - expected).abs().max()) * 255 <= 1.01
 
 
-def test_queued_detect_requests_hold_model_sized_images(model_paths):
+def recorded_requests(served) -> list:
+    """Every request `served`'s engine is given, recorded (the engine's submit wrapped; restore with `del`)."""
+    real_submit, queued = served.engine.submit, []
+
+    async def recording_submit(request):
+        queued.append(request)
+        return await real_submit(request)
+
+    served.engine.submit = recording_submit
+    return queued
+
+
+def test_queued_detect_requests_hold_the_cheaper_of_the_8_bit_source_and_the_model_input(model_paths):
     app = make_app(model_paths)
     with TestClient(app) as client:
         wait_ready(client)
         served = app.state.service.registry.default("detector")
-        real_submit, queued = served.engine.submit, []
+        queued = recorded_requests(served)
+        large = client.post("/detect", files={"file": ("big.png", png(3000, 2000), "image/png")})
+        small_png = noise_image_bytes((150, 100))
+        small = client.post(
+            "/detect", files={"file": ("small.png", small_png, "image/png")}, params={"score_threshold": 0.001}
+        )
+        del served.engine.submit
+        # prepared at batch time, it answers exactly as the Predictor's own predict, which prepares first
+        (expected,) = served.predictor.predictor.predict([small_png], score_threshold=0.001)
+        assert small.json()["detections"] == expected["detections"] and expected["detections"]
+        assert app.state.service.decoders.memory.used == 0  # both batches have run: nothing is held any more
+    assert large.status_code == 200 and large.json()["image"] == {"width": 3000, "height": 2000}
+    assert small.status_code == 200 and small.json()["image"] == {"width": 150, "height": 100}
+    large_request, small_request = queued
+    # 6 M pixels: prepared at admission, the model's input size in the float the network takes
+    assert large_request.image.pixels.dtype == torch.float32
+    assert tuple(large_request.image.pixels.shape) == (3, *served.predictor.model.transform.resized_size(2000, 3000))
+    assert large_request.nbytes == large_request.image.nbytes <= 4 * 3 * SERVED_TINY["max_size"] ** 2
+    # 150x100 as 8-bit (45 KB) is smaller than its float input at 128x85 (131 KB): queued as decoded
+    assert isinstance(small_request.image, DecodedImage) and small_request.image.pixels.dtype == np.uint8
+    assert small_request.nbytes == 150 * 100 * 3 < served.predictor.predictor.prepared_nbytes(100, 150)
 
-        async def recording_submit(request):
-            queued.append(request)
-            return await real_submit(request)
 
-        served.engine.submit = recording_submit
-        response = client.post("/detect", files={"file": ("big.png", png(3000, 2000), "image/png")})
-        served.engine.submit = real_submit
-    assert response.status_code == 200 and response.json()["image"] == {"width": 3000, "height": 2000}
-    (request,) = queued
-    # prepared at admission: the model's input size, in the float the network takes, not the upload's 6 M pixels
-    assert request.image.pixels.dtype == torch.float32
-    assert tuple(request.image.pixels.shape) == (3, *served.predictor.model.transform.resized_size(2000, 3000))
-    assert (
-        max(request.image.pixels.shape) <= SERVED_TINY["max_size"]
-        and request.image.nbytes <= 4 * 3 * SERVED_TINY["max_size"] ** 2
+def test_a_flood_of_large_images_gets_503_by_bytes_before_the_count_limit(model_paths, batch_gate):
+    """200x150 noise: 90 KB queued (8-bit), 660 KB reserved while it decodes. A budget of one decode and three queued
+    images turns the flood away by bytes while the queue holds 3 of its 64 places."""
+    budget = 22 * 200 * 150 + 3 * 200 * 150 * 3
+    app = make_app(model_paths, image_memory_bytes=budget, max_batch=1, max_queue=64)
+    uploads = [noise_image_bytes((200, 150), seed=seed) for seed in range(8)]
+    with TestClient(app) as client:
+        wait_ready(client)
+        served = app.state.service.registry.default("detector")
+        memory, gate = app.state.service.decoders.memory, batch_gate(served.engine)  # the app's one budget
+        highest = []
+        answers = {}
+
+        def send(index: int) -> None:
+            answers[index] = client.post("/detect", files={"file": ("noise.png", uploads[index], "image/png")})
+
+        with ThreadPoolExecutor(len(uploads)) as pool:
+            pool.submit(send, 0)
+            gate.wait_entered()
+            for index in range(1, len(uploads)):  # one after another: each is queued or answered before the next
+                depth = served.engine.queue_depth
+                sent = pool.submit(send, index)
+                deadline = time.monotonic() + GUARD_S
+                while not sent.done() and served.engine.queue_depth == depth:
+                    assert time.monotonic() < deadline, "neither queued nor answered"
+                    time.sleep(0.005)
+                highest.append(memory.used)
+            refused = [answer for answer in answers.values() if answer.status_code == 503]
+            waiting = served.engine.queue_depth
+            gate.release()
+        assert memory.used == 0
+    statuses = [answers[index].status_code for index in range(len(uploads))]
+    assert refused and waiting < 64, statuses
+    assert statuses[: 1 + waiting] == [200] * (1 + waiting) and set(statuses[1 + waiting :]) == {503}, statuses
+    assert all(
+        answer.headers["retry-after"] == "1" and "memory budget" in answer.json()["detail"] for answer in refused
     )
+    assert max(highest) <= budget
 
 
 # ---------------------------------------------------------------------------------- error contract

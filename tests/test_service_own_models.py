@@ -153,18 +153,44 @@ def test_model_paths_base_resolves_relative_paths_only(tmp_path):
     assert Settings(detector_checkpoint="d.safetensors").detector_checkpoint == Path("d.safetensors")
 
 
-def test_the_old_name_model_dir_is_refused_naming_the_new_one(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("old", "new", "why", "value"),
+    [
+        ("MODEL_DIR", "MODEL_PATHS_BASE", "MODELS_DIR is the folder of models", "/models"),
+        ("DECODE_MEMORY_BYTES", "IMAGE_MEMORY_BYTES", "the images waiting for inference", "1000000"),
+    ],
+)
+def test_an_old_setting_name_is_refused_in_one_line_naming_the_new_one(monkeypatch, capsys, old, new, why, value):
     from service.__main__ import main
 
-    with pytest.raises(ValueError, match="MODEL_DIR is now MODEL_PATHS_BASE"):
-        Settings(model_dir="/models")
-    monkeypatch.setenv("MODEL_DIR", "/models")
-    with pytest.raises(ValueError, match="MODEL_DIR is now MODEL_PATHS_BASE: .*MODELS_DIR is the folder of models"):
+    with pytest.raises(ValueError, match=f"{old} is now {new}"):
+        Settings(**{old.lower(): value})
+    monkeypatch.setenv(old, value)
+    with pytest.raises(ValueError, match=f"{old} is now {new}: .*{why}"):
         Settings()
     monkeypatch.setattr("sys.argv", ["service"])
     assert main() == 2
-    (problem,) = [line for line in capsys.readouterr().err.splitlines() if "MODEL_DIR" in line]
-    assert "MODEL_PATHS_BASE" in problem
+    (problem,) = [line for line in capsys.readouterr().err.splitlines() if old in line]
+    assert new in problem
+
+
+@pytest.mark.parametrize(("name", "default"), [("MAX_BATCH", "8"), ("DECODE_CPU_S", "3.0"), ("HOST", "127.0.0.1")])
+def test_an_empty_setting_that_has_no_unset_is_refused_in_one_line_saying_it_is_empty(
+    monkeypatch, capsys, name, default
+):
+    """`MAX_BATCH= python -m service` was refused with pydantic's "Input should be a valid integer" about an
+    input_value of None: the shell's empty value, read as unset, which such a setting cannot be."""
+    from pydantic import ValidationError
+
+    from service.__main__ import main
+
+    monkeypatch.setenv(name, "")
+    expected = f"{name}: set but empty: give it a value, or unset it for its default ({default})"
+    with pytest.raises(ValidationError, match=f"{name.lower()}\n  " + re.escape(expected.split(": ", 1)[1])):
+        Settings()
+    monkeypatch.setattr("sys.argv", ["service"])
+    assert main() == 2
+    assert capsys.readouterr().err.splitlines()[1:] == [f"  {expected}"]
 
 
 def test_python_m_service_help_lists_every_setting_and_starts_nothing(monkeypatch, capsys):

@@ -90,6 +90,14 @@ def test_coco_layout_trains_evaluates_and_writes_every_output(shapes, tmp_path):
     assert {"AP", "AP50"} <= set(ladder) and "val_loss" not in ladder
     with pytest.raises(ValueError, match="eval_only"):
         main(tiny_config(shapes, tmp_path / "no", refine_boxes=True))
+    # an ensemble of the model with itself scores as the model voted at the ensemble's 0.8 (the same detections,
+    # boxes to 1e-4 px: tests/test_ensemble.py)
+    checkpoint = str(run / "model.safetensors")
+    voted = main(tiny_config(shapes, tmp_path / "voted", eval_only=checkpoint, vote_threshold=0.8))
+    twins = main(tiny_config(shapes, tmp_path / "twins", eval_only=checkpoint, ensemble_checkpoints=(checkpoint,)))
+    assert twins["AP"] == pytest.approx(voted["AP"], abs=1e-4) and "val_loss" not in twins
+    with pytest.raises(ValueError, match="--ensemble_checkpoints evaluates with --eval_only"):
+        main(tiny_config(shapes, tmp_path / "no", ensemble_checkpoints=(checkpoint,)))
 
 
 def test_voc_layout_reports_both_voc_metrics_and_coco(shapes, tmp_path):

@@ -8,7 +8,7 @@ scored (pycocotools COCO, VOC 11-point and area AP) on the merged set, so the fi
 number of ranks.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from backbone.weights import CheckpointError
 from detection.data import collate_fn
 from detection.detector import Detector
 from detection.detector_checkpoint import load_detector
+from detection.ensemble import EnsembleDetector
 from detection.evaluation import evaluate_coco, evaluate_voc, merge_predictions, to_coco_results, write_json
 from detection.evaluation.predictions import as_arrays
 from detection.evaluation.report import dataset_image_loader, write_evaluation_report
@@ -152,14 +153,20 @@ def evaluate_detector(
     return {**flat, **val_losses}, full, predictions
 
 
-def evaluate_checkpoint(path: str, *, evaluation: dict[str, Any], val_split: str, output_dir: Path) -> dict[str, float]:
+def evaluate_checkpoint(
+    path: str, *, ensemble_checkpoints: Sequence[str] = (), evaluation: dict[str, Any], val_split: str,
+    output_dir: Path,
+) -> dict[str, float]:  # fmt: skip
     """--eval_only: a serving checkpoint on the validation split (`evaluation`: evaluate_detector's keyword
-    arguments); rank 0 writes eval.json, detections.json and, with COCO metrics, the report users read (AP per
-    class, confusion matrix, worst images) and prints its tables."""
+    arguments), with `ensemble_checkpoints` as one EnsembleDetector when given; rank 0 writes eval.json,
+    detections.json and, with COCO metrics, the report users read (AP per class, confusion matrix, worst
+    images) and prints its tables."""
     ctx, dataset = evaluation["ctx"], evaluation["dataset"]
     model, manifest = load_detector(path)
     if manifest["class_names"] != dataset.class_names:
         raise CheckpointError(f"{path} was trained on other classes than {val_split}")
+    if ensemble_checkpoints:
+        model = EnsembleDetector([model, *(load_detector(member)[0] for member in ensemble_checkpoints)])
     model.to(ctx.device)
     flat, full, predictions = evaluate_detector(model, **evaluation, verbose=reporting())
     if ctx.is_main:

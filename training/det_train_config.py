@@ -90,6 +90,10 @@ class DetTrainConfig(RunOptions):
         '"auto" (bf16 where the device computes it natively); fp32 by default, as the paper and torchvision evaluate.',
     )  # fmt: skip
     eval_only: str = option("", "A model.safetensors to evaluate instead of training.")
+    ensemble_checkpoints: tuple[str, ...] = option(
+        (), "With --eval_only: more detector checkpoints evaluated with it as one ensemble (its proposals, every "
+        "model's class probabilities and box deltas averaged on them, then NMS and box voting).",
+    )  # fmt: skip
     # --- infrastructure (the rest, shared with pretrain.py, in training/run_options.py)
     output_dir: str = with_default(RunOptions, "output_dir", "runs/detection")  # each command its own folder
     channels_last: str = option(
@@ -144,6 +148,8 @@ def check_test_time_options(cfg: DetTrainConfig) -> None:
             "the test-time options (--refine_boxes, --test_flip, --tile_size, ...) apply to --eval_only: train "
             "without them, then evaluate the checkpoint with them"
         )
+    if cfg.ensemble_checkpoints and not cfg.eval_only:
+        raise ValueError("--ensemble_checkpoints evaluates with --eval_only: it adds models to that one")
 
 
 def check_frozen_layers(cfg: DetTrainConfig) -> None:

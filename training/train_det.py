@@ -97,7 +97,10 @@ def main(cfg: DetTrainConfig) -> dict[str, float]:
 
     # --- evaluation only
     if cfg.eval_only:
-        return evaluate_checkpoint(cfg.eval_only, evaluation=evaluation, val_split=val_split, output_dir=output_dir)
+        return evaluate_checkpoint(
+            cfg.eval_only, ensemble_checkpoints=cfg.ensemble_checkpoints, evaluation=evaluation, val_split=val_split,
+            output_dir=output_dir,
+        )  # fmt: skip
 
     train_base = train_data.dataset
     report(describe_datasets(train_base, val_data), ctx=ctx)
