@@ -78,3 +78,14 @@ def exported(name: str) -> Path:
     if name in ("demo", "classifier"):
         return triton_repository(name) / "1" / "model.onnx"
     return export_checkpoint(CHECKPOINTS[name](), workdir() / f"{name}.onnx").path
+
+
+def seed_export_cache(name: str, cache_dir: Path) -> Path:
+    """`cache_dir` as detection.runtimes finds it after a first start: the named checkpoint's export in place (the
+    export this process made once), so a server under RUNTIME=auto starts in seconds."""
+    from detection.runtimes import export_path
+
+    path = export_path(CHECKPOINTS[name](), cache_dir=cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(exported(name), path)
+    return path
