@@ -89,16 +89,19 @@ def pick_reason(requested: str, chosen: str, *, precision: str, quantized: bool)
     return "auto: neither OpenVINO nor ONNX Runtime is installed: eager PyTorch"
 
 
-def accuracy_check(manifest: dict[str, Any], *, name: str) -> dict[str, Any]:
+def accuracy_check(
+    manifest: dict[str, Any], *, name: str, required: tuple[str, ...] = ACCURACY_CHECK_KEYS
+) -> dict[str, Any]:
     """The "quantization" section detection.quantize writes (fp32 and int8 figures, the allowed drop), or
-    RuntimeChoiceError naming what is missing: int8 runs only with its accuracy check."""
+    RuntimeChoiceError naming what is missing: a server runs int8 only with its whole accuracy check
+    (detection.quantize itself loads its model to score it before the int8 figure exists: `required`)."""
     check = manifest.get("quantization")
     if not isinstance(check, dict):
         raise RuntimeChoiceError(
             f"{name} carries no int8 accuracy check ('quantization' in its manifest): write it with "
             "`python -m detection.quantize`, or serve its checkpoint (.safetensors)"
         )
-    missing = [key for key in ACCURACY_CHECK_KEYS if key not in check]
+    missing = [key for key in required if key not in check]
     if missing:
         raise RuntimeChoiceError(f"{name}: its int8 accuracy check lacks {', '.join(missing)}; quantize it again")
     return check
@@ -181,7 +184,7 @@ def load_network(
             "checks its accuracy); quantize the checkpoint and use the file it writes"
         )
     if quantized:  # its accuracy check holds for the runtime it was measured under, and no other
-        measured = accuracy_check(manifest, name=source.name)["runtime"]
+        measured = accuracy_check(manifest, name=source.name, required=("runtime",))["runtime"]
         if runtime not in (AUTO, measured):
             raise RuntimeChoiceError(f"{source.name} was quantized and checked for {measured}, not {runtime!r}")
         runtime = measured
