@@ -54,7 +54,7 @@ def load_runtime_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from detection.prediction_pipeline import PredictError
     from detection.predictor import resolve_precision
     from detection.runtime_predictor import RuntimePredictor
-    from detection.runtimes import GRAPH_SUFFIXES, RUNTIMES, RuntimeChoiceError, read_graph_manifest
+    from detection.runtimes import GRAPH_SUFFIXES, RUNTIMES, RuntimeChoiceError, read_graph_manifest, require_eager
 
     if args.runtime not in (*RUNTIMES, "auto"):
         raise PredictError(f"--runtime {args.runtime!r}: expected one of {', '.join((*RUNTIMES, 'auto'))}")
@@ -63,6 +63,8 @@ def load_runtime_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         quantized = checkpoint.suffix in GRAPH_SUFFIXES and "quantization" in read_graph_manifest(checkpoint)
         precision = "int8" if quantized else resolve_precision(args.precision, torch.device("cpu"))
         runtime = "auto" if args.runtime == "torch" else args.runtime
+        for flag in options_from_args(args).changed_flags():  # test-time rungs run the eager model's pieces
+            require_eager(runtime, flag)
         predictor = RuntimePredictor.from_source(args.checkpoint, runtime=runtime, precision=precision)
     except (RuntimeChoiceError, FileNotFoundError) as error:
         raise PredictError(f"--runtime {args.runtime}: {error}") from error

@@ -108,11 +108,14 @@ def accuracy_check(
 
 
 def require_eager(runtime: str, option: str) -> None:
-    """Options that change the eager model's forward pass (test-time refinements) cannot reach a graph."""
-    if runtime not in ("torch", AUTO):
+    """Options that change the eager model's forward pass (test-time refinements) cannot reach a graph. 'auto' is
+    refused too: it picks a graph runtime wherever OpenVINO or ONNX Runtime is installed, and an option that worked
+    or not by what happens to be installed would be a surprise."""
+    if runtime != "torch":
+        runs = "picks an exported graph's runtime" if runtime == AUTO else "runs the exported graph"
         raise RuntimeChoiceError(
-            f"{option} needs the eager PyTorch model; runtime {runtime!r} runs the exported graph: "
-            "use runtime 'torch' or leave the option off"
+            f"{option} needs the eager PyTorch model; runtime {runtime!r} {runs}: use runtime 'torch' or leave the "
+            "option off"
         )
 
 

@@ -66,8 +66,9 @@ class Settings(BaseSettings):
     # Several models and hot reload (service/registry.py). The two settings above stay each kind's default.
     models_dir: Path | None = Field(
         None,
-        description="A folder of checkpoints: every *.safetensors in it is served, named by its manifest's 'name' "
-        "(else as DETECTOR_NAME's default says), its kind read from the manifest. Requests pick one with ?model=.",
+        description="A folder of checkpoints: every *.safetensors in it is served, and every int8 model of "
+        "detection.quantize (*.onnx, *.xml), named by its manifest's 'name' (else as DETECTOR_NAME's default says), "
+        "its kind read from the manifest. Requests pick one with ?model=.",
     )
     model_checkpoints: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

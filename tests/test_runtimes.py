@@ -303,3 +303,16 @@ def test_an_unwritable_export_cache_is_named_with_the_setting_to_change(tmp_path
     blocked.write_text("not a folder")
     with pytest.raises(RuntimeChoiceError, match=r"cannot write the export cache .* set RESDET_CACHE to a writable"):
         runtimes.exported_onnx(DEMO_CLASSIFIER, cache_dir=blocked)
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "auto"])
+@pytest.mark.parametrize("flag", [["--refine-boxes"], ["--test-sizes", "96", "128"], ["--tile-size", "64"]])
+def test_the_predict_command_refuses_test_time_rungs_outside_eager_pytorch(runtime, flag, tmp_path):
+    """Test-time rungs run the eager model's pieces: under another runtime they were dropped without a word."""
+    from detection.predict import main as predict_main
+
+    render_image(np.random.default_rng(1), image_size=96, max_objects=1)[0].save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=f"error: --runtime {runtime}: {flag[0]} needs the eager PyTorch model; "):
+        predict_main([str(tmp_path / "a.png"), "--checkpoint", str(DEMO_DETECTOR), "--output", str(tmp_path / "out"),
+                      "--runtime", runtime, *flag])  # fmt: skip
+    assert not (tmp_path / "out").exists()
