@@ -352,7 +352,9 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
     from detection.predictor import Predictor
 
     bf16 = use_bf16(settings, device)
-    runtime = {"runtime": "torch", "precision": "bf16" if bf16 else "fp32", "requested_runtime": "torch"}
+    # detection.runtimes is not imported for eager PyTorch: it needs the `export` extra (onnx)
+    runtime = {"runtime": "torch", "precision": "bf16" if bf16 else "fp32", "requested_runtime": "torch",
+               "reason": "asked for torch"}  # fmt: skip
     if settings.runtime == "torch":
         predictor = Predictor(model, device=device, precision=runtime["precision"], optimize=settings.optimize)
     else:

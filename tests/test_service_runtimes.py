@@ -59,8 +59,13 @@ def test_onnx_runtime_serves_the_eager_detections_and_says_so(tmp_path, monkeypa
     monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path))  # the export made at start-up
     eager_model, eager = served("torch")
     model, answers = served("onnxruntime")
-    assert eager_model["runtime"] == {"runtime": "torch", "precision": "fp32", "requested_runtime": "torch"}
-    assert model["runtime"] == {"runtime": "onnxruntime", "precision": "fp32", "requested_runtime": "onnxruntime"}
+    assert eager_model["runtime"] == {
+        "runtime": "torch", "precision": "fp32", "requested_runtime": "torch", "reason": "asked for torch"
+    }  # fmt: skip
+    assert model["runtime"] == {
+        "runtime": "onnxruntime", "precision": "fp32", "requested_runtime": "onnxruntime",
+        "reason": "asked for onnxruntime",
+    }  # fmt: skip
     assert any(eager)
     for ours, theirs in zip(eager, answers):
         assert [(d["label"], d["name"]) for d in ours] == [(d["label"], d["name"]) for d in theirs]
