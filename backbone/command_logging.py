@@ -23,11 +23,16 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+def log_level(*, quiet: bool = False, verbose: bool = False) -> int:
+    """The level the flags ask for: WARNING with --quiet, DEBUG with --verbose, INFO otherwise."""
+    return logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+
+
 def setup_logging(*, quiet: bool = False, verbose: bool = False) -> None:
     """Route every logger of the process to stderr at the level the flags ask for (INFO by default). Called again
     (a command run twice in one process), it only changes the level; other handlers (a test's) are kept."""
     root = logging.getLogger()
-    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(log_level(quiet=quiet, verbose=verbose))
     if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(FORMAT))

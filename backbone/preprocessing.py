@@ -16,9 +16,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.functional import pil_modes_mapping
 from torchvision.transforms.v2 import functional as F
 
-# torchvision's ImageNet channel statistics (RGB, pixels in [0, 1]). Paper: per-pixel mean subtracted, no std.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from backbone.pixel_statistics import IMAGENET_MEAN, IMAGENET_STD
 
 
 def to_normalized(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from training.classification_data import build_dataset, extract_once, find_split_root
-from training.device_data import (
+from training.device_cifar import (
     DeviceImages,
     DeviceTrainBatches,
     Normalizer,

@@ -38,10 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from backbone import create_model
-from training.analysis import layer_responses, paper_name, plot_layer_responses
 from training.classification_data import DatasetError
 from training.config import make_config
-from training.device_data import (
+from training.device_cifar import (
     DeviceImages,
     DeviceTrainBatches,
     Normalizer,
@@ -50,6 +49,7 @@ from training.device_data import (
     pack,
 )
 from training.distributed import DistributedContext
+from training.layer_responses import layer_responses, paper_name, plot_layer_responses
 from training.loop import prepare_model, train_step
 from training.plots import plot_error_curves, read_metrics
 from training.precision import Precision

@@ -39,8 +39,8 @@ from detection import COCO_CATEGORY_IDS, Detector, build_detector
 from detection.images import to_float_image
 from detection.predictor import Predictor
 from detection.torchvision_compat import (
-    TORCHVISION_UNUSED_COCO_IDS,
     describe_torchvision_detector,
+    make_trained_like,
     rename_torchvision_detector,
 )
 
@@ -91,16 +91,7 @@ def torchvision_anchor(weights: Path | None) -> nn.Module:
     if weights is not None:
         model.load_state_dict(read_state_dict(weights))
         return model.eval()
-    with torch.no_grad():  # trained-like statistics and scores (see the module docstring)
-        for module in model.modules():
-            if isinstance(module, torchvision.ops.FrozenBatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.0)
-                module.bias.uniform_(-0.1, 0.1)
-        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.3)
-        model.roi_heads.box_predictor.cls_score.bias[list(TORCHVISION_UNUSED_COCO_IDS)] = -30.0
-    return model.eval()
+    return make_trained_like(model)  # trained-like statistics and scores (see the module docstring)
 
 
 def build_variants(anchor: nn.Module, *, compile_features: bool) -> tuple[dict[str, Run], Detector]:

@@ -23,6 +23,8 @@ COMMANDS = {
     "python -m detection.predict": ("module", "detection.predict"),
     "python -m detection.data.synthetic": ("module", "detection.data.synthetic"),
     "python -m training.plots": ("module", "training.plots"),
+    "python -m training.analysis": ("module", "training.analysis"),
+    "python -m training.device_data": ("module", "training.device_data"),
     "training/train_det.py": ("path", "training/train_det.py"),
     "training/pretrain.py": ("path", "training/pretrain.py"),
 }

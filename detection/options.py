@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from backbone.flags import option
-from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from backbone.pixel_statistics import IMAGENET_MEAN, IMAGENET_STD
 
 HEADS = ("fpn", "c4")
 BOX_HEADS = ("mlp", "conv_fc")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 
 from backbone.torchvision_compat import from_torchvision
 from backbone.weights import CheckpointError, load_checked, read_state_dict
@@ -55,6 +56,23 @@ RESNET_LAYOUTS = {
     ((3, 4, 23, 3), True): "resnet101",
     ((3, 8, 36, 3), True): "resnet152",
 }
+
+
+def make_trained_like(model: torch.nn.Module) -> torch.nn.Module:
+    """A randomly initialised torchvision detector made to behave like a trained COCO one where it matters
+    (no weight file can be downloaded here; tests and benchmarks use this): non-trivial BN statistics,
+    spread-out class scores, and never the 10 unused COCO ids. In place; the model in eval mode."""
+    norms = (torch.nn.BatchNorm2d, torchvision.ops.FrozenBatchNorm2d)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, norms):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.0)
+                module.bias.uniform_(-0.1, 0.1)
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.3)
+        model.roi_heads.box_predictor.cls_score.bias[list(TORCHVISION_UNUSED_COCO_IDS)] = -30.0
+    return model.eval()
 
 
 def rename_torchvision_detector(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from torch import nn
 from backbone import create_model
 from backbone.serving_checkpoint import load_checkpoint, save_checkpoint, save_classifier
 from detection.images import to_float_image
-from detection.torchvision_compat import TORCHVISION_UNUSED_COCO_IDS
+from detection.torchvision_compat import make_trained_like
 
 TINY = dict(
     base_width=8, min_size=64, max_size=96, fpn_channels=32, representation_size=64,
@@ -73,20 +73,9 @@ TEST_SETTINGS = dict(min_size=320, max_size=480, rpn_post_nms_top_n_test=100, bo
 
 
 def randomised_torchvision(builder) -> nn.Module:
-    """A randomly initialised torchvision detector that behaves like a trained COCO one where it matters:
-    non-trivial BN statistics, spread-out class scores, and never the 10 unused COCO ids."""
+    """A randomly initialised torchvision detector that behaves like a trained COCO one (make_trained_like)."""
     torch.manual_seed(0)
-    model = builder(weights=None, weights_backbone=None, **TEST_SETTINGS)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.0)
-                module.bias.uniform_(-0.1, 0.1)
-        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.3)
-        model.roi_heads.box_predictor.cls_score.bias[list(TORCHVISION_UNUSED_COCO_IDS)] = -30.0
-    return model.eval()
+    return make_trained_like(builder(weights=None, weights_backbone=None, **TEST_SETTINGS))
 
 
 def sample_images() -> list[torch.Tensor]:

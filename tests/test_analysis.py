@@ -9,8 +9,9 @@ from cifar_data import COLOURS, write_cifar_tarball
 
 from backbone import create_model
 from backbone.serving_checkpoint import save_classifier
-from training.analysis import layer_response_stds, main, response_layers
-from training.device_data import load_cifar_arrays
+from training.analysis import main
+from training.device_cifar import load_cifar_arrays
+from training.layer_responses import layer_response_stds, response_layers
 from training.transforms import CIFAR10_MEAN, CIFAR10_STD
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""CIFAR-10 on the training device (training.device_data): the same crops, flips and losses as the per-sample
+"""CIFAR-10 on the training device (training.device_cifar): the same crops, flips and losses as the per-sample
 path, exact resume after kill -9, packing, and clear errors; on a generated CIFAR-like tarball."""
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from training_scripts import assert_resumes_exactly_after_kill_9, train_losses
 
 from training.classification_data import DatasetError, extract_once, find_split_root
 from training.config import make_config
-from training.device_data import (
+from training.device_cifar import (
     DeviceImages,
     DeviceTrainBatches,
     Normalizer,
@@ -20,9 +20,7 @@ from training.device_data import (
     mt19937_first_outputs,
     pack,
 )
-from training.device_data import (
-    main as device_data_main,
-)
+from training.device_data import main as device_data_main
 from training.pretrain import RECIPES, PretrainConfig, main
 from training.sampler import ResumableBatchSampler, SeededDataset
 from training.transforms import CIFAR10_MEAN, CIFAR10_STD, cifar_train_transform

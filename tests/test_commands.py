@@ -38,17 +38,9 @@ COMMANDS = {
 }
 # What --help must not import: each costs seconds (torch alone 3-8 s on a loaded 2-core machine).
 HEAVY_MODULES = ("torch", "torchvision", "pycocotools", "onnx", "onnxruntime", "onnxscript")
-# The commands whose --help answers without them; the training scripts, training.analysis
-# and training.device_data still import torch at the top (issue 25, not yet done).
-LIGHT_HELP = [
-    "service",
-    "backbone.summary",
-    "detection.convert",
-    "detection.export",
-    "detection.predict",
-    "detection.data.synthetic",
-    "training.plots",
-]
+# Every command answers --help without them (issue 25); service.ray_serve, added below where Ray is installed,
+# imports Ray Serve itself.
+LIGHT_HELP = list(COMMANDS)
 PARSERS = {
     "detection.convert": convert_parser,
     "detection.export": export_parser,

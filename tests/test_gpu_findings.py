@@ -197,6 +197,7 @@ class ProcessGroupStarted(Exception):
 
 def test_pretraining_extracts_its_archive_before_the_process_group_forms(tmp_path, monkeypatch):
     """NCCL's timeout cannot run out during an ImageNet extraction that ends before init_process_group."""
+    import training.loop
     import training.pretrain
     from training.config import make_config
 
@@ -207,7 +208,7 @@ def test_pretraining_extracts_its_archive_before_the_process_group_forms(tmp_pat
         seen["extracted"] = (cache / "tiny" / "tiny" / "val" / "b" / "0.jpg").is_file()
         raise ProcessGroupStarted
 
-    monkeypatch.setattr(training.pretrain, "start_process", start_process)
+    monkeypatch.setattr(training.loop, "start_process", start_process)  # pretrain's main imports it when it runs
     config = make_config(training.pretrain.PretrainConfig, {"data_path": str(archive), "cache_dir": str(cache)})
     with pytest.raises(ProcessGroupStarted):
         training.pretrain.main(config)
@@ -295,7 +296,7 @@ def test_every_rank_draws_its_own_multi_scale_sizes():
 
 
 def test_channels_last_default_follows_the_device_measurements():
-    from training.train_det import detection_channels_last
+    from training.det_model import detection_channels_last
 
     assert detection_channels_last("auto", torch.device("cpu")) is True
     assert detection_channels_last("auto", torch.device("cuda", 0)) is False

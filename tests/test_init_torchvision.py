@@ -13,7 +13,8 @@ from detection import build_detector, save_detector
 from detection.data import generate_synthetic
 from detection.pretrained import detector_architecture, initialise_detector
 from training.config import make_config
-from training.train_det import RECIPES, DetTrainConfig, main, with_init_architecture
+from training.det_model import with_init_architecture
+from training.train_det import RECIPES, DetTrainConfig, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,8 @@ from detection.data import AnnotationError, generate_synthetic, read_class_names
 from detection.predict import main as predict
 from detection.torchvision_compat import COCO_CLASS_NAMES
 from training.config import make_config
-from training.train_det import RECIPES, DetTrainConfig, build_datasets, main
+from training.det_data import build_datasets
+from training.train_det import RECIPES, DetTrainConfig, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # the shapes renamed to COCO names with spaces in them

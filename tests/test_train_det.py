@@ -2,6 +2,7 @@
 kill -9, two gloo processes, evaluation only, and the errors a new user meets first."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from training_scripts import (
     TORCHRUN_2_PROCESSES,
     assert_resumes_exactly_after_kill_9,
     run_script,
+    script_command,
     script_env,
     train_losses,
 )
@@ -193,3 +195,83 @@ def test_init_from_a_detector_with_other_classes_keeps_our_predictor(tmp_path):
     assert torch.equal(same.roi_heads.box_predictor.cls_score.weight, source.roi_heads.box_predictor.cls_score.weight)
     with pytest.raises(FileNotFoundError, match="absent"):
         initialise_detector(same, tmp_path / "absent.pth")
+
+
+def crop_val_images(shapes: Path, root: Path, sizes: list[tuple[int, int]]) -> Path:
+    """A copy of the generated COCO val split with its images cropped to (width, height) `sizes`, so that one
+    evaluation batch holds several aspect ratios; boxes cut by the crop are clipped or dropped by the reader."""
+    from PIL import Image
+
+    coco = json.loads((shapes / "coco" / "annotations" / "instances_val.json").read_text())
+    (root / "coco" / "annotations").mkdir(parents=True)
+    (root / "coco" / "val").mkdir()
+    for image, (width, height) in zip(coco["images"], sizes, strict=True):
+        with Image.open(shapes / "coco" / "val" / image["file_name"]) as stored:
+            stored.crop((0, 0, width, height)).save(root / "coco" / "val" / image["file_name"], quality=95)
+        image.update(width=width, height=height)
+    (root / "coco" / "annotations" / "instances_val.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_evaluation_scores_the_detections_detection_predict_gives(shapes, tmp_path):
+    """Issue 23: evaluation's detections come from the one inference path, so an image's detections there are
+    `detection.predict`'s records for it, whatever its batch-mates (four aspect ratios in one evaluation batch)."""
+    from detection import load_detector
+    from detection.predict import main as predict_main
+
+    demo = REPO_ROOT / "service" / "models" / "demo_detector.safetensors"
+    data = crop_val_images(shapes, tmp_path / "mixed", [(64, 40), (40, 64), (64, 56), (48, 64)])
+    main(tiny_config(data, tmp_path / "eval", eval_only=str(demo), eval_batch_size=4))
+    evaluated: dict[int, list] = {}
+    for detection in json.loads((tmp_path / "eval" / "detections.json").read_text()):
+        x, y, w, h = detection["bbox"]
+        evaluated.setdefault(detection["image_id"], []).append((detection["score"], [x, y, x + w, y + h]))
+
+    # the predict CLI at evaluation's cut: the model's own score threshold and detections per image, fp32
+    model, _ = load_detector(demo)
+    predict_main([str(data / "coco" / "val"), "--checkpoint", str(demo), "--output", str(tmp_path / "predict"),
+                  "--precision", "fp32", "--score-threshold", str(model.roi_heads.score_thresh),
+                  "--max-detections", str(model.roi_heads.detections_per_img), "--workers", "1",
+                  "--quiet"])  # fmt: skip
+    image_ids = {image["file_name"]: image["id"] for image in json.loads(
+        (data / "coco" / "annotations" / "instances_val.json").read_text())["images"]}  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "predict" / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == len(image_ids) == 4
+    for record in records:
+        expected = sorted(((d["score"], d["box"]) for d in record["detections"]), key=lambda d: -d[0])
+        got = sorted(evaluated.get(image_ids[Path(record["file"]).name], []), key=lambda d: -d[0])
+        assert expected, "the demo detector finds shapes in every image: an empty answer would prove nothing"
+        assert len(got) == len(expected), record["file"]
+        for (score, box), (expected_score, expected_box) in zip(got, expected):
+            assert score == pytest.approx(expected_score, abs=1e-3)
+            assert box == pytest.approx(expected_box, abs=0.05)
+
+
+def test_quiet_leaves_a_redirected_run_silent_and_verbose_adds_debug_lines(shapes, tmp_path):
+    """Issue 25: --quiet / --verbose through the one logging setup (backbone/command_logging.py). --quiet: no
+    report line, no progress line, and the run still writes everything."""
+    from training.config import REPORT_LOGGER, parse_command
+    from training.run_log import reporting
+
+    config = tiny_config(shapes, tmp_path / "quiet", max_iterations=2, eval_every=2, lr_milestones=(1,))
+    result = subprocess.run([*script_command("train_det.py", config), "--quiet"], cwd=REPO_ROOT, env=script_env(),
+                            capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == "" and result.stderr == ""
+    assert (tmp_path / "quiet" / "model.safetensors").is_file() and (tmp_path / "quiet" / "eval.json").is_file()
+
+    # the level each flag sets, as the scripts' __main__ parses them (a run from Python reports at INFO)
+    report_logger, root = logging.getLogger(REPORT_LOGGER), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        assert reporting(logging.INFO) and not reporting(logging.DEBUG)
+        parse_command(DetTrainConfig, ["--verbose"])
+        assert reporting(logging.DEBUG)
+        parse_command(DetTrainConfig, ["-q"])
+        assert reporting(logging.WARNING) and not reporting(logging.INFO)
+        with pytest.raises(SystemExit):  # one or the other
+            parse_command(DetTrainConfig, ["--quiet", "--verbose"])
+    finally:  # the process's logging as it was: other tests run in it
+        report_logger.setLevel(logging.NOTSET)
+        root.handlers[:] = handlers
+        root.setLevel(level)

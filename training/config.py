@@ -13,14 +13,18 @@ is parsed by its field's type and nothing else.
 import argparse
 import dataclasses
 import json
+import logging
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from backbone.command_logging import add_logging_flags, log_level, setup_logging
 from backbone.flags import FlagParser, spellings
 
 ConfigT = TypeVar("ConfigT")
+# The logger whose level decides which of a run's report lines show (training/run_log.py's `report`)
+REPORT_LOGGER = "training.report"
 
 TRUE_WORDS = {"true", "1", "yes", "on"}
 FALSE_WORDS = {"false", "0", "no", "off"}
@@ -117,6 +121,7 @@ def build_parser(
                 const=off,
                 help=argparse.SUPPRESS,
             )
+    add_logging_flags(parser)  # how much the run reports; not a setting of the run (no field, not in checkpoints)
     return parser
 
 
@@ -127,15 +132,40 @@ def parse_config(
     description: str = "",
     recipes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ConfigT:
-    """Defaults, then the chosen recipe's values, then the flags given; unknown flags are an error."""
+    """Defaults, then the chosen recipe's values, then the flags given; unknown flags are an error. --quiet and
+    --verbose are parse_command's."""
+    return _parse(config_class, argv, description=description, recipes=recipes)[0]
+
+
+def parse_command(
+    config_class: type[ConfigT],
+    argv: Sequence[str] | None = None,
+    *,
+    description: str = "",
+    recipes: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ConfigT:
+    """`parse_config` for a training script's command line, which also sets up the one logging of every command
+    (backbone/command_logging.py) at --quiet / --verbose's level, and the run's report (training/run_log.py) at
+    the same level."""
+    config, quiet, verbose = _parse(config_class, argv, description=description, recipes=recipes)
+    setup_logging(quiet=quiet, verbose=verbose)
+    logging.getLogger(REPORT_LOGGER).setLevel(log_level(quiet=quiet, verbose=verbose))
+    return config
+
+
+def _parse(
+    config_class: type[ConfigT], argv: Sequence[str] | None, *, description: str,
+    recipes: Mapping[str, Mapping[str, Any]] | None,
+) -> tuple[ConfigT, bool, bool]:  # fmt: skip
     parser = build_parser(config_class, description=description, recipes=recipes)
     args = vars(parser.parse_args(argv))
+    quiet, verbose = args.pop("quiet"), args.pop("verbose")
     values: dict[str, Any] = {}
     recipe = args.pop("recipe", None)
     if recipe is not None:
         values.update(recipes[recipe])
     values.update({key: value for key, value in args.items() if value is not None})
-    return make_config(config_class, values)
+    return make_config(config_class, values), quiet, verbose
 
 
 def _typed(config_class: type, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,18 +5,27 @@ returns the errors of the whole set. Crop and scale scores are averaged as softm
 """
 
 import contextlib
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from backbone.preprocessing import ClassifierPreprocessing
+from backbone.serving_checkpoint import load_classifier
+from backbone.weights import CheckpointError
+from training.device_cifar import DeviceEvalBatches, DeviceImages, Normalizer
 from training.distributed import DistributedContext, all_reduce_sum
+from training.loop import make_loader
+from training.precision import Precision
+from training.pretrain_config import PAPER_TEST_SCALES, PretrainConfig
+from training.run_log import report
+from training.sampler import SeededDataset
+from training.transforms import ten_crop_transform, whole_image_transform
 
-# Sec. 3.4: "the fully-convolutional form ... average the scores at multiple scales
-# (images are resized such that the shorter side is in {224, 256, 384, 480, 640})".
-PAPER_TEST_SCALES = (224, 256, 384, 480, 640)
 EVAL_MODES = ("center", "ten_crop", "multi_scale")
 
 
@@ -123,3 +132,86 @@ def evaluate(
         "top5_error": 1 - counts[1].item() / total,
         "count": int(counts[2].item()),
     }
+
+
+class EvalLoaders:
+    """This rank's loader for each evaluation view, built on first use and kept (its workers persist)."""
+
+    def __init__(
+        self, cfg: PretrainConfig, *, preprocessing: ClassifierPreprocessing, dataset, ctx, batch_size: int,
+    ) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.preprocessing = preprocessing  # the centre view; the others take its sizes and statistics
+        self.dataset = dataset
+        self.ctx = ctx
+        self.batch_size = batch_size
+        # the centre view of a set held on the device (--data_on_device) is cropped and normalised there
+        self.normalizer = (
+            Normalizer(mean=preprocessing.mean, std=preprocessing.std, device=ctx.device)
+            if isinstance(dataset, DeviceImages)
+            else None
+        )
+        self.shard = list(range(ctx.rank, len(dataset), ctx.world_size))  # every rank scores its own share
+        self.loaders: dict[str, object] = {}
+
+    def __getitem__(self, mode: str):
+        if mode not in self.loaders:
+            self.loaders[mode] = self._build(mode)
+        return self.loaders[mode]
+
+    def _build(self, mode: str):
+        if self.normalizer is not None and mode == "center":
+            return DeviceEvalBatches(self.dataset, indices=self.shard, batch_size=self.batch_size,
+                                     normalizer=self.normalizer)  # fmt: skip
+        view = self.preprocessing
+        views = {
+            "center": view.transform,
+            "ten_crop": lambda: ten_crop_transform(
+                resize=view.resize, crop_size=view.size, mean=view.mean, std=view.std
+            ),  # fmt: skip
+            "multi_scale": lambda: whole_image_transform(mean=view.mean, std=view.std),
+        }
+        return make_loader(
+            SeededDataset(self.dataset, views[mode]()), sampler=self.shard, workers=self.cfg.workers,
+            device=self.ctx.device,
+            batch_size=1 if mode == "multi_scale" else self.batch_size,
+            collate_fn=collate_list if mode == "multi_scale" else None,
+        )  # fmt: skip
+
+
+def final_evaluation(
+    model, *, cfg: PretrainConfig, loaders: EvalLoaders, ctx, precision: Precision
+) -> dict[str, float]:
+    """Top-1/top-5 error in every --final_eval view (centre crop, 10-crop, multi-scale), printed on rank 0."""
+    results = {}
+    for mode in cfg.final_eval:
+        started = time.perf_counter()
+        errors = evaluate(
+            model, loaders[mode], mode=mode, ctx=ctx, autocast=precision.autocast, scales=cfg.test_scales,
+            channels_last=cfg.channels_last,
+        )  # fmt: skip
+        results.update({f"{name}_{mode}": value for name, value in errors.items() if name != "count"})
+        seconds = time.perf_counter() - started
+        report(
+            f"{mode:>11}: top-1 error {100 * errors['top1_error']:.2f}%  top-5 error "
+            f"{100 * errors['top5_error']:.2f}%  ({errors['count']} images, {seconds:.1f} s)",
+            ctx=ctx,
+        )
+    return results
+
+
+def evaluate_classifier_checkpoint(
+    path: str, *, cfg: PretrainConfig, dataset, split: Path, ctx: DistributedContext, precision: Precision,
+    batch_size: int,
+) -> dict[str, float]:  # fmt: skip
+    """--eval_only: a serving checkpoint on the validation split (`split` names it in errors), in every
+    --final_eval view, with the checkpoint's own preprocessing."""
+    model, manifest = load_classifier(path)
+    if manifest["class_names"] != list(dataset.classes):
+        raise CheckpointError(f"{path} was trained on other classes than {split}")
+    model.to(ctx.device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    preprocessing = ClassifierPreprocessing.from_manifest(
+        manifest["preprocessing"], stem=model.config.get("stem", "imagenet")
+    )
+    loaders = EvalLoaders(cfg, preprocessing=preprocessing, dataset=dataset, ctx=ctx, batch_size=batch_size)
+    return final_evaluation(model, cfg=cfg, loaders=loaders, ctx=ctx, precision=precision)

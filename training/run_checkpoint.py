@@ -6,6 +6,7 @@ schedule, grad scaler, progress counters, every rank's RNG states and the config
 resuming; serving uses the safetensors format of `backbone.serving_checkpoint`.
 """
 
+import logging
 import os
 import random
 import socket
@@ -20,6 +21,7 @@ from backbone.files import write_atomically
 from backbone.weights import CheckpointError
 from training.config import config_differences
 from training.distributed import DistributedContext, all_gather_objects
+from training.run_log import report
 
 FORMAT_NAME = "resdet.training"
 FORMAT_VERSION = 1
@@ -112,8 +114,8 @@ def resume_training(
     state = load_training_checkpoint(path)
     changed = config_differences(state["config"], config)
     changed.pop("resume", None)
-    if changed and ctx.is_main:
-        print(f"warning: config differs from {path}: {changed}", flush=True)
+    if changed:
+        report(f"warning: config differs from {path}: {changed}", ctx=ctx, level=logging.WARNING)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
@@ -128,8 +130,7 @@ def resume_training(
     window.load_state_dict(state["window"], device=ctx.device)
     rng_states = state["rng"]  # one per rank; a run resumed on another world size takes rank 0's
     restore_rng_state(rng_states[ctx.rank] if len(rng_states) == ctx.world_size else rng_states[0])
-    if ctx.is_main:
-        print(f"resumed from {path} at iteration {state['iteration']}", flush=True)
+    report(f"resumed from {path} at iteration {state['iteration']}", ctx=ctx)
     return state
 
 

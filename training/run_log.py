@@ -7,6 +7,7 @@ uninterrupted run.
 """
 
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -15,7 +16,21 @@ from typing import Any
 
 from backbone.files import write_atomically
 from backbone.progress import progress
+from training.config import REPORT_LOGGER
 from training.distributed import DistributedContext
+
+
+def reporting(level: int = logging.INFO) -> bool:
+    """Whether a report line at `level` shows: training.config.parse_command sets the level from --quiet (warnings
+    only) or --verbose (debug lines too); a run started from Python, which sets none, reports at INFO."""
+    return level >= (logging.getLogger(REPORT_LOGGER).level or logging.INFO)
+
+
+def report(message: str, *, ctx: DistributedContext | None = None, level: int = logging.INFO) -> None:
+    """One line of the run's report on stdout (where scripts and the GPU suite read the start line), from rank 0,
+    when its level shows. Errors end the command on stderr (training.loop.run_command)."""
+    if (ctx is None or ctx.is_main) and reporting(level):
+        print(message, flush=True)
 
 
 class RunLog:
@@ -55,8 +70,9 @@ class RunLog:
                 log_dir=str(self.output_dir / "tensorboard"), purge_step=start_iteration or None
             )
         self.bar = progress(
-            total=total_iterations, initial=start_iteration, unit="it", dynamic_ncols=True, desc="train", smoothing=0.05
-        )
+            total=total_iterations, initial=start_iteration, unit="it", dynamic_ncols=True, desc="train",
+            smoothing=0.05, disable=not reporting(),
+        )  # fmt: skip
 
     def _truncate_after(self, iteration: int) -> None:
         """Keep only records up to `iteration` (a resumed run rewrites what came after)."""
@@ -100,8 +116,8 @@ class RunLog:
             )
 
     def print(self, message: str) -> None:
-        """Print on rank 0 without breaking the progress bar."""
-        if not self.enabled:
+        """Print on rank 0 without breaking the progress bar, when report lines show (not under --quiet)."""
+        if not self.enabled or not reporting():
             return
         if self.bar is not None:
             self.bar.write(message)

@@ -14,10 +14,10 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from backbone.preprocessing import IMAGENET_MEAN, IMAGENET_STD, to_normalized
+from backbone.pixel_statistics import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
+from backbone.preprocessing import to_normalized
+from training.pretrain_config import PretrainConfig
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 # Principal components of ImageNet's RGB pixels (AlexNet Sec. 4.1; values of fb.resnet.torch).
 IMAGENET_PCA_EIGENVALUES = (0.2175, 0.0188, 0.0045)
 IMAGENET_PCA_EIGENVECTORS = (
@@ -106,3 +106,15 @@ def ten_crop_transform(*, resize: int, crop_size: int, mean: Sequence[float], st
 def whole_image_transform(*, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """The full image, normalised; multi-scale evaluation resizes it to each scale itself."""
     return v2.Compose(to_normalized(mean, std))
+
+
+def train_transform_for(cfg: PretrainConfig):
+    """The training augmentation the config names: the paper's ImageNet (Sec. 3.4) or CIFAR (Sec. 4.2) one."""
+    if cfg.augmentation == "imagenet":
+        return imagenet_train_transform(
+            scale_range=tuple(cfg.train_scale_range), crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std,
+            lighting_std=cfg.lighting_std,
+        )  # fmt: skip
+    if cfg.augmentation == "cifar":
+        return cifar_train_transform(crop_size=cfg.crop_size, padding=cfg.padding, mean=cfg.mean, std=cfg.std)
+    raise ValueError(f"augmentation must be 'imagenet' or 'cifar', got {cfg.augmentation!r}")
