@@ -260,7 +260,10 @@ def _load_quantized(source: ModelSource, *, device: torch.device) -> ServedModel
             raise ValueError(f"int8 models run on the CPU, and DEVICE is {device}")
         network = load_network(path, runtime="auto", precision="int8", build=False)
     except Exception as error:  # a file from anywhere: whatever its reader raises becomes one line naming it
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # OpenVINO's messages open with "Exception from <its source file>" lines and end with what went wrong
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        said = [line for line in lines if not line.startswith("Exception from ")]
+        detail = (said or lines or [type(error).__name__])[-1]
         raise ModelLoadError(f"{setting}: cannot serve {path}: {detail}") from error
     role = manifest["kind"]
     if role == "detector":

@@ -100,6 +100,9 @@ def test_an_int8_file_without_its_check_or_its_runtime_is_refused_in_one_line(tm
     ir = tmp_path / "weights_gone.xml"
     ir.write_text("<net/>")
     assert refusal(ir, tmp_path).endswith("its weights weights_gone.bin are not beside it")
+    ir.with_suffix(".bin").write_bytes(b"\0")  # weights beside an .xml OpenVINO cannot read: its own words, one line
+    if runtimes.installed("openvino"):
+        assert "Unable to read the model" in refusal(ir, tmp_path)
 
     monkeypatch.setattr(runtimes, "installed", lambda runtime: runtime != "onnxruntime")
     assert "runtime 'onnxruntime' is not installed: pip install" in refusal(quantized("classifier"), tmp_path)
