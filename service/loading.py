@@ -217,7 +217,10 @@ def configured_sources(settings: Settings) -> list[ModelSource]:
         if not settings.models_dir.is_dir():
             raise ModelLoadError(f"MODELS_DIR: not a folder: {settings.models_dir}")
         # checkpoints, and int8 models of detection.quantize (an OpenVINO IR by its .xml, its .bin beside it)
-        checkpoints = sorted(path for path in settings.models_dir.iterdir() if path.suffix in MODEL_SUFFIXES)
+        try:
+            checkpoints = sorted(path for path in settings.models_dir.iterdir() if path.suffix in MODEL_SUFFIXES)
+        except OSError as error:  # a folder this user cannot list
+            raise ModelLoadError(f"MODELS_DIR: cannot read {settings.models_dir}: {error.strerror}") from None
         # dot files are writers' temporaries (save_checkpoint writes `.NAME.xxxx` and renames it into place)
         sources += [ModelSource(path, setting="MODELS_DIR") for path in checkpoints if not path.name.startswith(".")]
     if not sources:
