@@ -26,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", type=Path, help="A resdet .safetensors checkpoint (detector or classifier).")
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="The export format (ONNX, opset 18).")
     parser.add_argument("--output", "-o", type=Path, help="The .onnx file to write.")
-    parser.add_argument("--triton-repo", type=Path, help="Write a Triton model repository here instead.")
+    parser.add_argument(
+        "--triton-repo",
+        type=Path,
+        help="Write a Triton model repository here instead: NAME for the ONNX Runtime backend, and NAME_openvino "
+        "for the OpenVINO backend (the same graph as an IR) where OpenVINO is installed.",
+    )
     parser.add_argument("--name", help="The model's name in the Triton repository (default: the checkpoint's stem).")
     parser.add_argument("--max-batch-size", type=int, default=8, help="Triton's max_batch_size (default: 8).")
     add_logging_flags(parser)

@@ -139,9 +139,16 @@ def _tensor_config(value: onnx.ValueInfoProto) -> str:
 
 
 def triton_config(
-    onnx_path: str | os.PathLike, *, name: str, kind: str, max_batch_size: int, max_queue_delay_us: int
+    onnx_path: str | os.PathLike,
+    *,
+    name: str,
+    kind: str,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    backend: str = "onnxruntime",
 ) -> str:
-    """config.pbtxt text whose inputs and outputs are read from the ONNX graph itself."""
+    """config.pbtxt text whose inputs and outputs are read from the ONNX graph itself (which the OpenVINO IR
+    of the same graph keeps: its tensors carry the ONNX names)."""
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     inputs = ",\n".join(_tensor_config(value) for value in graph.input)
     outputs = ",\n".join(_tensor_config(value) for value in graph.output)
@@ -150,9 +157,12 @@ def triton_config(
         if kind == "gpu"
         else ("instance_group [ { kind: KIND_CPU, count: 2 } ]")
     )
+    # the OpenVINO backend's own file name is model.xml (its weights in model.bin beside it)
+    filename = 'default_model_filename: "model.xml"\n' if backend == "openvino" else ""
     return (
         f'name: "{name}"\n'
-        'backend: "onnxruntime"\n'
+        f'backend: "{backend}"\n'
+        f"{filename}"
         f"max_batch_size: {max_batch_size}\n"
         f"input [\n{inputs}\n]\n"
         f"output [\n{outputs}\n]\n"
@@ -171,7 +181,9 @@ def write_triton_repository(
     max_queue_delay_us: int = 5000,
 ) -> Path:
     """Write repository/<name>/1/model.onnx, config.pbtxt (GPU instances) and configs/cpu.pbtxt
-    (CPU instances; `tritonserver --model-config-name=cpu`). Returns repository/<name>."""
+    (CPU instances; `tritonserver --model-config-name=cpu`), and where OpenVINO is installed (the `runtimes`
+    extra) the same graph for Triton's OpenVINO backend beside it: repository/<name>_openvino/1/model.xml
+    (+ .bin) and its config.pbtxt (CPU instances). Returns repository/<name>."""
     name = name or Path(checkpoint).stem
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"model name {name!r}: use letters, digits, '_' and '-' only")
@@ -188,6 +200,30 @@ def write_triton_repository(
                 max_queue_delay_us=max_queue_delay_us,
             )  # fmt: skip
         )
+    from detection.runtimes import installed
+
+    if installed("openvino"):
+        write_openvino_entry(exported.path, Path(repository) / f"{name}_openvino", max_batch_size=max_batch_size,
+                             max_queue_delay_us=max_queue_delay_us)  # fmt: skip
+    return model_dir
+
+
+def write_openvino_entry(onnx_path: Path, model_dir: Path, *, max_batch_size: int, max_queue_delay_us: int) -> Path:
+    """The ONNX graph as an OpenVINO IR in model_dir/1/model.xml (+ .bin), float32 weights as exported, the
+    resdet manifest in its rt_info (detection.runtimes reads it there), and its config.pbtxt for the OpenVINO
+    backend."""
+    import openvino
+
+    from detection.runtimes import openvino_core
+
+    model = openvino_core().read_model(str(onnx_path))
+    manifest = {prop.key: prop.value for prop in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    model.set_rt_info(manifest[MANIFEST_KEY], [MANIFEST_KEY])
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    openvino.save_model(model, str(model_dir / "1" / "model.xml"), compress_to_fp16=False)
+    config = triton_config(onnx_path, name=model_dir.name, kind="cpu", max_batch_size=max_batch_size,
+                           max_queue_delay_us=max_queue_delay_us, backend="openvino")  # fmt: skip
+    (model_dir / "config.pbtxt").write_text(config)
     return model_dir
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from backbone.command_logging import add_logging_flags, setup_logging
 from backbone.flags import FlagParser
 from detection.data.batching import DEFAULT_WORKERS
-from detection.test_time_options import TestTimeOptions, add_test_time_flags, options_from_args
+from detection.test_time_options import add_test_time_flags, options_from_args
 
 # torch and the model's code are imported when the command runs, so that `--help` answers at once
 log = logging.getLogger("detection.predict")
@@ -66,8 +66,8 @@ def load_runtime_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     checkpoint = Path(args.checkpoint)
     runtime = "auto" if args.runtime == "torch" else args.runtime  # the torch runtime with an exported graph file
     try:
-        if options_from_args(args) != TestTimeOptions():
-            require_eager(runtime, "a test-time option")
+        for flag in options_from_args(args).changed_flags():  # test-time rungs run the eager model's pieces
+            require_eager(runtime, flag)
         if args.ensemble_checkpoints:
             require_eager(runtime, "--ensemble-checkpoints")
     except RuntimeChoiceError as error:

@@ -147,7 +147,9 @@ def quantize(args: argparse.Namespace) -> tuple[Path | None, dict[str, Any]]:
             return None, report
         report["forced"] = too_far
         write_manifest(partial, {**fp32.manifest, "quantization": report})
-        for written in Path(scratch).iterdir():  # .xml and .bin, or .onnx
+        # .bin before .xml (or the .onnx): a server watching the folder reads a model by the file it names, which
+        # must arrive last, when its weights are in place
+        for written in sorted(Path(scratch).iterdir(), key=lambda path: path.suffix != ".bin"):
             shutil.move(str(written), args.output.parent / written.name)
     return args.output, report
 

@@ -37,11 +37,16 @@ class RuntimePredictor(Predictor):
         """A checkpoint, its .onnx export or a quantized model; the transform is rebuilt from the manifest."""
         network = load_network(source, runtime=runtime, precision=precision, threads=threads)
         if str(source).endswith(".safetensors"):
-            model, _ = load_detector(source)
-        else:  # only the transform and class names are used: no weights needed
-            manifest = network.manifest
-            model = build_detector(**manifest["architecture_kwargs"], class_names=manifest["class_names"]).eval()
-        return cls(model, network)
+            return cls(load_detector(source)[0], network)
+        return cls.from_network(network)
+
+    @classmethod
+    def from_network(cls, network: Network) -> "RuntimePredictor":
+        """The transform and class names rebuilt from the network's manifest: only they are used, no weights."""
+        manifest = network.manifest
+        return cls(
+            build_detector(**manifest["architecture_kwargs"], class_names=manifest["class_names"]).eval(), network
+        )
 
     def forward(
         self,

@@ -9,6 +9,7 @@ ONNX Runtime and OpenVINO run the ONNX export of `detection.export` (made once a
 only from a file written by `python -m detection.quantize`, whose manifest carries its accuracy check.
 """
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -37,6 +38,8 @@ CACHE_ENV = "RESDET_CACHE"
 # MANIFEST_KEY: the ONNX metadata key (detection.onnx_export), also the OpenVINO rt_info key
 # The files a runtime reads directly, and which runtimes read them (OpenVINO also reads ONNX, QDQ int8 included).
 GRAPH_SUFFIXES = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",)}
+# What an int8 model's manifest must say of its accuracy check (detection.quantize writes them all).
+ACCURACY_CHECK_KEYS = ("runtime", "metric", "fp32", "int8", "drop", "max_drop")
 
 
 class RuntimeChoiceError(ValueError):
@@ -71,33 +74,88 @@ def pick_runtime(requested: str, *, precision: str) -> str:
     return "torch"
 
 
-def require_eager(runtime: str, option: str) -> None:
-    """Options that change the eager model's forward pass (the test-time ladder, ensembles) cannot reach a graph;
-    "auto" runs one wherever an exporter's runtime is installed, so only "torch" takes them."""
-    if runtime != "torch":
+def pick_reason(requested: str, chosen: str, *, precision: str, quantized: bool) -> str:
+    """Why `chosen` runs, in one line for /models and the predict settings: the rule, never a timing."""
+    if quantized:
+        return f"an int8 model runs under the runtime its accuracy check was measured under ({chosen})"
+    if requested != AUTO:
+        return f"asked for {chosen}"
+    if chosen == "openvino":
+        return "auto: OpenVINO is installed (fastest on the detector's graph at every precision, docs/BENCHMARKS.md)"
+    if chosen == "onnxruntime":
+        return "auto: OpenVINO is not installed, ONNX Runtime is (pip install 'resdet[runtimes]' for OpenVINO)"
+    if precision == "bf16" and installed("onnxruntime"):
+        return "auto: OpenVINO is not installed and ONNX Runtime has no bf16 CPU kernels: eager PyTorch"
+    return "auto: neither OpenVINO nor ONNX Runtime is installed: eager PyTorch"
+
+
+def accuracy_check(
+    manifest: dict[str, Any], *, name: str, required: tuple[str, ...] = ACCURACY_CHECK_KEYS
+) -> dict[str, Any]:
+    """The "quantization" section detection.quantize writes (fp32 and int8 figures, the allowed drop), or
+    RuntimeChoiceError naming what is missing: a server runs int8 only with its whole accuracy check
+    (detection.quantize itself loads its model to score it before the int8 figure exists: `required`)."""
+    check = manifest.get("quantization")
+    if not isinstance(check, dict):
         raise RuntimeChoiceError(
-            f"{option} needs the eager PyTorch model; runtime {runtime!r} runs an exported graph: "
-            "use runtime 'torch' with the .safetensors checkpoint, or leave the option off"
+            f"{name} carries no int8 accuracy check ('quantization' in its manifest): write it with "
+            "`python -m detection.quantize`, or serve its checkpoint (.safetensors)"
+        )
+    missing = [key for key in required if key not in check]
+    if missing:
+        raise RuntimeChoiceError(f"{name}: its int8 accuracy check lacks {', '.join(missing)}; quantize it again")
+    return check
+
+
+def require_eager(runtime: str, option: str) -> None:
+    """Options that change the eager model's forward pass (test-time refinements) cannot reach a graph. 'auto' is
+    refused too: it picks a graph runtime wherever OpenVINO or ONNX Runtime is installed, and an option that worked
+    or not by what happens to be installed would be a surprise."""
+    if runtime != "torch":
+        runs = "picks an exported graph's runtime" if runtime == AUTO else "runs the exported graph"
+        raise RuntimeChoiceError(
+            f"{option} needs the eager PyTorch model; runtime {runtime!r} {runs}: use runtime 'torch' or leave the "
+            "option off"
         )
 
 
 @dataclass
 class Network:
-    """The network of one model under one runtime and precision; call it with the network's inputs."""
+    """The network of one model under one runtime and precision; call it with the network's inputs. Made by
+    `load_network`, which checks every choice at once; the export and compile (`build`) may wait for later."""
 
     kind: str  # "detector" or "classifier"
     runtime: str
     precision: str
     manifest: dict[str, Any]
-    run: Callable[..., tuple[torch.Tensor, ...]] = field(repr=False)
+    make_run: Callable[[], Callable[..., tuple[torch.Tensor, ...]]] = field(repr=False)
     requested: str = AUTO
+    reason: str = ""
+    pending: str = ""  # what `build` still has to do, in words (for a server's /readyz)
+    _run: Callable[..., tuple[torch.Tensor, ...]] | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def build(self) -> None:
+        """Export (once per checkpoint, cached) and compile now; calls from several threads build it once."""
+        with self._lock:
+            if self._run is None:
+                self._run = self.make_run()
+                self.pending = ""
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.run(*inputs)
+        if self._run is None:
+            self.build()
+        return self._run(*inputs)
 
     def describe(self) -> dict[str, Any]:
-        """What /models and the predict settings report: what ran, what was asked, and int8's accuracy check."""
-        described = {"runtime": self.runtime, "precision": self.precision, "requested_runtime": self.requested}
+        """What /models and the predict settings report: what runs, what was asked and why this runs, and for
+        int8 the accuracy check from the model's manifest."""
+        described = {
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "requested_runtime": self.requested,
+            "reason": self.reason,
+        }
         if "quantization" in self.manifest:
             described["quantization"] = self.manifest["quantization"]
         return described
@@ -110,9 +168,12 @@ def load_network(
     precision: str = "fp32",
     threads: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    build: bool = True,
 ) -> Network:
     """A checkpoint (.safetensors) or its export (.onnx) at fp32 or bf16, or a model from detection.quantize
-    (.onnx, OpenVINO .xml) at int8, under `runtime` ('auto': `pick_runtime`). Errors say what to use instead."""
+    (.onnx, OpenVINO .xml) at int8, under `runtime` ('auto': `pick_runtime`). Errors say what to use instead.
+    `build=False` checks every choice now and leaves the export and compile to `Network.build` (a server
+    answers /readyz meanwhile)."""
     source, requested = Path(source), runtime
     threads = threads or torch.get_num_threads()
     graph = source.suffix in GRAPH_SUFFIXES
@@ -126,7 +187,7 @@ def load_network(
             "checks its accuracy); quantize the checkpoint and use the file it writes"
         )
     if quantized:  # its accuracy check holds for the runtime it was measured under, and no other
-        measured = manifest["quantization"].get("runtime")
+        measured = accuracy_check(manifest, name=source.name, required=("runtime",))["runtime"]
         if runtime not in (AUTO, measured):
             raise RuntimeChoiceError(f"{source.name} was quantized and checked for {measured}, not {runtime!r}")
         runtime = measured
@@ -140,12 +201,28 @@ def load_network(
         )
     if chosen == "onnxruntime" and precision == "bf16":
         raise RuntimeChoiceError("onnxruntime has no bf16 CPU kernels: use openvino, torch or torch-compile for bf16")
+    bf16 = precision == "bf16"
     if chosen in ("torch", "torch-compile"):
-        run = _torch_runner(source, manifest["kind"], compiled=chosen == "torch-compile", bf16=precision == "bf16")
+        compiled = chosen == "torch-compile"
+        pending = "compiling it with torch.compile" if compiled else ""
+
+        def make_run() -> Callable[..., tuple]:
+            return _torch_runner(source, manifest["kind"], compiled=compiled, bf16=bf16)
     else:
-        path = source if graph else exported_onnx(source, cache_dir=cache_dir)
-        run = _graph_runner(path, runtime=chosen, bf16=precision == "bf16", threads=threads)
-    return Network(manifest["kind"], chosen, precision, manifest, run, requested=requested)
+        cached = graph or export_path(source, cache_dir=cache_dir).is_file()
+        # said to clients (/readyz): no path of the server's in it
+        exporting = "" if cached else "exporting it to ONNX (first start; kept for later ones), then "
+        pending = f"{exporting}compiling it for {chosen}"
+
+        def make_run() -> Callable[..., tuple]:
+            path = source if graph else exported_onnx(source, cache_dir=cache_dir)
+            return _graph_runner(path, runtime=chosen, bf16=bf16, threads=threads)
+
+    reason = pick_reason(requested, chosen, precision=precision, quantized=quantized)
+    network = Network(manifest["kind"], chosen, precision, manifest, make_run, requested, reason, pending)
+    if build:
+        network.build()
+    return network
 
 
 def _torch_runner(checkpoint: Path, kind: str, *, compiled: bool, bf16: bool) -> Callable[..., tuple]:
@@ -235,19 +312,43 @@ def read_graph_manifest(path: Path) -> dict[str, Any]:
     return json.loads(text)
 
 
-def exported_onnx(checkpoint: Path, *, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The checkpoint's ONNX export, written once per checkpoint content and exporter code."""
+def export_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where exports are kept: `cache_dir`, else $RESDET_CACHE, else ~/.cache/resdet; never beside the checkpoint
+    (a model folder may be mounted read-only), and kept across restarts."""
+    return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "resdet") / "exports"
+
+
+def export_path(checkpoint: Path, *, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cached export's name: the checkpoint's content and the exporter's code (a changed exporter makes a
+    new file, never a stale one)."""
     from detection import exportable, onnx_export
 
     digest = hashlib.sha256(checkpoint.read_bytes())
-    for module in (onnx_export, exportable):  # a changed exporter makes a new file, never a stale one
+    for module in (onnx_export, exportable):
         digest.update(Path(module.__file__).read_bytes())
-    default = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "resdet"))
-    path = Path(cache_dir or default) / "exports" / f"{checkpoint.stem}-{digest.hexdigest()[:16]}.onnx"
-    if not path.is_file():
-        onnx_export.quiet_exporter()
+    return export_root(cache_dir) / f"{checkpoint.stem}-{digest.hexdigest()[:16]}.onnx"
+
+
+def exported_onnx(checkpoint: Path, *, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The checkpoint's ONNX export, written once per checkpoint content and exporter code. Two processes
+    starting at once: the second waits on the first's lock and reads its file; an interrupted export leaves
+    only a scratch folder, never a partial file under the final name."""
+    from detection import onnx_export
+
+    path = export_path(checkpoint, cache_dir=cache_dir)
+    if path.is_file():
+        return path
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A partial file of this process's own: two start-ups exporting at once never write one file.
-        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-            os.replace(onnx_export.export_checkpoint(checkpoint, Path(scratch) / path.name).path, path)
+        lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115 (held until the export is in place)
+    except OSError as error:
+        raise RuntimeChoiceError(
+            f"cannot write the export cache {path.parent} ({error.strerror}): set {CACHE_ENV} to a writable folder"
+        ) from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():  # the process that held the lock may have written it meanwhile
+            onnx_export.quiet_exporter()
+            with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+                os.replace(onnx_export.export_checkpoint(checkpoint, Path(scratch) / path.name).path, path)
     return path

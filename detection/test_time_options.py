@@ -85,6 +85,10 @@ class TestTimeOptions:
         """JSON-ready, as it reads back from JSON (sizes as lists): settings files compare equal across runs."""
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
+    def changed_flags(self) -> list[str]:
+        """The flags (`--refine-boxes`, ...) set away from their defaults: the rungs this run asks for."""
+        return ["--" + each.name.replace("_", "-") for each in fields(self) if getattr(self, each.name) != each.default]
+
     @property
     def overlap(self) -> int:
         """The tile overlap in pixels."""

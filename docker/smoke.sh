@@ -10,8 +10,9 @@
 # CONTAINER: podman or docker (default: podman where installed). SMOKE_PORT: host port (default 18000, clear of
 # a `make serve` on 8000). KEEP_IMAGE=1 keeps resdet:cpu afterwards. PYTHON runs detection.predict.
 # DETECTION_TOLERANCE: largest box (pixels) or score difference between /detect and detection.predict, whose
-# count, labels and order must match; default 0: equality (both run detection.predictor.Predictor); `report` prints
-# the differences without failing.
+# count, labels and order must match; default 0: equality (both run detection.predictor.Predictor, with the runtime
+# and precision /models reports); `report` prints the differences without failing. EXPECTED_RUNTIME: the runtime
+# /models must report for the detector (default openvino: the image sets RUNTIME=auto and carries OpenVINO).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
@@ -22,6 +23,7 @@ IMAGE=resdet:cpu  # docker-compose.yml's api image
 SMOKE_PORT=${SMOKE_PORT:-18000}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-120}
 DETECTION_TOLERANCE=${DETECTION_TOLERANCE:-0}
+EXPECTED_RUNTIME=${EXPECTED_RUNTIME:-openvino}  # what auto picks in the image, which carries OpenVINO
 PYTHON=${PYTHON:-.venv/bin/python}
 IMAGE_FILE=../shared/data/demo-images/bus.jpg
 CHECKPOINT=service/models/demo_detector.safetensors  # what the container serves from the mounted service/models
@@ -110,7 +112,7 @@ until curl -fsS "$URL/readyz" >/dev/null 2>&1; do
     fi
     sleep 1
 done
-echo "ready $((SECONDS - up_at)) s after up"
+echo "ready $((SECONDS - up_at)) s after up ($(uptime | sed 's/.*load/load/'))"
 if [[ $CONTAINER == podman ]]; then
     podman healthcheck run "$container" # podman without systemd never runs it on its own
     echo "healthcheck: healthy"
@@ -126,12 +128,16 @@ echo
 "$PYTHON" -c "import json, sys; top = json.load(open(sys.argv[1]))['predictions']; assert top, 'no classes'; print('classify:', top)" \
     "$work/classify.json"
 
-step "compare with python -m detection.predict on the same file and checkpoint"
-# the same precision as the served detector (/models), which BF16=auto and the CLI's --precision auto pick alike
-precision=$(curl -fsS "$URL/models" | "$PYTHON" -c \
-    "import json, sys; print(*[{'bfloat16': 'bf16', 'float32': 'fp32'}[m['precision']] for m in json.load(sys.stdin)['models'] if m['role'] == 'detector' and m['default']])")
+step "/models: the runtime the image carries runs the detector"
+# the runtime and precision of the served detector (/models): the image sets RUNTIME=auto and carries OpenVINO,
+# which auto picks; BF16=auto and the CLI's --precision auto pick the precision alike
+read -r runtime precision < <(curl -fsS "$URL/models" | "$PYTHON" -c \
+    "import json, sys; (m,) = [m for m in json.load(sys.stdin)['models'] if m['role'] == 'detector' and m['default']]; print(m['runtime']['runtime'], m['runtime']['precision']); print(m['runtime'], file=sys.stderr)")
+[[ $runtime == "$EXPECTED_RUNTIME" ]] || { echo "FAIL: the detector runs under $runtime, not $EXPECTED_RUNTIME" >&2; exit 1; }
+
+step "compare with python -m detection.predict --runtime $runtime --precision $precision on the same file and checkpoint"
 "$PYTHON" -m detection.predict "$IMAGE_FILE" --checkpoint "$CHECKPOINT" --output "$work/predict" --device cpu \
-    --precision "$precision" >/dev/null
+    --runtime "$runtime" --precision "$precision" >/dev/null
 "$PYTHON" docker/compare_detections.py "$work/multipart.json" "$work/raw.json" "$work/predict/predictions.jsonl" \
     --tolerance "$DETECTION_TOLERANCE"
 

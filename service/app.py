@@ -51,13 +51,14 @@ health, readiness, models and metrics stay open.
 async def warm_up(state: ServiceState) -> None:
     """One batch through every engine, so the first real request does not pay for lazy initialisation."""
     for name, slot in state.registry.slots.items():
+        state.warming = slot.served.pending()
         try:
             await state.registry.warm_up(slot.served)
         except Exception as error:  # reported by /readyz; the models stay unserved
             state.warmup_error = f"{slot.served.role} {name} warm-up failed: {type(error).__name__}: {error}"
             log.error(state.warmup_error)
             return
-    state.ready = True
+    state.ready, state.warming = True, None
     log.info("ready: %s on %s", ", ".join(sorted(state.registry.slots)), state.device)
 
 

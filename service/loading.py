@@ -25,6 +25,11 @@ log = logging.getLogger("service")
 PLAIN_OPTIONS = {ENSEMBLE_KEY: []}  # a detector DETECTOR_TEST_TIME does not name: the plain detector
 
 
+# What serves: resdet checkpoints, a torchvision .pth (a setting must name it), and int8 models of detection.quantize.
+MODEL_SUFFIXES = (".safetensors", ".onnx", ".xml")
+QUANTIZED_SUFFIXES = (".onnx", ".xml")
+
+
 class ModelLoadError(RuntimeError):
     """A configured model cannot be served; the message names the file and the setting."""
 
@@ -48,8 +53,9 @@ class ServedModel:
     path: Path
     manifest: dict[str, Any]
     predictor: ClassifierPredictor | DetectorPredictor
-    precision: str = "float32"  # "bfloat16" under bf16 autocast (BF16=true, or auto on native bf16)
-    runtime: dict[str, Any] | None = None  # the detector's: what runs its network (detection.runtimes)
+    precision: str = "float32"  # "bfloat16" under bf16 autocast (BF16=true, or auto on native bf16); "int8"
+    runtime: dict[str, Any] | None = None  # what runs its network (detection.runtimes): the detector's, an int8 model's
+    network: Any = None  # the detection.runtimes Network, whose export and compile `build` runs before warm-up
     test_time: dict[str, Any] | None = None  # the detector's test-time options (DETECTOR_TEST_TIME), as /models says
     engine: BatchingEngine | None = field(default=None)
     # Requests holding this version: a reload retires it (stops its engine) only once none is left.
@@ -71,6 +77,17 @@ class ServedModel:
         """Return once no request holds this version."""
         async with self._idle:
             await self._idle.wait_for(lambda: self._in_flight == 0)
+
+    def build(self) -> None:
+        """Export and compile the network where a runtime other than eager PyTorch runs it (minutes at a first
+        start for an R50-FPN); nothing for eager models. Called in a thread before the warm-up batch."""
+        if self.network is not None:
+            self.network.build()
+
+    def pending(self) -> str:
+        """What is left before this model answers, in words for /readyz."""
+        work = self.network.pending if self.network is not None else ""
+        return f"{self.role} {self.name}: {work or 'its warm-up batch'}"
 
     @property
     def is_demo(self) -> bool:
@@ -140,6 +157,11 @@ def file_version(path: Path) -> str:
     with os.fdopen(descriptor, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+    weights = path.with_suffix(".bin")
+    if path.suffix == ".xml" and weights.is_file():  # an OpenVINO IR: the graph in .xml, its weights beside it
+        with open(weights, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return f"sha256:{digest.hexdigest()[:12]}"
 
 
@@ -197,7 +219,11 @@ def configured_sources(settings: Settings) -> list[ModelSource]:
     if settings.models_dir is not None:
         if not settings.models_dir.is_dir():
             raise ModelLoadError(f"MODELS_DIR: not a folder: {settings.models_dir}")
-        checkpoints = sorted(settings.models_dir.glob("*.safetensors"))
+        # checkpoints, and int8 models of detection.quantize (an OpenVINO IR by its .xml, its .bin beside it)
+        try:
+            checkpoints = sorted(path for path in settings.models_dir.iterdir() if path.suffix in MODEL_SUFFIXES)
+        except OSError as error:  # a folder this user cannot list
+            raise ModelLoadError(f"MODELS_DIR: cannot read {settings.models_dir}: {error.strerror}") from None
         # dot files are writers' temporaries (save_checkpoint writes `.NAME.xxxx` and renames it into place)
         sources += [ModelSource(path, setting="MODELS_DIR") for path in checkpoints if not path.name.startswith(".")]
     if not sources:
@@ -214,9 +240,49 @@ def configured_sources(settings: Settings) -> list[ModelSource]:
 def load_model(source: ModelSource, *, settings: Settings, device: torch.device) -> ServedModel:
     """One checkpoint as a served model (no engine yet), or ModelLoadError naming the file and the setting."""
     check_checkpoint_file(source.path, source.setting)
+    if source.path.suffix in QUANTIZED_SUFFIXES:
+        return _load_quantized(source, device=device)
     role = source.role or _manifest_kind(source)
     loader = _load_detector if role == "detector" else _load_classifier
     return loader(source, settings=settings, device=device)
+
+
+def _load_quantized(source: ModelSource, *, device: torch.device) -> ServedModel:
+    """An int8 model written by detection.quantize, run by the runtime its accuracy check was measured under
+    (RUNTIME chooses what runs a checkpoint; an int8 model's figures hold for one runtime only). Refused, in one
+    line, without that check or where its runtime is not installed."""
+    from detection.runtime_predictor import RuntimePredictor
+    from detection.runtimes import accuracy_check, load_network, read_graph_manifest
+
+    path, setting = source.path, source.setting
+    try:
+        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+            raise ValueError(f"its weights {path.with_suffix('.bin').name} are not beside it")
+        manifest = read_graph_manifest(path)
+        accuracy_check(manifest, name=path.name)
+        if source.role is not None and manifest.get("kind") != source.role:
+            raise ValueError(f"it holds a {manifest.get('kind')}, and {setting} names a {source.role}")
+        if device.type != "cpu":
+            raise ValueError(f"int8 models run on the CPU, and DEVICE is {device}")
+        network = load_network(path, runtime="auto", precision="int8", build=False)
+    except Exception as error:  # a file from anywhere: whatever its reader raises becomes one line naming it
+        # OpenVINO's messages open with "Exception from <its source file>" lines and end with what went wrong
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        said = [line for line in lines if not line.startswith("Exception from ")]
+        detail = (said or lines or [type(error).__name__])[-1]
+        raise ModelLoadError(f"{setting}: cannot serve {path}: {detail}") from error
+    role = manifest["kind"]
+    if role == "detector":
+        predictor = DetectorPredictor(RuntimePredictor.from_network(network))
+    else:
+        predictor = ClassifierPredictor(
+            None, class_names=manifest["class_names"], preprocessing=manifest.get("preprocessing", {}),
+            device=device, optimize=False, bf16=False, network=network,
+        )  # fmt: skip
+    name = served_name(path, manifest, setting=source.name)
+    log.info("%s %s (int8 under %s) loaded from %s", role, name, network.runtime, path)
+    return ServedModel(role=role, name=name, version=file_version(path), path=path, manifest=manifest,
+                       predictor=predictor, precision="int8", runtime=network.describe(), network=network)  # fmt: skip
 
 
 def _manifest_kind(source: ModelSource) -> str:
@@ -298,7 +364,9 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
     test_time, members = split_test_time(settings.detector_test_time.get(name, PLAIN_OPTIONS))
     model = _with_members(model, members, name=name, class_names=class_names)
     bf16 = use_bf16(settings, device)
-    runtime = {"runtime": "torch", "precision": "bf16" if bf16 else "fp32", "requested_runtime": "torch"}
+    # detection.runtimes is not imported for eager PyTorch: it needs the `export` extra (onnx)
+    runtime = {"runtime": "torch", "precision": "bf16" if bf16 else "fp32", "requested_runtime": "torch",
+               "reason": "asked for torch"}  # fmt: skip
     if settings.runtime == "torch":
         try:
             predictor = Predictor(
@@ -310,8 +378,8 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
         from detection.runtime_predictor import RuntimePredictor
         from detection.runtimes import RuntimeChoiceError, load_network
 
-        try:
-            network = load_network(path, runtime=settings.runtime, precision=runtime["precision"])
+        try:  # the export and compile wait for the warm-up (ServedModel.build): /readyz answers meanwhile
+            network = load_network(path, runtime=settings.runtime, precision=runtime["precision"], build=False)
         except (RuntimeChoiceError, CheckpointError, OSError) as error:
             raise ModelLoadError(f"{setting}: RUNTIME={settings.runtime}: {error}") from error
         predictor, runtime = RuntimePredictor(model, network), network.describe()
@@ -320,7 +388,7 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
     described = {**test_time.to_dict(), ENSEMBLE_KEY: [member.name for member in members]}
     return ServedModel(role="detector", name=name, version=file_version(path), path=path, manifest=manifest,
                        predictor=DetectorPredictor(predictor), precision=_precision(bf16),
-                       runtime=runtime, test_time=described)  # fmt: skip
+                       runtime=runtime, network=getattr(predictor, "network", None), test_time=described)  # fmt: skip
 
 
 def _with_members(model: Any, members: list[Path], *, name: str, class_names: list[str] | None) -> Any:

@@ -10,7 +10,7 @@ it waits, `run` runs a batch of requests.
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from backbone.preprocessing import ClassifierPreprocessing
 from detection import Detector
 from detection.decoding import DecodedImage
 from detection.predictor import Cut, Predictor, Queueable
+
+if TYPE_CHECKING:  # detection.runtimes imports onnx: only a server that serves an int8 model pays for it
+    from detection.runtimes import Network
 
 
 @dataclass(frozen=True)
@@ -62,27 +65,31 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 class ClassifierPredictor:
-    """ResNet classifier: the manifest's preprocessing (`backbone.preprocessing`), softmax, top-k."""
+    """ResNet classifier: the manifest's preprocessing (`backbone.preprocessing`), softmax, top-k. `network`, a
+    detection.runtimes Network (an int8 model of detection.quantize), runs the logits instead of `model`."""
 
     def __init__(
         self,
-        model: ResNet,
+        model: ResNet | None,
         *,
         class_names: Sequence[str],
         preprocessing: dict[str, Any],
         device: torch.device,
         optimize: bool,
         bf16: bool,
+        network: "Network | None" = None,
     ) -> None:
-        self.preprocessing = ClassifierPreprocessing.from_manifest(
-            preprocessing, stem=model.config.get("stem", "imagenet")
-        )
+        config = model.config if model is not None else network.manifest.get("architecture_kwargs", {})
+        self.preprocessing = ClassifierPreprocessing.from_manifest(preprocessing, stem=config.get("stem", "imagenet"))
         self.class_names = list(class_names)
         self.device = device
-        self.bf16 = bf16
-        model = model.to(device).eval()
-        self.channels_last = optimize
-        self.model = optimize_for_inference(model) if optimize else model
+        self.bf16 = bf16 and network is None
+        self.network = network
+        self.channels_last = optimize and network is None
+        self.model = None
+        if model is not None:
+            model = model.to(device).eval()
+            self.model = optimize_for_inference(model) if optimize else model
 
     def prepare(self, image: DecodedImage) -> torch.Tensor:
         """8-bit resize and crop of the region the model sees, then float: [3, size, size] normalised."""
@@ -100,10 +107,13 @@ class ClassifierPredictor:
     @torch.inference_mode()
     def run(self, batch: Sequence[ClassifyRequest]) -> list[list[dict[str, Any]]]:
         pixels = torch.stack([request.pixels for request in batch]).to(self.device)
-        if self.channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        with _autocast(self.device, self.bf16):
-            logits = self.model(pixels)
+        if self.network is not None:
+            (logits,) = self.network(pixels)
+        else:
+            if self.channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            with _autocast(self.device, self.bf16):
+                logits = self.model(pixels)
         probabilities = logits.float().softmax(dim=1).cpu()
         k = min(max(request.top_k for request in batch), probabilities.shape[1])
         top_probabilities, top_labels = probabilities.topk(k, dim=1)

@@ -181,7 +181,10 @@ class ModelRegistry:
         await served.engine.start()
 
     async def warm_up(self, served: ServedModel) -> None:
-        """One batch through the model's engine, so its first real request does not pay for lazy set-up."""
+        """The network's export and compile (another runtime than eager PyTorch: whatever WARMUP says, a first
+        request must not wait minutes), then one batch through the model's engine, so its first real request
+        does not pay for lazy set-up."""
+        await asyncio.to_thread(served.build)
         if self.settings.warmup:
             await served.engine.submit(served.predictor.warmup_request())
 

@@ -131,11 +131,14 @@ class ModelInfo(BaseModel):
     name: str = Field(description="The served name (as in every answer's `model.name`; what ?model= takes).")
     version: str = Field(description="'sha256:' and the first 12 hex digits of the checkpoint file.")
     default: bool = Field(description="True for the model of its role that requests without ?model= get.")
-    precision: Literal["float32", "bfloat16"] = Field(description="Inference precision (BF16 autocast or not).")
+    precision: Literal["float32", "bfloat16", "int8"] = Field(
+        description="Inference precision: BF16 autocast or not, or int8 (a model written by detection.quantize)."
+    )
     runtime: dict[str, Any] | None = Field(
         None,
-        description="A detector's runtime setting: what runs its network ('runtime', 'precision'), what RUNTIME "
-        "asked for ('requested_runtime': auto picks by a fixed rule), and an int8 model's accuracy check.",
+        description="A detector's or int8 model's runtime: what runs its network ('runtime', 'precision'), what "
+        "RUNTIME asked for ('requested_runtime': auto picks by a fixed rule), why that runs ('reason'), and an int8 "
+        "model's accuracy check ('quantization': metric, fp32 and int8 figures, drop, max_drop).",
     )
     test_time: dict[str, Any] | None = Field(
         None,

@@ -73,8 +73,9 @@ class Settings(BaseSettings):
     # Several models and hot reload (service/registry.py). The two settings above stay each kind's default.
     models_dir: Path | None = Field(
         None,
-        description="A folder of checkpoints: every *.safetensors in it is served, named by its manifest's 'name' "
-        "(else as DETECTOR_NAME's default says), its kind read from the manifest. Requests pick one with ?model=.",
+        description="A folder of checkpoints: every *.safetensors in it is served, and every int8 model of "
+        "detection.quantize (*.onnx, *.xml), named by its manifest's 'name' (else as DETECTOR_NAME's default says), "
+        "its kind read from the manifest. Requests pick one with ?model=.",
     )
     model_checkpoints: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -100,12 +101,17 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     torch_threads: int = Field(0, ge=0, description="Intra-op threads of torch; 0 keeps torch's default.")
     optimize: bool = Field(True, description="Fold BN into convs and use channels_last (bench/backbone.py).")
-    # torch by default: the other runtimes export the checkpoint at first start (minutes for an R50-FPN);
-    # `make serve` asks for auto (detection/runtimes.py, docs/INFERENCE.md "Runtimes and int8").
+    # torch by default, and `make serve` and the container image ask for auto (detection/runtimes.py, docs/INFERENCE.md
+    # "Runtimes and int8"): the other runtimes export the checkpoint at a first start (a minute for the demo detector,
+    # minutes for an R50-FPN, on 2 cores), which every app a test builds would pay or need a cache for, and eager
+    # PyTorch is the reference the one-inference-path tests hold every runtime to. A deployment chooses auto.
     runtime: Literal["torch", "auto", "torch-compile", "onnxruntime", "openvino"] = Field(
         "torch",
         description="What runs the detector's network: torch (eager), auto (OpenVINO where installed, else ONNX "
-        "Runtime, else torch), torch-compile, onnxruntime or openvino. /models reports what runs.",
+        "Runtime, else torch; `make serve` and the container set it), torch-compile, onnxruntime or openvino. A first "
+        "start exports the checkpoint into RESDET_CACHE (default ~/.cache/resdet) while /readyz answers 503 saying so. "
+        "An int8 model of detection.quantize runs under the runtime it was checked with. /models reports what runs "
+        "and why.",
     )
     # Not the paper (fp32): bf16 inference where the hardware computes it moved a real-image detector's AP by
     # +0.22 points (budget 0.3); the R50-FPN runs 3.0-3.6x faster on an AVX512-BF16 CPU (docs/BENCHMARKS.md, "bf16").

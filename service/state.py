@@ -19,3 +19,4 @@ class ServiceState:
     decoders: UploadDecoders
     ready: bool = False
     warmup_error: str | None = None
+    warming: str | None = None  # what the warm-up does now (an export, a compile, a batch), for /readyz

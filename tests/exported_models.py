@@ -2,10 +2,12 @@
 test_triton.py (an export takes tens of seconds on a 2-core CPU)."""
 
 import atexit
+import os
 import shutil
 import tempfile
 from functools import cache
 from pathlib import Path
+from unittest import mock
 
 import torch
 from helpers import TEST_SETTINGS, randomised_torchvision
@@ -14,6 +16,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from detection import build_detector, convert_torchvision_detector, load_detector, save_detector
 from detection.onnx_export import export_checkpoint, write_triton_repository
+from detection.runtimes import CACHE_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DETECTOR = REPO_ROOT / "service" / "models" / "demo_detector.safetensors"
@@ -78,3 +81,42 @@ def exported(name: str) -> Path:
     if name in ("demo", "classifier"):
         return triton_repository(name) / "1" / "model.onnx"
     return export_checkpoint(CHECKPOINTS[name](), workdir() / f"{name}.onnx").path
+
+
+def seed_export_cache(name: str, cache_dir: Path) -> Path:
+    """`cache_dir` as detection.runtimes finds it after a first start: the named checkpoint's export in place (the
+    export this process made once), so a server under RUNTIME=auto starts in seconds."""
+    from detection.runtimes import export_path
+
+    path = export_path(CHECKPOINTS[name](), cache_dir=cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(exported(name), path)
+    return path
+
+
+@cache
+def quantized(name: str, runtime: str = "onnxruntime") -> Path:
+    """An int8 model of "demo" or "classifier" as `python -m detection.quantize` writes it, with the accuracy
+    check in its manifest; calibrated and scored on a handful of small images (seconds, from the cached export).
+    --max-drop 100: a dozen images score too coarsely for the default point to mean anything."""
+    from cifar_data import write_cifar_tarball
+
+    from detection import quantize
+    from detection.data.synthetic_shapes import generate_synthetic
+
+    cache, checkpoint = workdir() / "int8-cache", CHECKPOINTS[name]()
+    seed_export_cache(name, cache)
+    output = workdir() / f"int8-{runtime}" / f"{checkpoint.stem}.int8{'.xml' if runtime == 'openvino' else '.onnx'}"
+    if name == "demo":
+        shapes = generate_synthetic(workdir() / "int8-shapes", num_train=4, num_val=4, image_size=128, seed=5)
+        annotations, images = shapes.coco_annotation_file("val"), shapes.coco_image_dir("val")
+        data = ["--calibration", str(shapes.coco_image_dir("train")), "--eval-coco", str(annotations)]
+        data += ["--eval-images", str(images)]
+    else:
+        write_cifar_tarball(workdir() / "int8-cifar" / "cifar10-jpeg.tar.gz", per_split={"train": 2, "test": 2})
+        folder = workdir() / "int8-cifar" / "cifar10"
+        data = ["--calibration", str(folder / "train"), "--eval-folder", str(folder)]
+    # quantize reads the checkpoint's export from the cache seeded above
+    with mock.patch.dict(os.environ, {CACHE_ENV: str(cache)}):
+        quantize.main([str(checkpoint), *data, "--runtime", runtime, "--output", str(output), "--max-drop", "100"])
+    return output

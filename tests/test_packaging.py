@@ -40,10 +40,13 @@ def test_base_dependencies_are_what_serving_needs_and_training_has_an_extra():
 
 
 def test_the_service_and_predict_import_without_the_train_extra():
+    # training.train_det needs matplotlib for its plots: its run (not its --help, nor its import) must say so
+    # before it reads any data, not fail later
     result = run_without_train_extra(
-        "import service.app, service.__main__, detection.predict, detection.convert, training.train_det\n"
+        "import service.app, service.__main__, detection.predict, detection.convert\n"
+        "from training.train_det import DetTrainConfig, main\n"
+        "main(DetTrainConfig(dataset='coco', data_path='no-such-folder'))\n"
     )
-    # training.train_det needs matplotlib for its plots: it must say so, not fail later
     assert "training's plots need matplotlib, part of the `train` extra" in result.stderr, result.stderr[-2000:]
     result = run_without_train_extra(
         "import service.app, service.__main__, detection.predict, detection.convert\n"

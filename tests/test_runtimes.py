@@ -4,6 +4,8 @@ with a message that says what to do instead."""
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +166,20 @@ def test_auto_follows_a_fixed_rule_and_reports_it(monkeypatch):
     monkeypatch.setattr(runtimes, "installed", lambda runtime: runtime in ("torch", "torch-compile"))
     assert pick_runtime("auto", precision="fp32") == "torch"
     network = load_network(DEMO_CLASSIFIER, runtime="auto", precision="fp32")
-    assert network.describe() == {"runtime": "torch", "precision": "fp32", "requested_runtime": "auto"}
+    assert network.describe() == {
+        "runtime": "torch", "precision": "fp32", "requested_runtime": "auto",
+        "reason": "auto: neither OpenVINO nor ONNX Runtime is installed: eager PyTorch",
+    }  # fmt: skip
+    for installed, precision, reason in (
+        (("openvino",), "fp32", "auto: OpenVINO is installed"),
+        (("onnxruntime",), "fp32", "auto: OpenVINO is not installed, ONNX Runtime is"),
+        (("onnxruntime",), "bf16", "auto: OpenVINO is not installed and ONNX Runtime has no bf16 CPU kernels"),
+    ):
+        monkeypatch.setattr(runtimes, "installed", lambda runtime, present=installed: runtime in present)
+        chosen = pick_runtime("auto", precision=precision)
+        assert runtimes.pick_reason("auto", chosen, precision=precision, quantized=False).startswith(reason)
+    asked = runtimes.pick_reason("onnxruntime", "onnxruntime", precision="fp32", quantized=False)
+    assert asked == "asked for onnxruntime"
 
 
 def test_an_absent_runtime_is_named_with_its_extra(monkeypatch):
@@ -219,7 +234,7 @@ def test_a_checkpoint_is_exported_once_and_reused(tmp_path, one_thread):
     (written,) = (tmp_path / "exports").glob("*.onnx")
     modified = written.stat().st_mtime_ns
     second = load_network(DEMO_CLASSIFIER, runtime="onnxruntime", cache_dir=tmp_path)
-    assert list((tmp_path / "exports").iterdir()) == [written]
+    assert list((tmp_path / "exports").glob("*.onnx")) == [written]  # beside it only its (empty) lock file
     assert written.stat().st_mtime_ns == modified
     crops = classifier_crops(2)
     assert torch.equal(first(crops)[0], second(crops)[0])
@@ -250,3 +265,54 @@ def test_the_predict_command_runs_an_export_under_openvino_and_records_it(tmp_pa
         theirs = records["openvino"][name]
         assert [d["label"] for d in ours] == [d["label"] for d in theirs]
         assert all(np.abs(np.subtract(a["box"], b["box"])).max() <= 0.02 for a, b in zip(ours, theirs))
+
+
+def test_two_starts_at_once_export_once_and_read_one_file(tmp_path, monkeypatch):
+    """The export cache under two processes starting together: the second waits on the first's lock (flock, which
+    two threads' own opens contend for as two processes do) and reads its file; neither sees a partial one."""
+    from detection import onnx_export
+
+    calls, started = [], threading.Event()
+
+    def slow_export(checkpoint, output):
+        calls.append(checkpoint)
+        started.set()
+        time.sleep(0.5)  # the other start arrives while this one exports
+        Path(output).write_bytes(b"graph")
+        return onnx_export.ExportedModel(path=Path(output), kind="classifier", manifest={})
+
+    monkeypatch.setattr(onnx_export, "export_checkpoint", slow_export)
+    results = []
+
+    def start() -> None:
+        results.append(runtimes.exported_onnx(DEMO_CLASSIFIER, cache_dir=tmp_path))
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    threads[0].start()
+    started.wait(10)
+    threads[1].start()
+    for thread in threads:
+        thread.join(30)
+    assert len(calls) == 1 and len(results) == 2 and results[0] == results[1]
+    assert results[0].read_bytes() == b"graph"
+    assert sorted(path.suffix for path in (tmp_path / "exports").iterdir()) == [".lock", ".onnx"]  # no scratch left
+
+
+def test_an_unwritable_export_cache_is_named_with_the_setting_to_change(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(RuntimeChoiceError, match=r"cannot write the export cache .* set RESDET_CACHE to a writable"):
+        runtimes.exported_onnx(DEMO_CLASSIFIER, cache_dir=blocked)
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "auto"])
+@pytest.mark.parametrize("flag", [["--refine-boxes"], ["--test-sizes", "96", "128"], ["--tile-size", "64"]])
+def test_the_predict_command_refuses_test_time_rungs_outside_eager_pytorch(runtime, flag, tmp_path):
+    """Test-time rungs run the eager model's pieces: under another runtime they were dropped without a word."""
+    from detection.predict import main as predict_main
+
+    render_image(np.random.default_rng(1), image_size=96, max_objects=1)[0].save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match=f"error: --runtime {runtime}: {flag[0]} needs the eager PyTorch model; "):
+        predict_main([str(tmp_path / "a.png"), "--checkpoint", str(DEMO_DETECTOR), "--output", str(tmp_path / "out"),
+                      "--runtime", runtime, *flag])  # fmt: skip
+    assert not (tmp_path / "out").exists()

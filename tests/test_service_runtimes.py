@@ -2,10 +2,13 @@
 does, and /models says what runs it."""
 
 import io
+import json
+import shutil
+import threading
 
 import numpy as np
 import pytest
-from exported_models import DEMO_DETECTOR
+from exported_models import DEMO_DETECTOR, exported, seed_export_cache
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import ValidationError
@@ -13,6 +16,7 @@ from test_service_detect import wait_ready
 
 from detection import runtimes
 from detection.data.synthetic_shapes import render_image
+from detection.runtimes import export_path, pick_runtime
 from service.app import create_app
 from service.settings import Settings
 
@@ -25,12 +29,15 @@ def shapes_png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def served(runtime: str) -> tuple[dict, list[list[dict]]]:
-    settings = Settings(
+def runtime_settings(runtime: str) -> Settings:
+    return Settings(
         detector_checkpoint=DEMO_DETECTOR, classifier_checkpoint=None, models_dir=None, runtime=runtime,
         bf16=False, optimize=False, max_batch=4, max_batch_wait_ms=2,
     )  # fmt: skip
-    with TestClient(create_app(settings)) as client:
+
+
+def served(runtime: str) -> tuple[dict, list[list[dict]]]:
+    with TestClient(create_app(runtime_settings(runtime))) as client:
         wait_ready(client, timeout=600.0)  # generous: a loaded 2-core machine warms a graph up slowly
         (model,) = [entry for entry in client.get("/models").json()["models"] if entry["role"] == "detector"]
         answers = []
@@ -52,8 +59,13 @@ def test_onnx_runtime_serves_the_eager_detections_and_says_so(tmp_path, monkeypa
     monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path))  # the export made at start-up
     eager_model, eager = served("torch")
     model, answers = served("onnxruntime")
-    assert eager_model["runtime"] == {"runtime": "torch", "precision": "fp32", "requested_runtime": "torch"}
-    assert model["runtime"] == {"runtime": "onnxruntime", "precision": "fp32", "requested_runtime": "onnxruntime"}
+    assert eager_model["runtime"] == {
+        "runtime": "torch", "precision": "fp32", "requested_runtime": "torch", "reason": "asked for torch"
+    }  # fmt: skip
+    assert model["runtime"] == {
+        "runtime": "onnxruntime", "precision": "fp32", "requested_runtime": "onnxruntime",
+        "reason": "asked for onnxruntime",
+    }  # fmt: skip
     assert any(eager)
     for ours, theirs in zip(eager, answers):
         assert [(d["label"], d["name"]) for d in ours] == [(d["label"], d["name"]) for d in theirs]
@@ -65,3 +77,65 @@ def test_onnx_runtime_serves_the_eager_detections_and_says_so(tmp_path, monkeypa
 def test_an_unknown_runtime_is_refused_by_name():
     with pytest.raises(ValidationError, match="'torch', 'auto', 'torch-compile', 'onnxruntime' or 'openvino'"):
         Settings(runtime="tensorrt")
+
+
+@pytest.mark.slow
+def test_auto_serves_what_the_fixed_rule_picks_and_answers_as_predict_does(tmp_path, monkeypatch, one_thread):
+    """`make serve`'s RUNTIME=auto: /models names the runtime the rule picks here (OpenVINO where installed) and
+    why, and /detect gives what `detection.predict --runtime auto` gives on the same image."""
+    from detection.predict import main as predict_main
+    from detection.prediction_pipeline import PREDICTIONS_FILE
+
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path / "cache"))
+    seed_export_cache("demo", tmp_path / "cache")  # what a first start leaves (the export takes a minute)
+    model, answers = served("auto")
+    expected = pick_runtime("auto", precision="fp32")
+    assert model["precision"] == "float32"
+    assert model["runtime"]["runtime"] == expected and model["runtime"]["requested_runtime"] == "auto"
+    assert model["runtime"]["reason"].startswith("auto: ")
+    if runtimes.installed("openvino"):
+        assert expected == "openvino" and "OpenVINO is installed" in model["runtime"]["reason"]
+    for seed in (1, 2):
+        (tmp_path / f"shapes{seed}.png").write_bytes(shapes_png(seed))
+    predict_main(
+        [str(tmp_path / "shapes*.png"), "--checkpoint", str(DEMO_DETECTOR), "--output", str(tmp_path / "predict"),
+         "--runtime", "auto", "--precision", "fp32", "--score-threshold", "0.3"]
+    )  # fmt: skip
+    lines = [json.loads(line) for line in (tmp_path / "predict" / PREDICTIONS_FILE).read_text().splitlines()]
+    predicted = {line["file"].rsplit("/", 1)[-1]: line["detections"] for line in lines}
+    assert any(answers)
+    for seed, ours in zip((1, 2), answers):
+        theirs = predicted[f"shapes{seed}.png"]
+        assert [d["label"] for d in ours] == [d["label"] for d in theirs]
+        for mine, other in zip(ours, theirs):  # the one-inference-path tolerance (tests/test_runtimes.py)
+            assert np.abs(np.subtract(mine["box"], other["box"])).max() <= 0.02
+            assert abs(mine["score"] - other["score"]) < 1e-4
+
+
+def test_readyz_says_a_first_start_is_exporting_until_it_is_ready(tmp_path, monkeypatch):
+    """The export and compile run after start-up, so the server answers /readyz 503 with what it is doing
+    (they ran inside the lifespan before, and nothing answered for the minutes an R50-FPN export takes)."""
+    if not runtimes.installed("onnxruntime"):
+        pytest.skip("onnxruntime is not installed (pip install 'resdet[export]')")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(cache))
+    release, real_export = threading.Event(), runtimes.exported_onnx
+
+    def held_export(checkpoint, *, cache_dir=None):
+        assert release.wait(30)
+        path = export_path(checkpoint, cache_dir=cache_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(exported("demo"), path)
+        return real_export(checkpoint, cache_dir=cache_dir)  # finds it in the cache
+
+    monkeypatch.setattr(runtimes, "exported_onnx", held_export)
+    with TestClient(create_app(runtime_settings("onnxruntime"))) as client:
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503 and "Retry-After" in not_ready.headers
+        assert not_ready.json()["detail"] == (
+            "models are warming up: detector demo_detector: exporting it to ONNX (first start; kept for later ones), "
+            "then compiling it for onnxruntime"
+        )
+        release.set()
+        wait_ready(client, timeout=120.0)
+        assert client.get("/readyz").json()["status"] == "ready"

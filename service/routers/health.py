@@ -26,11 +26,12 @@ async def healthz() -> Health:
     responses=NOT_READY_ERROR,
     summary="Models loaded and warmed up",
     description="Readiness: 200 once every configured model is loaded and has run once; 503 with Retry-After "
-    "while warming up, 503 without it when warm-up failed. Open without an API key.",
+    "while warming up (the detail says what runs now: a first start's export, a runtime's compile, the warm-up "
+    "batch), 503 without it when warm-up failed. Open without an API key.",
 )
 async def readyz(state: StateDep) -> Readiness:
     if state.warmup_error is not None:
         raise ServiceUnavailable(state.warmup_error, retry=False)
     if not state.ready:
-        raise ServiceUnavailable("models are warming up", retry=True)
+        raise ServiceUnavailable(f"models are warming up{f': {state.warming}' if state.warming else ''}", retry=True)
     return Readiness(status="ready", models=state.registry.roles())
