@@ -71,7 +71,7 @@ def load_runtime_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         if args.ensemble_checkpoints:
             require_eager(runtime, "--ensemble-checkpoints")
     except RuntimeChoiceError as error:
-        raise PredictError(str(error)) from None
+        raise PredictError(f"--runtime {args.runtime}: {error}") from None
     try:
         quantized = checkpoint.suffix in GRAPH_SUFFIXES and "quantization" in read_graph_manifest(checkpoint)
         precision = "int8" if quantized else resolve_precision(args.precision, torch.device("cpu"))

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from backbone.command_logging import add_logging_flags, setup_logging
 from backbone.flags import FlagParser
 from backbone.serving_checkpoint import read_manifest
 from backbone.weights import CheckpointError
@@ -173,12 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, help="Points allowed (default: 1.0).")
     parser.add_argument("--force", action="store_true", help="Write the model even if it dropped more.")
     parser.add_argument("--threads", type=int, help="Threads for calibration and scoring (default: torch's).")
+    add_logging_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
     if args.output.suffix != FORMATS[args.runtime]:
         parser.error(f"--runtime {args.runtime} writes a {FORMATS[args.runtime]} file, not {args.output.name}")
     if (args.eval_coco is None) != (args.eval_images is None):

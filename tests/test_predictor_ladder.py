@@ -100,9 +100,9 @@ def test_the_predict_command_refuses_eager_only_options_on_a_graph_runtime_in_on
     Image.new("RGB", (64, 48)).save(image)
     command = [str(image), "--checkpoint", str(DEMO), "--output", str(tmp_path / "out")]
     for flags, named in (
-        (["--refine-boxes", "--runtime", "onnxruntime"], "a test-time option"),
-        (["--tile-size", "64", "--runtime", "auto"], "a test-time option"),
-        (["--ensemble-checkpoints", str(DEMO), "--runtime", "openvino"], "--ensemble-checkpoints"),
+        (["--refine-boxes", "--runtime", "onnxruntime"], "--runtime onnxruntime: --refine-boxes"),
+        (["--tile-size", "64", "--runtime", "auto"], "--runtime auto: --tile-size"),
+        (["--ensemble-checkpoints", str(DEMO), "--runtime", "openvino"], "--runtime openvino: --ensemble-checkpoints"),
     ):
         with pytest.raises(SystemExit) as raised:
             main([*command, *flags])
