@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -83,6 +84,20 @@ def sample_images() -> list[torch.Tensor]:
         return [to_float_image(Image.open(DEMO_IMAGES / name)) for name in ("bus.jpg", "zidane.jpg")]
     generator = torch.Generator().manual_seed(0)  # shapes like the demo images, when shared/ is absent
     return [torch.rand(3, 1080, 810, generator=generator), torch.rand(3, 720, 1280, generator=generator)]
+
+
+def assert_start_refused(monkeypatch) -> None:
+    """`python -m service` (its main, in this process) with the environment as set: it must refuse to start
+    (exit status 2) before uvicorn runs. The settings cache is cleared around it, so the environment is read."""
+    from service import get_settings
+    from service.__main__ import main as service_main
+
+    monkeypatch.setattr("service.__main__.uvicorn.run", lambda *args, **kwargs: pytest.fail("the service started"))
+    get_settings.cache_clear()
+    try:
+        assert service_main([]) == 2
+    finally:
+        get_settings.cache_clear()
 
 
 def is_sentence(text: str) -> bool:

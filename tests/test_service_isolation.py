@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import CLASS_NAMES, SERVED_TINY, noise_image_bytes, save_tiny_classifier, serving, wait_ready
+from helpers import (
+    CLASS_NAMES,
+    SERVED_TINY,
+    assert_start_refused,
+    noise_image_bytes,
+    save_tiny_classifier,
+    serving,
+    wait_ready,
+)
 from PIL import Image
 
 from detection import build_detector, save_detector
@@ -417,16 +425,8 @@ def test_metrics_report_the_process_memory(client):
                                              ("MAX_UPLOAD_BYTES", "0"), ("MAX_IMAGE_PIXELS", "-1"),
                                              ("MAX_QUEUE", "0"), ("MAX_FILES", "0")])  # fmt: skip
 def test_a_setting_that_would_disable_a_protection_stops_the_start(monkeypatch, capsys, name, value):
-    from service import get_settings
-    from service.__main__ import main as service_main
-
     monkeypatch.setenv(name, value)
-    monkeypatch.setattr("service.__main__.uvicorn.run", lambda *args, **kwargs: pytest.fail(f"started with {name}"))
-    get_settings.cache_clear()
-    try:
-        assert service_main([]) == 2
-    finally:
-        get_settings.cache_clear()
+    assert_start_refused(monkeypatch)
     assert f"{name}:" in capsys.readouterr().err  # names the setting
 
 

@@ -11,7 +11,15 @@ import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import CLASS_NAMES, SERVED_TINY, noise_image_bytes, rename_in_manifest, save_tiny_classifier, wait_ready
+from helpers import (
+    CLASS_NAMES,
+    SERVED_TINY,
+    assert_start_refused,
+    noise_image_bytes,
+    rename_in_manifest,
+    save_tiny_classifier,
+    wait_ready,
+)
 from helpers import image_bytes as classifier_image
 
 from detection import build_detector, save_detector
@@ -154,19 +162,11 @@ def test_two_models_with_one_name_refuse_to_start(tmp_path, versions):
 
 
 def test_the_command_names_a_missing_models_dir_or_listed_checkpoint(monkeypatch, tmp_path, capsys):
-    from service import get_settings
-    from service.__main__ import main as service_main
-
     monkeypatch.setenv("DETECTOR_CHECKPOINT", "")
     monkeypatch.setenv("CLASSIFIER_CHECKPOINT", "")
     monkeypatch.setenv("MODELS_DIR", str(tmp_path / "no_such_folder"))
     monkeypatch.setenv("MODEL_CHECKPOINTS", str(tmp_path / "absent.safetensors"))
-    monkeypatch.setattr("service.__main__.uvicorn.run", lambda *args, **kwargs: pytest.fail("started"))
-    get_settings.cache_clear()
-    try:
-        assert service_main([]) == 2
-    finally:
-        get_settings.cache_clear()
+    assert_start_refused(monkeypatch)
     error = capsys.readouterr().err
     assert "MODELS_DIR: not a folder" in error and "MODEL_CHECKPOINTS[0]: checkpoint not found" in error
 

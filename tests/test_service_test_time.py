@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, rename_in_manifest, serving
+from helpers import REPO, assert_start_refused, rename_in_manifest, serving
 
 from bench.agreement import matched
 from detection import load_detector, save_detector
@@ -139,16 +139,8 @@ def test_a_bad_option_or_value_is_refused_in_one_line(value, message):
 
 
 def test_the_command_names_a_bad_option_in_one_line(monkeypatch, capsys):
-    from service import get_settings
-    from service.__main__ import main as service_main
-
     monkeypatch.setenv("DETECTOR_TEST_TIME", '{"demo_detector": {"tile_sise": 512}}')
-    monkeypatch.setattr("service.__main__.uvicorn.run", lambda *args, **kwargs: pytest.fail("started"))
-    get_settings.cache_clear()
-    try:
-        assert service_main([]) == 2
-    finally:
-        get_settings.cache_clear()
+    assert_start_refused(monkeypatch)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and lines[0] == "resdet service cannot start:", lines
     assert "DETECTOR_TEST_TIME: 'demo_detector': unknown test-time option 'tile_sise'" in lines[1]
