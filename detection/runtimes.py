@@ -200,7 +200,10 @@ def load_network(
             + ("" if quantized else ": give the checkpoint (.safetensors) for the PyTorch runtimes")
         )
     if chosen == "onnxruntime" and precision == "bf16":
-        raise RuntimeChoiceError("onnxruntime has no bf16 CPU kernels: use openvino, torch or torch-compile for bf16")
+        raise RuntimeChoiceError(
+            "onnxruntime has no bf16 CPU kernels: use openvino, torch or torch-compile for bf16, or run it at fp32 "
+            "(BF16=false in the service, --precision fp32 in detection.predict)"
+        )
     bf16 = precision == "bf16"
     if chosen in ("torch", "torch-compile"):
         compiled = chosen == "torch-compile"
