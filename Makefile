@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 # The API on HOST:PORT (default 127.0.0.1:8000) with the demo models of service/models/; settings are
 # environment variables (service/settings.py), e.g. `PORT=9000 MAX_BATCH=16 make serve`.
 # MALLOC_ARENA_MAX=2: glibc's per-thread arenas otherwise grow the resident memory of a threaded server
-# (measured in docs/BENCHMARKS.md). RUNTIME=auto: the detector's network runs under OpenVINO where installed (the
-# venv has it), else ONNX Runtime, else eager PyTorch (/models says which and why); the first start exports it
+# (measured in docs/BENCHMARKS.md). RUNTIME=auto: both models' networks run under OpenVINO where installed (the
+# venv has it), else ONNX Runtime, else eager PyTorch (/models says which and why); the first start exports them
 # into $RESDET_CACHE (~/.cache/resdet) while /readyz answers 503 saying so. RUNTIME=torch for eager PyTorch.
 serve: $(VENV)/.installed
 	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} RUNTIME=$${RUNTIME:-auto} $(PY) -m service

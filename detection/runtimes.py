@@ -64,7 +64,8 @@ def pick_runtime(requested: str, *, precision: str) -> str:
         if not installed(requested):
             raise RuntimeChoiceError(
                 f"runtime {requested!r} is not installed: pip install 'resdet[runtimes]' (openvino) "
-                "or 'resdet[export]' (onnxruntime), or choose --runtime torch"
+                "or 'resdet[export]' (onnxruntime), or choose torch (RUNTIME=torch in the service, --runtime torch in "
+                "detection.predict)"
             )
         return requested
     if installed("openvino"):
@@ -74,14 +75,22 @@ def pick_runtime(requested: str, *, precision: str) -> str:
     return "torch"
 
 
-def pick_reason(requested: str, chosen: str, *, precision: str, quantized: bool) -> str:
-    """Why `chosen` runs, in one line for /models and the predict settings: the rule, never a timing."""
+# What bench.runtimes measured of OpenVINO against the others (docs/BENCHMARKS.md), by the kind of network it runs.
+OPENVINO_MEASURED = {
+    "detector": "fastest on the detector's graph at every precision",
+    "classifier": "fastest on ResNet-50 at bf16 and int8; at fp32 ONNX Runtime measured about as fast or faster",
+}
+
+
+def pick_reason(requested: str, chosen: str, *, kind: str, precision: str, quantized: bool) -> str:
+    """Why `chosen` runs the `kind` ("detector" or "classifier") network, in one line for /models and the predict
+    settings: the rule, never a timing."""
     if quantized:
         return f"an int8 model runs under the runtime its accuracy check was measured under ({chosen})"
     if requested != AUTO:
         return f"asked for {chosen}"
     if chosen == "openvino":
-        return "auto: OpenVINO is installed (fastest on the detector's graph at every precision, docs/BENCHMARKS.md)"
+        return f"auto: OpenVINO is installed ({OPENVINO_MEASURED[kind]}, docs/BENCHMARKS.md)"
     if chosen == "onnxruntime":
         return "auto: OpenVINO is not installed, ONNX Runtime is (pip install 'resdet[runtimes]' for OpenVINO)"
     if precision == "bf16" and installed("onnxruntime"):
@@ -221,7 +230,7 @@ def load_network(
             path = source if graph else exported_onnx(source, cache_dir=cache_dir)
             return _graph_runner(path, runtime=chosen, bf16=bf16, threads=threads)
 
-    reason = pick_reason(requested, chosen, precision=precision, quantized=quantized)
+    reason = pick_reason(requested, chosen, kind=manifest["kind"], precision=precision, quantized=quantized)
     network = Network(manifest["kind"], chosen, precision, manifest, make_run, requested, reason, pending)
     if build:
         network.build()

@@ -10,7 +10,7 @@ import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from backbone.weights import CheckpointError
 from service.batching import BatchingEngine
 from service.predictors import ClassifierPredictor, DetectorPredictor
 from service.settings import ENSEMBLE_KEY, Settings, split_test_time
+
+if TYPE_CHECKING:  # detection.runtimes imports onnx: imported at run time only where a runtime is asked for
+    from detection.runtimes import Network
 
 log = logging.getLogger("service")
 PLAIN_OPTIONS = {ENSEMBLE_KEY: []}  # a detector DETECTOR_TEST_TIME does not name: the plain detector
@@ -54,7 +57,7 @@ class ServedModel:
     manifest: dict[str, Any]
     predictor: ClassifierPredictor | DetectorPredictor
     precision: str = "float32"  # "bfloat16" under bf16 autocast (BF16=true, or auto on native bf16); "int8"
-    runtime: dict[str, Any] | None = None  # what runs its network (detection.runtimes): the detector's, an int8 model's
+    runtime: dict[str, Any] | None = None  # what runs its network and why (Network.describe's keys)
     network: Any = None  # the detection.runtimes Network, whose export and compile `build` runs before warm-up
     test_time: dict[str, Any] | None = None  # the detector's test-time options (DETECTOR_TEST_TIME), as /models says
     engine: BatchingEngine | None = field(default=None)
@@ -323,22 +326,43 @@ def served_name(path: Path, manifest: dict[str, Any], *, setting: str | None) ->
 
 def _load_classifier(source: ModelSource, *, settings: Settings, device: torch.device) -> ServedModel:
     path, setting = source.path, source.setting
-    try:
+    try:  # loaded under every runtime: a checkpoint that cannot load is refused at start, not at the export
         model, manifest = load_classifier(path)
     except (CheckpointError, OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(f"{setting}: cannot load {path}: {error}") from error
+    bf16 = use_bf16(settings, device)
+    network, runtime = _runtime_network(source, settings=settings, bf16=bf16)
     predictor = ClassifierPredictor(
-        model,
+        model if network is None else None,  # a runtime runs the logits: the eager model is not kept
         class_names=manifest["class_names"],
         preprocessing=manifest.get("preprocessing", {}),
-        device=device,
+        device=device if network is None else torch.device("cpu"),  # every runtime but eager runs on the CPU
         optimize=settings.optimize,
-        bf16=use_bf16(settings, device),
+        bf16=bf16,
+        network=network,
     )
     name = served_name(path, manifest, setting=source.name)
-    log.info("classifier %s (%s) loaded from %s on %s", name, manifest["architecture"], path, device)
+    log.info("classifier %s (%s, %s) loaded from %s on %s", name, manifest["architecture"], runtime["runtime"], path,
+             predictor.device)  # fmt: skip
     return ServedModel(role="classifier", name=name, version=file_version(path), path=path, manifest=manifest,
-                       predictor=predictor, precision=_precision(predictor.bf16))  # fmt: skip
+                       predictor=predictor, precision=_precision(bf16), runtime=runtime, network=network)  # fmt: skip
+
+
+def _runtime_network(source: ModelSource, *, settings: Settings, bf16: bool) -> tuple["Network | None", dict[str, Any]]:
+    """What runs a checkpoint's network under RUNTIME, detector or classifier, and what /models reports of it:
+    None under torch (the caller's eager model runs it), else a detection.runtimes Network whose export and
+    compile wait for the warm-up (ServedModel.build), so /readyz answers meanwhile."""
+    precision = "bf16" if bf16 else "fp32"
+    if settings.runtime == "torch":  # detection.runtimes is not imported: it needs the `export` extra (onnx)
+        return None, {"runtime": "torch", "precision": precision, "requested_runtime": "torch",
+                      "reason": "asked for torch"}  # fmt: skip
+    from detection.runtimes import RuntimeChoiceError, load_network
+
+    try:
+        network = load_network(source.path, runtime=settings.runtime, precision=precision, build=False)
+    except (RuntimeChoiceError, CheckpointError, OSError) as error:
+        raise ModelLoadError(f"{source.setting}: RUNTIME={settings.runtime}: {error}") from error
+    return network, network.describe()
 
 
 def _load_detector(source: ModelSource, *, settings: Settings, device: torch.device) -> ServedModel:
@@ -364,10 +388,8 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
     test_time, members = split_test_time(settings.detector_test_time.get(name, PLAIN_OPTIONS))
     model = _with_members(model, members, name=name, class_names=class_names)
     bf16 = use_bf16(settings, device)
-    # detection.runtimes is not imported for eager PyTorch: it needs the `export` extra (onnx)
-    runtime = {"runtime": "torch", "precision": "bf16" if bf16 else "fp32", "requested_runtime": "torch",
-               "reason": "asked for torch"}  # fmt: skip
-    if settings.runtime == "torch":
+    network, runtime = _runtime_network(source, settings=settings, bf16=bf16)
+    if network is None:
         try:
             predictor = Predictor(
                 model, device=device, precision=runtime["precision"], optimize=settings.optimize, test_time=test_time
@@ -376,19 +398,14 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
             raise ModelLoadError(f"DETECTOR_TEST_TIME: {name!r}: {error}") from error
     else:
         from detection.runtime_predictor import RuntimePredictor
-        from detection.runtimes import RuntimeChoiceError, load_network
 
-        try:  # the export and compile wait for the warm-up (ServedModel.build): /readyz answers meanwhile
-            network = load_network(path, runtime=settings.runtime, precision=runtime["precision"], build=False)
-        except (RuntimeChoiceError, CheckpointError, OSError) as error:
-            raise ModelLoadError(f"{setting}: RUNTIME={settings.runtime}: {error}") from error
-        predictor, runtime = RuntimePredictor(model, network), network.describe()
+        predictor = RuntimePredictor(model, network)
     log.info("detector %s (%s, %s) loaded from %s on %s, test time %s", name, manifest["architecture"],
              manifest["architecture_kwargs"].get("backbone"), path, device, test_time)  # fmt: skip
     described = {**test_time.to_dict(), ENSEMBLE_KEY: [member.name for member in members]}
     return ServedModel(role="detector", name=name, version=file_version(path), path=path, manifest=manifest,
                        predictor=DetectorPredictor(predictor), precision=_precision(bf16),
-                       runtime=runtime, network=getattr(predictor, "network", None), test_time=described)  # fmt: skip
+                       runtime=runtime, network=network, test_time=described)  # fmt: skip
 
 
 def _with_members(model: Any, members: list[Path], *, name: str, class_names: list[str] | None) -> Any:

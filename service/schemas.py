@@ -136,7 +136,7 @@ class ModelInfo(BaseModel):
     )
     runtime: dict[str, Any] | None = Field(
         None,
-        description="A detector's or int8 model's runtime: what runs its network ('runtime', 'precision'), what "
+        description="The model's runtime: what runs its network ('runtime', 'precision'), what "
         "RUNTIME asked for ('requested_runtime': auto picks by a fixed rule), why that runs ('reason'), and an int8 "
         "model's accuracy check ('quantization': metric, fp32 and int8 figures, drop, max_drop).",
     )

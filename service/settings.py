@@ -107,11 +107,11 @@ class Settings(BaseSettings):
     # PyTorch is the reference the one-inference-path tests hold every runtime to. A deployment chooses auto.
     runtime: Literal["torch", "auto", "torch-compile", "onnxruntime", "openvino"] = Field(
         "torch",
-        description="What runs the detector's network: torch (eager), auto (OpenVINO where installed, else ONNX "
-        "Runtime, else torch; `make serve` and the container set it), torch-compile, onnxruntime or openvino. A first "
-        "start exports the checkpoint into RESDET_CACHE (default ~/.cache/resdet) while /readyz answers 503 saying so. "
-        "An int8 model of detection.quantize runs under the runtime it was checked with. /models reports what runs "
-        "and why.",
+        description="What runs the network of every served checkpoint, detector and classifier alike: torch (eager), "
+        "auto (OpenVINO where installed, else ONNX Runtime, else torch; `make serve` and the container set it), "
+        "torch-compile, onnxruntime or openvino. A first start exports each checkpoint into RESDET_CACHE (default "
+        "~/.cache/resdet) while /readyz answers 503 saying so. An int8 model of detection.quantize runs under the "
+        "runtime it was checked with. /models reports what runs each model and why.",
     )
     # Not the paper (fp32): bf16 inference where the hardware computes it moved a real-image detector's AP by
     # +0.22 points (budget 0.3); the R50-FPN runs 3.0-3.6x faster on an AVX512-BF16 CPU (docs/BENCHMARKS.md, "bf16").

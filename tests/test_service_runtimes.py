@@ -1,15 +1,19 @@
-"""The service's RUNTIME setting: the detector's network under another runtime answers /detect as eager PyTorch
-does, and /models says what runs it."""
+"""The service's RUNTIME setting: the detector's and the classifier's networks under another runtime answer /detect
+and /classify as eager PyTorch does, and /models says what runs them."""
 
 import io
 import json
+import math
+import re
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
-from exported_models import DEMO_DETECTOR, exported, seed_export_cache
+from exported_models import DEMO_CLASSIFIER, DEMO_DETECTOR, exported, seed_export_cache
 from fastapi.testclient import TestClient
+from helpers import DEMO_IMAGES, image_bytes, serving
 from PIL import Image
 from pydantic import ValidationError
 from test_service_detect import wait_ready
@@ -18,6 +22,7 @@ from detection import runtimes
 from detection.data.synthetic_shapes import render_image
 from detection.runtimes import export_path, pick_runtime
 from service.app import create_app
+from service.loading import ModelLoadError
 from service.settings import Settings
 
 
@@ -139,3 +144,105 @@ def test_readyz_says_a_first_start_is_exporting_until_it_is_ready(tmp_path, monk
         release.set()
         wait_ready(client, timeout=120.0)
         assert client.get("/readyz").json()["status"] == "ready"
+
+
+# ---- the classifier: RUNTIME runs its logits too (issue 26); preprocessing, softmax and top-k stay in
+# service.predictors.ClassifierPredictor, so a runtime's answer differs from eager PyTorch's only by its arithmetic.
+# Measured at fp32 on bus.jpg and zidane.jpg: log-probabilities within 1.6e-6 of eager PyTorch's under onnxruntime,
+# 1.4e-6 under openvino; held at 1e-4, the tolerance of the classifier's logits in tests/test_runtimes.py.
+LOG_PROBABILITY_TOLERANCE = 1e-4
+
+
+def classifier_settings(runtime: str, **overrides) -> Settings:
+    return Settings(**{
+        "classifier_checkpoint": DEMO_CLASSIFIER, "detector_checkpoint": None, "models_dir": None, "runtime": runtime,
+        "bf16": False, "max_batch": 4, "max_batch_wait_ms": 2, **overrides,
+    })  # fmt: skip
+
+
+def classified(client: TestClient) -> dict[str, dict[str, float]]:
+    """Each demo image's log-probability of every class (the logits less their log-sum-exp), as /classify answers."""
+    answers = {}
+    for name in ("bus.jpg", "zidane.jpg"):
+        response = client.post(
+            "/classify", files={"file": (name, (DEMO_IMAGES / name).read_bytes(), "image/jpeg")}, params={"top_k": 10}
+        )
+        assert response.status_code == 200, response.text
+        answers[name] = {entry["name"]: math.log(entry["probability"]) for entry in response.json()["predictions"]}
+    return answers
+
+
+def served_classifier(client: TestClient) -> dict:
+    (model,) = [entry for entry in client.get("/models").json()["models"] if entry["role"] == "classifier"]
+    return model
+
+
+@pytest.fixture(scope="module")
+def classifier_cache(tmp_path_factory) -> Path:
+    """One RESDET_CACHE for this module's classifier servers: the first start exports (seconds), the others read."""
+    return tmp_path_factory.mktemp("classifier-cache")
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_the_classifier_runs_under_runtime_and_answers_as_eager_pytorch(runtime, classifier_cache, monkeypatch):
+    """Regression (issue 26): RUNTIME ran the detector only; the classifier checkpoint was served by eager PyTorch
+    whatever RUNTIME said, and /models reported no runtime for it."""
+    if not runtimes.installed(runtime):
+        pytest.skip(f"{runtime} is not installed (pip install 'resdet[runtimes]' or 'resdet[export]')")
+    if not DEMO_IMAGES.is_dir():
+        pytest.skip(f"the demo images are absent ({DEMO_IMAGES.name} in ../shared/data)")
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(classifier_cache))
+    with serving(classifier_settings("torch")) as client:
+        eager_model, eager = served_classifier(client), classified(client)
+    with serving(classifier_settings(runtime), timeout=300.0) as client:
+        model, answers = served_classifier(client), classified(client)
+    assert model["precision"] == "float32"
+    assert model["runtime"] == {
+        "runtime": runtime, "precision": "fp32", "requested_runtime": runtime, "reason": f"asked for {runtime}"
+    }  # fmt: skip
+    assert eager_model["runtime"] == {
+        "runtime": "torch", "precision": "fp32", "requested_runtime": "torch", "reason": "asked for torch"
+    }  # fmt: skip
+    for image, ours in eager.items():
+        theirs = answers[image]
+        assert sorted(ours, key=ours.get, reverse=True)[:3] == sorted(theirs, key=theirs.get, reverse=True)[:3]
+        assert max(abs(ours[name] - theirs[name]) for name in ours) < LOG_PROBABILITY_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("runtime", "bf16", "absent", "message"),
+    [
+        ("openvino", False, "openvino", "runtime 'openvino' is not installed: pip install 'resdet[runtimes]'"),
+        ("onnxruntime", False, "onnxruntime", "runtime 'onnxruntime' is not installed: pip install 'resdet[runtimes]' "
+                                              "(openvino) or 'resdet[export]' (onnxruntime), or choose torch "
+                                              "(RUNTIME=torch in the service"),
+        # BF16=auto on a CPU that computes bf16 (AVX512-BF16 or AMX) asks for bf16, which ONNX Runtime cannot run
+        ("onnxruntime", "auto", None, "onnxruntime has no bf16 CPU kernels: use openvino, torch or torch-compile for "
+                                      "bf16, or run it at fp32 (BF16=false in the service"),
+    ],
+)  # fmt: skip
+def test_a_runtime_that_cannot_run_the_classifier_stops_the_start_saying_why(runtime, bf16, absent, message,
+                                                                               monkeypatch):  # fmt: skip
+    monkeypatch.setattr(runtimes, "installed", lambda name: name != absent)
+    monkeypatch.setattr("service.loading.native_bf16", lambda device: True)
+    expected = f"CLASSIFIER_CHECKPOINT: RUNTIME={runtime}: {message}"
+    with pytest.raises(ModelLoadError, match=re.escape(expected)):
+        with TestClient(create_app(classifier_settings(runtime, bf16=bf16))):
+            pass
+
+
+def test_runtime_torch_serves_the_eager_classifier_as_before(monkeypatch):
+    """RUNTIME=torch (the settings' default): the eager model runs the logits on the configured device at the
+    configured precision, no runtime Network is made, and /models says so."""
+    monkeypatch.setattr("service.loading.native_bf16", lambda device: True)  # BF16=auto: bf16 autocast, as before
+    with serving(classifier_settings("torch", bf16="auto")) as client:
+        served = client.app.state.service.registry.default("classifier")
+        model = served_classifier(client)
+        response = client.post("/classify", files={"file": ("red.png", image_bytes(), "image/png")})
+    assert served.network is None and served.predictor.network is None
+    assert served.predictor.model is not None and served.predictor.bf16 and served.predictor.channels_last
+    assert model["precision"] == "bfloat16"
+    assert model["runtime"] == {
+        "runtime": "torch", "precision": "bf16", "requested_runtime": "torch", "reason": "asked for torch"
+    }  # fmt: skip
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 5
