@@ -222,6 +222,8 @@ def load_network(
             return _torch_runner(source, manifest["kind"], compiled=compiled, bf16=bf16)
     else:
         cached = graph or export_path(source, cache_dir=cache_dir).is_file()
+        if not cached:  # an export cache it cannot write stops the start, not a warm-up minutes later
+            writable_export_root(cache_dir)
         # said to clients (/readyz): no path of the server's in it
         exporting = "" if cached else "exporting it to ONNX (first start; kept for later ones), then "
         pending = f"{exporting}compiling it for {chosen}"
@@ -330,6 +332,22 @@ def export_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "resdet") / "exports"
 
 
+def writable_export_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`export_root`, made if absent, or RuntimeChoiceError naming RESDET_CACHE where this user cannot write it."""
+    root = export_root(cache_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unwritable(root, error.strerror) from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise _unwritable(root, "not writable by this user")
+    return root
+
+
+def _unwritable(root: Path, why: str | None) -> RuntimeChoiceError:
+    return RuntimeChoiceError(f"cannot write the export cache {root} ({why}): set {CACHE_ENV} to a writable folder")
+
+
 def export_path(checkpoint: Path, *, cache_dir: str | os.PathLike | None = None) -> Path:
     """The cached export's name: the checkpoint's content and the exporter's code (a changed exporter makes a
     new file, never a stale one)."""
@@ -350,13 +368,11 @@ def exported_onnx(checkpoint: Path, *, cache_dir: str | os.PathLike | None = Non
     path = export_path(checkpoint, cache_dir=cache_dir)
     if path.is_file():
         return path
+    writable_export_root(cache_dir)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115 (held until the export is in place)
     except OSError as error:
-        raise RuntimeChoiceError(
-            f"cannot write the export cache {path.parent} ({error.strerror}): set {CACHE_ENV} to a writable folder"
-        ) from None
+        raise _unwritable(path.parent, error.strerror) from None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.is_file():  # the process that held the lock may have written it meanwhile

@@ -7,22 +7,26 @@ import math
 import re
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from exported_models import DEMO_CLASSIFIER, DEMO_DETECTOR, exported, seed_export_cache
 from fastapi.testclient import TestClient
-from helpers import DEMO_IMAGES, image_bytes, serving
+from helpers import CLASSIFIER_CLASSES, DEMO_IMAGES, PREPROCESSING, image_bytes, save_tiny_classifier, serving
 from PIL import Image
 from pydantic import ValidationError
 from test_service_detect import wait_ready
 
 from detection import runtimes
 from detection.data.synthetic_shapes import render_image
+from detection.decoding import decode_image
 from detection.runtimes import export_path, pick_runtime
 from service.app import create_app
 from service.loading import ModelLoadError
+from service.predictors import ClassifierPredictor, ClassifyRequest
 from service.settings import Settings
 
 
@@ -246,3 +250,82 @@ def test_runtime_torch_serves_the_eager_classifier_as_before(monkeypatch):
         "runtime": "torch", "precision": "bf16", "requested_runtime": "torch", "reason": "asked for torch"
     }  # fmt: skip
     assert response.status_code == 200 and len(response.json()["predictions"]) == 5
+
+
+def test_an_export_cache_it_cannot_write_stops_the_start_naming_resdet_cache(tmp_path, monkeypatch):
+    """Regression: the export ran only in the warm-up, so the server started and stayed unready, telling every
+    client on /readyz the server's cache path; now the start stops, in one line for the operator."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(blocked))
+    monkeypatch.setattr(runtimes, "installed", lambda name: True)  # refused before OpenVINO would be imported
+    with pytest.raises(ModelLoadError, match=r"^CLASSIFIER_CHECKPOINT: RUNTIME=openvino: cannot write the export "
+                                             r"cache .*a-file/exports \(Not a directory\): set RESDET_CACHE to a "
+                                             r"writable folder$"):  # fmt: skip
+        with TestClient(create_app(classifier_settings("openvino"))):
+            pass
+
+
+def failing_export(checkpoint, output):
+    raise RuntimeError("the exporter could not trace this model")
+
+
+def test_a_classifier_whose_export_fails_stays_unready_saying_why_and_leaves_no_file(tmp_path, monkeypatch):
+    if not runtimes.installed("onnxruntime"):
+        pytest.skip("onnxruntime is not installed (pip install 'resdet[export]')")
+    from detection import onnx_export
+
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path))
+    with monkeypatch.context() as patched:
+        patched.setattr(onnx_export, "export_checkpoint", failing_export)
+        with TestClient(create_app(classifier_settings("onnxruntime"))) as client:
+            deadline = time.monotonic() + 60
+            while "warming up" in (readiness := client.get("/readyz")).text:
+                assert time.monotonic() < deadline, readiness.text
+                time.sleep(0.05)
+            said = "classifier demo_classifier warm-up failed: RuntimeError: the exporter could not trace this model"
+            assert readiness.status_code == 503 and readiness.json()["detail"] == said
+            assert "Retry-After" not in readiness.headers  # waiting will not mend it
+            refused = client.post("/classify", files={"file": ("red.png", image_bytes(), "image/png")})
+            assert refused.status_code == 503 and refused.json()["detail"] == said
+    assert not list((tmp_path / "exports").glob("*.onnx"))  # no partial export for a later start to trust
+    with serving(classifier_settings("onnxruntime")) as client:  # the exporter mended: the next start exports
+        assert served_classifier(client)["runtime"]["runtime"] == "onnxruntime"
+
+
+def test_a_reloaded_classifier_goes_through_its_runtime_and_a_failed_export_keeps_the_old_one(tmp_path, monkeypatch):
+    """POST /models/{name}/reload (and the watcher, which calls the same reload) under openvino: the new file is
+    exported and compiled beside the serving version; an export that fails leaves the old version answering."""
+    if not runtimes.installed("openvino"):
+        pytest.skip("openvino is not installed (pip install 'resdet[runtimes]')")
+    from detection import onnx_export
+
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path / "cache"))
+    served_file = tmp_path / "clf.safetensors"
+    shutil.copyfile(DEMO_CLASSIFIER, served_file)
+    with serving(classifier_settings("openvino", classifier_checkpoint=served_file), timeout=300.0) as client:
+        before = served_classifier(client)
+        replacement = save_tiny_classifier(tmp_path / "new.safetensors", seed=3)
+        shutil.copyfile(tmp_path / "new.safetensors", served_file)
+        with monkeypatch.context() as patched:
+            patched.setattr(onnx_export, "export_checkpoint", failing_export)
+            refused = client.post("/models/clf/reload")
+        assert refused.status_code != 200 and "the exporter could not trace this model" in refused.json()["detail"]
+        still = client.post("/classify", files={"file": ("red.png", image_bytes(), "image/png")}).json()
+        assert still["model"]["version"] == before["version"]
+        assert "the exporter could not trace this model" in served_classifier(client)["last_reload_error"]
+        reloaded = client.post("/models/clf/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        model = served_classifier(client)
+        noise = image_bytes(seed=1)
+        answer = client.post("/classify", files={"file": ("noise.png", noise, "image/png")}, params={"top_k": 10})
+    assert model["version"] == reloaded.json()["version"] != before["version"] and model["last_reload_error"] is None
+    assert model["runtime"]["runtime"] == "openvino" and model["class_names"] == CLASSIFIER_CLASSES
+    eager = ClassifierPredictor(
+        replacement, class_names=CLASSIFIER_CLASSES, preprocessing=PREPROCESSING, device=torch.device("cpu"),
+        optimize=False, bf16=False,
+    )  # fmt: skip
+    (expected,) = eager.run([ClassifyRequest(pixels=eager.prepare(decode_image(noise)), top_k=10)])
+    theirs = {entry["name"]: math.log(entry["probability"]) for entry in answer.json()["predictions"]}
+    assert [entry["name"] for entry in expected][:3] == sorted(theirs, key=theirs.get, reverse=True)[:3]
+    assert max(abs(math.log(entry["probability"]) - theirs[entry["name"]]) for entry in expected) < 1e-4
