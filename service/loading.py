@@ -331,7 +331,7 @@ def _load_classifier(source: ModelSource, *, settings: Settings, device: torch.d
     except (CheckpointError, OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(f"{setting}: cannot load {path}: {error}") from error
     bf16 = use_bf16(settings, device)
-    network, runtime = _runtime_network(source, settings=settings, bf16=bf16)
+    network, runtime = _runtime_network(source, settings=settings, device=device, bf16=bf16)
     predictor = ClassifierPredictor(
         model if network is None else None,  # a runtime runs the logits: the eager model is not kept
         class_names=manifest["class_names"],
@@ -348,14 +348,25 @@ def _load_classifier(source: ModelSource, *, settings: Settings, device: torch.d
                        predictor=predictor, precision=_precision(bf16), runtime=runtime, network=network)  # fmt: skip
 
 
-def _runtime_network(source: ModelSource, *, settings: Settings, bf16: bool) -> tuple["Network | None", dict[str, Any]]:
+def _runtime_network(
+    source: ModelSource, *, settings: Settings, device: torch.device, bf16: bool
+) -> tuple["Network | None", dict[str, Any]]:
     """What runs a checkpoint's network under RUNTIME, detector or classifier, and what /models reports of it:
-    None under torch (the caller's eager model runs it), else a detection.runtimes Network whose export and
-    compile wait for the warm-up (ServedModel.build), so /readyz answers meanwhile."""
-    precision = "bf16" if bf16 else "fp32"
-    if settings.runtime == "torch":  # detection.runtimes is not imported: it needs the `export` extra (onnx)
-        return None, {"runtime": "torch", "precision": precision, "requested_runtime": "torch",
-                      "reason": "asked for torch"}  # fmt: skip
+    None for eager PyTorch (the caller's model runs it on `device`), else a detection.runtimes Network whose export
+    and compile wait for the warm-up (ServedModel.build), so /readyz answers meanwhile. Every runtime but eager
+    PyTorch runs on the CPU: on a GPU, auto means eager PyTorch there, and another runtime is refused."""
+    precision, requested = ("bf16" if bf16 else "fp32"), settings.runtime
+    eager = {"runtime": "torch", "precision": precision, "requested_runtime": requested}
+    if requested == "torch":  # detection.runtimes is not imported: it needs the `export` extra (onnx)
+        return None, {**eager, "reason": "asked for torch"}
+    if device.type != "cpu":
+        if requested == "auto":
+            return None, {**eager, "reason": f"auto: DEVICE is {device}: eager PyTorch on it (the other runtimes "
+                                             "run on the CPU)"}  # fmt: skip
+        raise ModelLoadError(
+            f"{source.setting}: RUNTIME={requested} runs on the CPU, and DEVICE is {device}: set RUNTIME=torch or "
+            "auto to serve on it, or DEVICE=cpu"
+        )
     from detection.runtimes import RuntimeChoiceError, load_network
 
     try:
@@ -388,7 +399,7 @@ def _load_detector(source: ModelSource, *, settings: Settings, device: torch.dev
     test_time, members = split_test_time(settings.detector_test_time.get(name, PLAIN_OPTIONS))
     model = _with_members(model, members, name=name, class_names=class_names)
     bf16 = use_bf16(settings, device)
-    network, runtime = _runtime_network(source, settings=settings, bf16=bf16)
+    network, runtime = _runtime_network(source, settings=settings, device=device, bf16=bf16)
     if network is None:
         try:
             predictor = Predictor(

@@ -109,7 +109,8 @@ class Settings(BaseSettings):
         "torch",
         description="What runs the network of every served checkpoint, detector and classifier alike: torch (eager), "
         "auto (OpenVINO where installed, else ONNX Runtime, else torch; `make serve` and the container set it), "
-        "torch-compile, onnxruntime or openvino. A first start exports each checkpoint into RESDET_CACHE (default "
+        "torch-compile, onnxruntime or openvino, which run on the CPU (with a GPU as DEVICE, auto is eager PyTorch "
+        "on it and the others are refused). A first start exports each checkpoint into RESDET_CACHE (default "
         "~/.cache/resdet) while /readyz answers 503 saying so. An int8 model of detection.quantize runs under the "
         "runtime it was checked with. /models reports what runs each model and why.",
     )

@@ -25,7 +25,7 @@ from detection.data.synthetic_shapes import render_image
 from detection.decoding import decode_image
 from detection.runtimes import export_path, pick_runtime
 from service.app import create_app
-from service.loading import ModelLoadError
+from service.loading import ModelLoadError, ModelSource, load_model
 from service.predictors import ClassifierPredictor, ClassifyRequest
 from service.settings import Settings
 
@@ -329,3 +329,34 @@ def test_a_reloaded_classifier_goes_through_its_runtime_and_a_failed_export_keep
     theirs = {entry["name"]: math.log(entry["probability"]) for entry in answer.json()["predictions"]}
     assert [entry["name"] for entry in expected][:3] == sorted(theirs, key=theirs.get, reverse=True)[:3]
     assert max(abs(math.log(entry["probability"]) - theirs[entry["name"]]) for entry in expected) < 1e-4
+
+
+def not_the_cpu() -> torch.device:
+    """A GPU where there is one; else PyTorch's meta device, which is not the CPU either and needs no CUDA."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("meta")
+
+
+def test_auto_on_a_gpu_serves_eager_pytorch_there():
+    """Regression: RUNTIME=auto (the image's) with DEVICE=cuda (docker-compose.gpu.yml) ran the networks under
+    OpenVINO on the CPU and left the GPU idle; every runtime but eager PyTorch runs on the CPU here."""
+    device = not_the_cpu()
+    source = ModelSource(DEMO_CLASSIFIER, setting="CLASSIFIER_CHECKPOINT", role="classifier")
+    served = load_model(source, settings=classifier_settings("auto"), device=device)
+    assert served.network is None and served.predictor.device == device
+    assert next(served.predictor.model.parameters()).device.type == device.type
+    assert served.runtime == {
+        "runtime": "torch", "precision": "fp32", "requested_runtime": "auto",
+        "reason": f"auto: DEVICE is {device}: eager PyTorch on it (the other runtimes run on the CPU)",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("role", ["classifier", "detector"])
+def test_a_cpu_runtime_asked_for_on_a_gpu_is_refused(role):
+    checkpoint = DEMO_CLASSIFIER if role == "classifier" else DEMO_DETECTOR
+    source = ModelSource(checkpoint, setting=f"{role.upper()}_CHECKPOINT", role=role)
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(source, settings=classifier_settings("openvino"), device=torch.device("cuda"))  # refused before use
+    assert str(refused.value) == (
+        f"{role.upper()}_CHECKPOINT: RUNTIME=openvino runs on the CPU, and DEVICE is cuda: set RUNTIME=torch or auto "
+        "to serve on it, or DEVICE=cpu"
+    )
