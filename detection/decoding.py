@@ -1,7 +1,7 @@
 """The one image decoder: bytes or a file -> the image as displayed, as plain data (a numpy array and its size).
 
 First frame (Pillow opens every format there; a PSD at its composite), EXIF orientation applied, every
-mode to RGB with `detection.images`' rules: 8-bit images as uint8, 16-bit, 32-bit and float greyscale
+mode to RGB with `detection.pixels`' rules: 8-bit images as uint8, 16-bit, 32-bit and float greyscale
 kept wide as float32 in [0, 1]. The pixel count is read from the header and checked before anything is
 decoded, so a decompression bomb costs kilobytes. Every failure is one `ImageDecodeError` whose `kind`
 says what went wrong; the service maps it to an HTTP status, the predict CLI to an error record.
@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from detection.images import to_array
+from detection.pixels import to_array
 
 DecodeFailure = Literal["empty", "unidentified", "too_many_pixels", "unsupported", "corrupt"]
 

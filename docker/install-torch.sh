@@ -3,12 +3,15 @@
 # default, when it answers within seconds; else from pip's own index (the package registry, whose Linux torch
 # wheels are the CUDA build: about 5 GB more). docker/Dockerfile and the Makefile's venv rule both run it, so the
 # image and `make test` get torch the same way; it prints the index it used and writes it to RECORD when given.
-#   sh docker/install-torch.sh PYTHON PYPROJECT [RECORD]
-# TORCH_INDEX_URL set but empty: straight to pip's own index.
+#   sh docker/install-torch.sh PYTHON PYPROJECT [RECORD [--no-deps]]
+# TORCH_INDEX_URL set but empty: straight to pip's own index. --no-deps: torch and torchvision alone, without the
+# packages they require (the image installs those in later layers, to keep each layer small: docker/Dockerfile).
 set -eu
 python=$1
 pyproject=$2
 record=${3:-}
+no_deps=${4:-}
+[ -z "$no_deps" ] || [ "$no_deps" = --no-deps ] || { echo "install-torch: unknown option $no_deps" >&2; exit 2; }
 preferred=${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}
 
 requirements=$(grep -oE '"(torch|torchvision)[<>=~!][^"]*"' "$pyproject" | tr -d '"' | tr '\n' ' ')
@@ -23,14 +26,15 @@ fi
 if [ $reachable = yes ]; then
     source=$preferred
     # shellcheck disable=SC2086  # one word per requirement
-    "$python" -m pip install --index-url "$preferred" $requirements
+    "$python" -m pip install $no_deps --index-url "$preferred" $requirements
 else
     source=registry
     echo "install-torch: ${preferred:-no preferred index} did not answer within 5 s: torch from pip's own index" >&2
     # shellcheck disable=SC2086
-    "$python" -m pip install $requirements
+    "$python" -m pip install $no_deps $requirements
 fi
-build=$("$python" -c "import torch; print(torch.__version__, 'cuda', torch.version.cuda or 'none')")
+# torch/version.py, read without importing torch, which cannot be imported yet after --no-deps
+build=$("$python" -c "import importlib.util as u, os, runpy; v = runpy.run_path(os.path.join(u.find_spec('torch').submodule_search_locations[0], 'version.py')); print(v['__version__'], 'cuda', v['cuda'] or 'none')")
 echo "install-torch: source=$source torch=$build"
 if [ -n "$record" ]; then
     printf 'source=%s\ntorch=%s\n' "$source" "$build" > "$record"

@@ -2,7 +2,9 @@
 # The container smoke stage of .ci/run and `make docker`: build the compose image, `up`, wait for /readyz, POST
 # bus.jpg to /detect (multipart and raw body) and /classify, hold the detections to `python -m detection.predict`
 # on the same file and checkpoint, check /metrics and /, `down`; fail on any step; then remove what it made
-# (containers, network, image, dangling build layers: a registry build leaves about 12 GB in podman's storage).
+# (containers, network, image, dangling build layers: a registry build leaves its 5.4 GB image in podman's storage).
+# The build prints the free disk under the engine's storage before it and at its fullest, and warns when less than
+# BUILD_DISK_GB (default 13) is free: a registry build's peak, measured, is 12.4 GB (docs/DEPLOYMENT.md, "Disk").
 #   bash docker/smoke.sh            the whole stage
 #   bash docker/smoke.sh build      build and label only (`make docker-build`); keeps the image
 # COMPOSE: the compose command (default `docker compose`: podman-compose through container-kit's shim, or Docker's;
@@ -24,6 +26,7 @@ SMOKE_PORT=${SMOKE_PORT:-18000}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-120}
 DETECTION_TOLERANCE=${DETECTION_TOLERANCE:-0}
 EXPECTED_RUNTIME=${EXPECTED_RUNTIME:-openvino}  # what auto picks in the image, which carries OpenVINO
+BUILD_DISK_GB=${BUILD_DISK_GB:-13}  # a registry build's peak, measured: 12.4 GB (docs/DEPLOYMENT.md, "Disk")
 PYTHON=${PYTHON:-.venv/bin/python}
 IMAGE_FILE=../shared/data/demo-images/bus.jpg
 CHECKPOINT=service/models/demo_detector.safetensors  # what the container serves from the mounted service/models
@@ -39,10 +42,29 @@ build() {
     # podman-compose 1.0.3 exits 0 when the build fails: take the tag off first, so that only a build that
     # succeeded leaves $IMAGE (the layers stay, and with them the build cache)
     [[ $CONTAINER == podman ]] && podman untag "$IMAGE" 2>/dev/null || true
+    # Disk (docs/DEPLOYMENT.md, "Disk"): free space where the engine stores images, before the build and at its
+    # fullest, sampled every second until the build ends (or this script does)
+    local storage samples="" sampler="" free_gb
+    storage=$($CONTAINER info --format "$([[ $CONTAINER == podman ]] && echo '{{.Store.GraphRoot}}' || echo '{{.DockerRootDir}}')" 2>/dev/null) || storage=""
+    if [[ -d $storage ]]; then
+        samples=$(mktemp)
+        (while kill -0 $$ 2>/dev/null && df -B1 --output=avail "$storage" | tail -1 >>"$samples"; do sleep 1; done) &
+        sampler=$!
+        free_gb=$(df -B1 --output=avail "$storage" | tail -1 | awk '{printf "%.1f", $1 / 1e9}')
+        echo "disk: $free_gb GB free under $storage"
+        if awk -v free="$free_gb" -v need="$BUILD_DISK_GB" 'BEGIN { exit !(free < need) }'; then
+            echo "WARNING: a build from the package registry (CUDA torch) needs about $BUILD_DISK_GB GB free at its peak" >&2
+        fi
+    fi
     local started=$SECONDS
     compose build api
     $CONTAINER image inspect "$IMAGE" >/dev/null || { echo "FAIL: the build left no $IMAGE" >&2; exit 1; }
     echo "built in $((SECONDS - started)) s"
+    if [[ -n $sampler ]]; then
+        kill "$sampler" 2>/dev/null || true
+        sort -n "$samples" | head -1 | awk -v free="$free_gb" '{printf "disk: %.1f GB free at the fullest, %.1f GB used by the build at its peak\n", $1 / 1e9, free - $1 / 1e9}'
+        rm -f "$samples"
+    fi
     # Labels are fixed before any RUN: copy the index that docker/install-torch.sh used into one
     local source torch
     source=$($CONTAINER run --rm --network none --entrypoint sed "$IMAGE" -n 's/^source=//p' /opt/venv/torch-source)

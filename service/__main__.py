@@ -33,7 +33,8 @@ def settings_help() -> str:
 def problem_line(item: dict) -> str:
     """One setting's problem in one line after its name: "MAX_BATCH: set but empty: ...", "PORT: Input ..."."""
     name = ".".join(map(str, item["loc"])).upper() or "settings"
-    return f"{name}: {item['msg'].removeprefix('Value error, ')}"
+    # a validator that already names its setting (its message reads the same raised elsewhere) is not named twice
+    return f"{name}: {item['msg'].removeprefix('Value error, ').removeprefix(f'{name}: ')}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
 """The compose files read the same under Docker Compose and podman-compose 1.0.3 (issue 22), pass every setting
-through, validate with Debian's docker-compose 1.29 where installed; docker/install-torch.sh falls back in seconds.
-The container itself is run by docker/smoke.sh (CI's container stage), not here."""
+through, validate with Debian's docker-compose 1.29 where installed; docker/install-torch.sh falls back in seconds;
+docker/Dockerfile builds in layers small enough for CI's disk. The container itself is run by docker/smoke.sh (CI's
+container stage), not here."""
 
 import os
 import re
@@ -162,10 +163,10 @@ def fake_python(tmp_path: Path, *, pip_status: int) -> tuple[Path, Path]:
     return script, log
 
 
-def install_torch(python: Path, index: str, record: Path) -> subprocess.CompletedProcess:
+def install_torch(python: Path, index: str, record: Path, *options: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "TORCH_INDEX_URL": index}
     return subprocess.run(
-        ["sh", "docker/install-torch.sh", str(python), "pyproject.toml", str(record)],
+        ["sh", "docker/install-torch.sh", str(python), "pyproject.toml", str(record), *options],
         cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -202,3 +203,54 @@ def test_install_torch_fails_when_pip_fails(tmp_path):
     python, _ = fake_python(tmp_path, pip_status=1)
     result = install_torch(python, "", tmp_path / "record")
     assert result.returncode != 0 and not (tmp_path / "record").exists()
+
+
+def test_install_torch_installs_torch_alone_with_no_deps(tmp_path):
+    python, log = fake_python(tmp_path, pip_status=0)
+    result = install_torch(python, "", tmp_path / "record", "--no-deps")
+    assert result.returncode == 0, result.stderr
+    (call,) = log.read_text().splitlines()
+    assert "--no-deps" in call.split() and re.search(r" torch[<>=]", call), call
+    # the record reads torch/version.py: the same build line as importing torch gives
+    import torch
+
+    assert f"torch={torch.__version__} cuda {torch.version.cuda or 'none'}" in (tmp_path / "record").read_text()
+
+    refused = install_torch(python, "", tmp_path / "other", "--no-dep")
+    assert refused.returncode == 2 and "unknown option --no-dep" in refused.stderr
+    assert len(log.read_text().splitlines()) == 1  # nothing installed
+
+
+def test_torch_requires_prints_the_installed_torch_requirements_by_prefix():
+    import importlib.metadata
+
+    def run(*prefixes: str) -> list[str]:
+        result = subprocess.run([sys.executable, "docker/torch_requires.py", *prefixes], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        return [line for line in result.stdout.splitlines() if line]
+
+    requirements = importlib.metadata.requires("torch")
+    assert run("filelock", "sympy") == [r for r in requirements if r.startswith(("filelock", "sympy"))] != []
+    assert run("no-such-package") == []
+    usage = subprocess.run([sys.executable, "docker/torch_requires.py"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert usage.returncode != 0 and "usage" in usage.stderr
+
+
+def test_dockerfile_never_copies_the_environment_and_installs_torch_in_small_layers():
+    """CI's disk filled at `COPY --from=deps /opt/venv`: a copy of the 5 GB environment is a second 5 GB layer, and
+    podman holds each layer three times while it commits it. docker/smoke.sh measures the real peak."""
+    dockerfile = (REPO_ROOT / "docker" / "Dockerfile").read_text()
+    instructions = [" ".join(i.split()) for i in re.sub(r"\\\n", " ", dockerfile).splitlines() if i and i[0] != "#"]
+    assert not [i for i in instructions if i.startswith("COPY --from") and "/opt/venv" in i], "the venv is copied"
+    stages = dict((name, base) for base, name in re.findall(r"^FROM (\S+) AS (\S+)$", dockerfile, flags=re.MULTILINE))
+    assert stages["runtime"] == "deps"
+    runs = [i for i in instructions if i.startswith("RUN ")]
+    (torch,) = [i for i in runs if "install-torch.sh" in i]
+    assert torch.endswith("--no-deps"), torch
+    # torch, the CUDA toolkit, NVIDIA's other libraries and the rest: four layers, each its own RUN
+    for group in ("cuda-toolkit", "nvidia-"):
+        assert [i for i in runs if f"torch_requires.py {group}" in i], group
+    (rest,) = [i for i in runs if "pip install -r /tmp/requirements.txt" in i]
+    assert "pip uninstall -y triton" in rest  # removed in the layer that installs it, or the layer keeps it
+    (train,) = [i for i in runs if "train.txt" in i and "pip install" in i]
+    assert "torch_requires.py triton" in train

@@ -178,3 +178,21 @@ def test_an_upload_is_parsed_in_a_decoding_process_never_in_the_server_and_decod
     decoded = asyncio.run(decode())
     assert opened == []  # not in this process
     assert decoded.size == (30, 20) and tuple(decoded.queued) == (255, 255, 255)  # transparent onto white, in RGB
+
+
+def test_the_decoding_processes_never_import_torch():
+    # Their fork server imports service/decode_pool.py's PRELOADED once: torch there cost each server about 4 s at
+    # start and a parser-facing process holding all of torch (detection.decoding reached it through
+    # detection.images); PIL and numpy are all a decode needs (detection.pixels).
+    import subprocess
+    import sys
+
+    from service.decode_pool import PRELOADED
+    from tests.conftest import REPO_ROOT
+
+    modules = [name for name in PRELOADED if name != "__main__"]
+    found = "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))"
+    probe = f"import sys; import {', '.join(modules)}; print({found})"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"{modules} import {result.stdout.strip()[:200]}"
