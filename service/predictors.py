@@ -22,7 +22,7 @@ from detection import Detector
 from detection.decoding import DecodedImage
 from detection.predictor import Cut, Predictor, Queueable
 
-if TYPE_CHECKING:  # detection.runtimes imports onnx: only a server that serves an int8 model pays for it
+if TYPE_CHECKING:  # detection.runtimes imports onnx: only a server under another RUNTIME than torch pays for it
     from detection.runtimes import Network
 
 
@@ -66,7 +66,8 @@ def _autocast(device: torch.device, enabled: bool):
 
 class ClassifierPredictor:
     """ResNet classifier: the manifest's preprocessing (`backbone.preprocessing`), softmax, top-k. `network`, a
-    detection.runtimes Network (an int8 model of detection.quantize), runs the logits instead of `model`."""
+    detection.runtimes Network (the checkpoint under RUNTIME, or an int8 model of detection.quantize), runs the
+    logits instead of `model`, on the CPU."""
 
     def __init__(
         self,
