@@ -229,8 +229,19 @@ def load_network(
         pending = f"{exporting}compiling it for {chosen}"
 
         def make_run() -> Callable[..., tuple]:
-            path = source if graph else exported_onnx(source, cache_dir=cache_dir)
-            return _graph_runner(path, runtime=chosen, bf16=bf16, threads=threads)
+            if graph:
+                return _graph_runner(source, runtime=chosen, bf16=bf16, threads=threads)
+            path = exported_onnx(source, cache_dir=cache_dir)
+            try:
+                return _graph_runner(path, runtime=chosen, bf16=bf16, threads=threads)
+            except Exception as error:  # exports are written whole (exported_onnx): a file damaged since, named
+                # by its name alone (said to clients on /readyz) and in one line (OpenVINO's messages take several)
+                lines = [line.strip() for line in str(error).replace(str(path), path.name).splitlines() if line.strip()]
+                raise RuntimeChoiceError(
+                    f"{chosen} cannot read {path.name}, the export of {source.name} in {CACHE_ENV} "
+                    f"({lines[-1] if lines else type(error).__name__}); if that file was damaged, delete it and the "
+                    "next start exports the checkpoint again"
+                ) from error
 
     reason = pick_reason(requested, chosen, kind=manifest["kind"], precision=precision, quantized=quantized)
     network = Network(manifest["kind"], chosen, precision, manifest, make_run, requested, reason, pending)

@@ -16,6 +16,7 @@ import torch
 from exported_models import DEMO_CLASSIFIER, DEMO_DETECTOR, exported, seed_export_cache
 from fastapi.testclient import TestClient
 from helpers import CLASSIFIER_CLASSES, DEMO_IMAGES, PREPROCESSING, image_bytes, save_tiny_classifier, serving
+from httpx import Response
 from PIL import Image
 from pydantic import ValidationError
 from test_service_detect import wait_ready
@@ -279,10 +280,7 @@ def test_a_classifier_whose_export_fails_stays_unready_saying_why_and_leaves_no_
     with monkeypatch.context() as patched:
         patched.setattr(onnx_export, "export_checkpoint", failing_export)
         with TestClient(create_app(classifier_settings("onnxruntime"))) as client:
-            deadline = time.monotonic() + 60
-            while "warming up" in (readiness := client.get("/readyz")).text:
-                assert time.monotonic() < deadline, readiness.text
-                time.sleep(0.05)
+            readiness = warmed_up(client)
             said = "classifier demo_classifier warm-up failed: RuntimeError: the exporter could not trace this model"
             assert readiness.status_code == 503 and readiness.json()["detail"] == said
             assert "Retry-After" not in readiness.headers  # waiting will not mend it
@@ -360,3 +358,35 @@ def test_a_cpu_runtime_asked_for_on_a_gpu_is_refused(role):
         f"{role.upper()}_CHECKPOINT: RUNTIME=openvino runs on the CPU, and DEVICE is cuda: set RUNTIME=torch or auto "
         "to serve on it, or DEVICE=cpu"
     )
+
+
+def warmed_up(client: TestClient) -> Response:
+    """/readyz once the warm-up is over, ready or failed."""
+    deadline = time.monotonic() + 120
+    while "warming up" in (readiness := client.get("/readyz")).text:
+        assert time.monotonic() < deadline, readiness.text
+        time.sleep(0.05)
+    return readiness
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_damaged_cached_export_is_named_without_the_servers_path(runtime, tmp_path, monkeypatch):
+    """Exports are written whole, but a file damaged since (a disk error, a hand) made every start fail with the
+    runtime's own words: the cache's full path on /readyz (ONNX Runtime) or several lines of C++ source (OpenVINO)."""
+    if not runtimes.installed(runtime):
+        pytest.skip(f"{runtime} is not installed (pip install 'resdet[runtimes]' or 'resdet[export]')")
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path))
+    damaged = export_path(DEMO_CLASSIFIER, cache_dir=tmp_path)
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"\x08\x07not a graph")
+    with TestClient(create_app(classifier_settings(runtime))) as client:
+        detail = warmed_up(client).json()["detail"]
+    assert detail.startswith(
+        f"classifier demo_classifier warm-up failed: RuntimeChoiceError: {runtime} cannot read {damaged.name}, the "
+        f"export of {DEMO_CLASSIFIER.name} in RESDET_CACHE ("
+    )
+    assert detail.endswith("); if that file was damaged, delete it and the next start exports the checkpoint again")
+    assert str(tmp_path) not in detail and "\n" not in detail
+    damaged.unlink()
+    with serving(classifier_settings(runtime)) as client:
+        assert served_classifier(client)["runtime"]["runtime"] == runtime
