@@ -336,7 +336,7 @@ def _load_classifier(source: ModelSource, *, settings: Settings, device: torch.d
         model if network is None else None,  # a runtime runs the logits: the eager model is not kept
         class_names=manifest["class_names"],
         preprocessing=manifest.get("preprocessing", {}),
-        device=device if network is None else torch.device("cpu"),  # every runtime but eager runs on the CPU
+        device=device,  # the CPU wherever a Network runs (_runtime_network)
         optimize=settings.optimize,
         bf16=bf16,
         network=network,
