@@ -14,7 +14,7 @@
 # DETECTION_TOLERANCE: largest box (pixels) or score difference between /detect and detection.predict, whose
 # count, labels and order must match; default 0: equality (both run detection.predictor.Predictor, with the runtime
 # and precision /models reports); `report` prints the differences without failing. EXPECTED_RUNTIME: the runtime
-# /models must report for the detector (default openvino: the image sets RUNTIME=auto and carries OpenVINO).
+# /models must report for the detector and the classifier (default openvino: the image sets RUNTIME=auto and carries OpenVINO).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
@@ -150,11 +150,18 @@ echo
 "$PYTHON" -c "import json, sys; top = json.load(open(sys.argv[1]))['predictions']; assert top, 'no classes'; print('classify:', top)" \
     "$work/classify.json"
 
-step "/models: the runtime the image carries runs the detector"
-# the runtime and precision of the served detector (/models): the image sets RUNTIME=auto and carries OpenVINO,
-# which auto picks; BF16=auto and the CLI's --precision auto pick the precision alike
-read -r runtime precision < <(curl -fsS "$URL/models" | "$PYTHON" -c \
-    "import json, sys; (m,) = [m for m in json.load(sys.stdin)['models'] if m['role'] == 'detector' and m['default']]; print(m['runtime']['runtime'], m['runtime']['precision']); print(m['runtime'], file=sys.stderr)")
+step "/models: the runtime the image carries runs the detector and the classifier"
+# the runtime and precision of each served model (/models): the image sets RUNTIME=auto and carries OpenVINO, which
+# auto picks for both; BF16=auto and the CLI's --precision auto pick the precision alike
+curl -fsS "$URL/models" -o "$work/models.json"
+served() {  # ROLE -> "runtime precision" of the default model of that role
+    "$PYTHON" -c "import json, sys; (m,) = [m for m in json.load(open(sys.argv[1]))['models'] if m['role'] == sys.argv[2] and m['default']]; print(m['runtime']['runtime'], m['runtime']['precision']); print(sys.argv[2], m['runtime'], file=sys.stderr)" \
+        "$work/models.json" "$1"
+}
+read -r classifier_runtime _ < <(served classifier)
+[[ $classifier_runtime == "$EXPECTED_RUNTIME" ]] ||
+    { echo "FAIL: the classifier runs under $classifier_runtime, not $EXPECTED_RUNTIME" >&2; exit 1; }
+read -r runtime precision < <(served detector)
 [[ $runtime == "$EXPECTED_RUNTIME" ]] || { echo "FAIL: the detector runs under $runtime, not $EXPECTED_RUNTIME" >&2; exit 1; }
 
 step "compare with python -m detection.predict --runtime $runtime --precision $precision on the same file and checkpoint"
