@@ -9,10 +9,10 @@
 
 Calibration: NNCF's post-training quantization for OpenVINO (an .xml + .bin; a detector's box decoding, NMS,
 top-k and RoIAlign stay float), ONNX Runtime's static QDQ quantization of convolutions and matrix products (an
-.onnx), on the images named by --calibration. The
-fp32 and int8 models are then scored on the held-out set (COCO AP for a detector, top-1 for a
-classifier), both figures go into the written model's manifest ("quantization"), and a model whose score
-drops by more than --max-drop points is not written unless --force. Serve the file it writes at int8.
+.onnx), on the images named by --calibration. The fp32 and int8 models are then scored on the held-out set
+(COCO AP for a detector, top-1 for a classifier), both figures go into the written model's manifest
+("quantization"), and a model whose score drops by more than --max-drop points is not written unless --force.
+Serve the file it writes at int8.
 """
 
 import argparse
