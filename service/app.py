@@ -48,6 +48,9 @@ health, readiness, models and metrics stay open.
 """
 
 
+WARMUP_ERROR_CHARS = 1000  # of a failed warm-up's first line, said on /readyz (the rest is in the log)
+
+
 async def warm_up(state: ServiceState) -> None:
     """One batch through every engine, so the first real request does not pay for lazy initialisation."""
     for name, slot in state.registry.slots.items():
@@ -55,8 +58,12 @@ async def warm_up(state: ServiceState) -> None:
         try:
             await state.registry.warm_up(slot.served)
         except Exception as error:  # reported by /readyz; the models stay unserved
-            state.warmup_error = f"{slot.served.role} {name} warm-up failed: {type(error).__name__}: {error}"
-            log.error(state.warmup_error)
+            failed = f"{slot.served.role} {name} warm-up failed: {type(error).__name__}"
+            # Clients get the first line (a runtime's error can run to pages of C++ source locations); the log
+            # gets all of it.
+            first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+            state.warmup_error = f"{failed}: {first[:WARMUP_ERROR_CHARS]}" if first else failed
+            log.error("%s: %s", failed, error)
             return
     state.ready, state.warming = True, None
     log.info("ready: %s on %s", ", ".join(sorted(state.registry.slots)), state.device)

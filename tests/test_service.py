@@ -306,6 +306,24 @@ def test_a_failing_warm_up_keeps_the_service_not_ready(classifier_path, monkeypa
         assert client.post("/classify", files=upload(image_bytes())).status_code == 503
 
 
+def test_a_warm_up_error_of_many_lines_reaches_readyz_as_its_first_line(classifier_path, monkeypatch, caplog):
+    # a runtime's compile error can be pages of C++ source locations; clients get one line, the log all of it
+    trace = "\n".join(f"src/plugins/intel_cpu/src/node.cpp:{n}: check failed" for n in range(200))
+
+    def broken(self, batch):
+        raise RuntimeError(f"\nException from src/inference/src/cpp/core.cpp:112:\n{trace}")
+
+    monkeypatch.setattr(ClassifierPredictor, "run", broken)
+    with TestClient(create_app(settings_for(classifier_path))) as client:
+        deadline = time.monotonic() + 10
+        while "failed" not in client.get("/readyz").json().get("detail", ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        detail = client.get("/readyz").json()["detail"]
+    assert "\n" not in detail and detail.endswith("RuntimeError: Exception from src/inference/src/cpp/core.cpp:112:")
+    assert "node.cpp:199" in caplog.text  # the whole error is in the log
+
+
 def test_models_lists_manifests_and_flags_demo_models(tmp_path):
     demo = tmp_path / "demo_classifier.safetensors"
     save_tiny_classifier(demo, provenance={"demo": True, "description": "CIFAR-10 demo.", "command": "make demo"})
