@@ -44,9 +44,9 @@ from bench.machine import describe
 from detection import load_detector
 from detection.data.synthetic_shapes import generate_synthetic
 from detection.decoding import decode_image
+from detection.int8_calibration import calibrate, write_manifest
 from detection.network_accuracy import coco_ap, detector_inputs, image_files, matched_fraction
 from detection.predictor import UNCAPPED, Cut, Predictor
-from detection.quantize import calibrate, write_manifest
 from detection.runtime_predictor import RuntimePredictor
 from detection.runtimes import RUNTIMES, exported_onnx, installed, load_network
 

@@ -16,6 +16,7 @@ from detection.convert import build_parser as convert_parser
 from detection.data.synthetic import build_parser as synthetic_parser
 from detection.export import build_parser as export_parser
 from detection.predict import build_parser as predict_parser
+from detection.quantize import build_parser as quantize_parser
 from service.__main__ import build_parser as service_parser
 from service.settings import Settings
 from training.analysis import build_parser as analysis_parser
@@ -29,6 +30,7 @@ COMMANDS = {
     "detection.convert": ["-m", "detection.convert"],
     "detection.export": ["-m", "detection.export"],
     "detection.predict": ["-m", "detection.predict"],
+    "detection.quantize": ["-m", "detection.quantize"],
     "detection.data.synthetic": ["-m", "detection.data.synthetic"],
     "training.plots": ["-m", "training.plots"],
     "training.analysis": ["-m", "training.analysis"],
@@ -45,6 +47,7 @@ PARSERS = {
     "detection.convert": convert_parser,
     "detection.export": export_parser,
     "detection.predict": predict_parser,
+    "detection.quantize": quantize_parser,
     "detection.data.synthetic": synthetic_parser,
     "training.plots": plots_parser,
     "training.analysis": analysis_parser,

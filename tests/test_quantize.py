@@ -1,5 +1,5 @@
-"""int8 with an accuracy guard (detection/quantize.py) and the held-out scores it rests on
-(detection/network_accuracy.py). Calibration here is kept tiny (a dozen 32 px images): issue 26 caps
+"""int8 with an accuracy guard (detection/quantize.py, its work in detection/int8_calibration.py) and the held-out
+scores it rests on (detection/network_accuracy.py). Calibration here is kept tiny (a dozen 32 px images): issue 26 caps
 torch.compile and int8 calibration in the suite at about a minute together."""
 
 import shutil
@@ -12,7 +12,7 @@ from cifar_data import write_cifar_tarball
 from exported_models import DEMO_CLASSIFIER, DEMO_DETECTOR, seed_export_cache
 from PIL import Image
 
-from detection import network_accuracy, quantize
+from detection import int8_calibration, network_accuracy, quantize
 from detection.data.synthetic_shapes import generate_synthetic
 from detection.network_accuracy import coco_ap, image_files, labelled_images, matched_fraction, top1
 from detection.runtime_predictor import RuntimePredictor
@@ -68,7 +68,7 @@ def test_a_model_that_drops_too_far_is_not_written_unless_forced(cifar_like, tmp
     if not installed("onnxruntime"):
         pytest.skip("onnxruntime is not installed (pip install 'resdet[export]')")
     scores = iter([90.0, 88.5, 90.0, 88.5])  # fp32, then int8: a 1.5-point drop, each run
-    monkeypatch.setattr(quantize, "top1", lambda network, samples: next(scores))
+    monkeypatch.setattr(int8_calibration, "top1", lambda network, samples: next(scores))
     output = tmp_path / "out" / "demo_classifier.int8.onnx"
     with pytest.raises(SystemExit, match=r"refused: top-1 fp32 90.00, int8 88.50 \(drop 1.50\) exceeds --max-drop 1.0"):
         quantize.main(quantize_args(cifar_like, output, "--runtime", "onnxruntime"))
@@ -111,14 +111,14 @@ def test_detector_int8_quantizes_the_network_and_keeps_postprocessing_in_float(t
         Image.new("RGB", (128, 128), (124, 116, 104)).save(tmp_path / "grey" / f"{index}.png")
     shapes = generate_synthetic(tmp_path / "shapes", num_train=1, num_val=4, image_size=128, seed=3)
     kept = tmp_path / "kept"
-    calibrate = quantize.calibrate
+    calibrate = int8_calibration.calibrate
 
     def calibrate_and_keep(onnx_path, items, *, runtime, output):
         written = calibrate(onnx_path, items, runtime=runtime, output=output)
         shutil.copytree(written.parent, kept)  # the refusal below deletes it
         return written
 
-    monkeypatch.setattr(quantize, "calibrate", calibrate_and_keep)
+    monkeypatch.setattr(int8_calibration, "calibrate", calibrate_and_keep)
     output = tmp_path / "out" / "demo_detector.int8.xml"
     with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit, match="refused: AP fp32"):
         warnings.simplefilter("always")

@@ -15,7 +15,7 @@ from helpers import wait_ready
 
 from detection import runtimes
 from detection.data.synthetic_shapes import render_image
-from detection.quantize import write_manifest
+from detection.int8_calibration import write_manifest
 from detection.runtime_predictor import RuntimePredictor
 from detection.runtimes import read_graph_manifest
 from service import Settings, create_app
