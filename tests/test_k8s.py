@@ -103,3 +103,20 @@ def test_the_probed_routes_exist():
     from service.app import app
 
     assert {"/readyz", "/healthz"} <= set(app.openapi()["paths"])
+
+
+def test_the_export_cache_is_writable_and_starts_with_the_images_exports():
+    """Under the read-only root a RUNTIME=auto pod could export no checkpoint but the demo models (whose exports
+    the image carries): an emptyDir at the image's RESDET_CACHE, filled first with the image's exports."""
+    deployment = documents()["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    dockerfile = (REPO_ROOT / "docker" / "Dockerfile").read_text()
+    cache = re.search(r"RESDET_CACHE=(\S+)", dockerfile).group(1)
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    (mounted,) = [mount for mount in container(deployment)["volumeMounts"] if mount["mountPath"] == cache]
+    assert "emptyDir" in volumes[mounted["name"]] and not mounted.get("readOnly")
+    (seed,) = pod["initContainers"]
+    assert seed["image"] == container(deployment)["image"]
+    (target,) = [mount["mountPath"] for mount in seed["volumeMounts"] if mount["name"] == mounted["name"]]
+    assert seed["command"][-1] == f'cp -a "$RESDET_CACHE"/. {target}/'
+    assert seed["securityContext"]["readOnlyRootFilesystem"] is True
