@@ -251,6 +251,15 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+def warmed_up(client: TestClient, timeout: float = 120.0):
+    """/readyz once the warm-up is over, ready or failed (a failed one answers 503 saying why)."""
+    deadline = time.monotonic() + timeout
+    while "warming up" in (readiness := client.get("/readyz")).text:
+        assert time.monotonic() < deadline, readiness.text
+        time.sleep(0.02)
+    return readiness
+
+
 @contextlib.contextmanager
 def serving(app_or_settings, *, raise_server_exceptions: bool = True, timeout: float = 60.0) -> Iterator[TestClient]:
     """A TestClient of `create_app(settings)` (or of an app), its lifespan run and its models warmed up: the one

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import CLASSIFIER_CLASSES, PREPROCESSING, image_bytes, save_tiny_classifier, serving, wait_ready
+from helpers import (
+    CLASSIFIER_CLASSES,
+    PREPROCESSING,
+    image_bytes,
+    save_tiny_classifier,
+    serving,
+    wait_ready,
+    warmed_up,
+)
 from PIL import Image
 from pydantic import ValidationError
 from torchvision.transforms.v2.functional import pil_to_tensor
@@ -297,11 +305,7 @@ def test_a_failing_warm_up_keeps_the_service_not_ready(classifier_path, monkeypa
 
     monkeypatch.setattr(ClassifierPredictor, "run", broken)
     with TestClient(create_app(settings_for(classifier_path))) as client:
-        deadline = time.monotonic() + 10
-        while "failed" not in client.get("/readyz").json().get("detail", ""):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        response = client.get("/readyz")
+        response = warmed_up(client)
         assert response.status_code == 503 and "kernel missing" in response.json()["detail"]
         assert client.post("/classify", files=upload(image_bytes())).status_code == 503
 
@@ -315,11 +319,7 @@ def test_a_warm_up_error_of_many_lines_reaches_readyz_as_its_first_line(classifi
 
     monkeypatch.setattr(ClassifierPredictor, "run", broken)
     with TestClient(create_app(settings_for(classifier_path))) as client:
-        deadline = time.monotonic() + 10
-        while "failed" not in client.get("/readyz").json().get("detail", ""):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        detail = client.get("/readyz").json()["detail"]
+        detail = warmed_up(client).json()["detail"]
     assert "\n" not in detail and detail.endswith("RuntimeError: Exception from src/inference/src/cpp/core.cpp:112:")
     assert "node.cpp:199" in caplog.text  # the whole error is in the log
 

@@ -7,7 +7,6 @@ import math
 import re
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +14,15 @@ import pytest
 import torch
 from exported_models import DEMO_CLASSIFIER, DEMO_DETECTOR, exported, seed_export_cache
 from fastapi.testclient import TestClient
-from helpers import CLASSIFIER_CLASSES, DEMO_IMAGES, PREPROCESSING, image_bytes, save_tiny_classifier, serving
-from httpx import Response
+from helpers import (
+    CLASSIFIER_CLASSES,
+    DEMO_IMAGES,
+    PREPROCESSING,
+    image_bytes,
+    save_tiny_classifier,
+    serving,
+    warmed_up,
+)
 from PIL import Image
 from pydantic import ValidationError
 from test_service_detect import wait_ready
@@ -361,15 +367,6 @@ def test_a_cpu_runtime_asked_for_on_a_gpu_is_refused(role):
         f"{role.upper()}_CHECKPOINT: RUNTIME=openvino runs on the CPU, and DEVICE is cuda: set RUNTIME=torch or auto "
         "to serve on it, or DEVICE=cpu"
     )
-
-
-def warmed_up(client: TestClient) -> Response:
-    """/readyz once the warm-up is over, ready or failed."""
-    deadline = time.monotonic() + 120
-    while "warming up" in (readiness := client.get("/readyz")).text:
-        assert time.monotonic() < deadline, readiness.text
-        time.sleep(0.05)
-    return readiness
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
